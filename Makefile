@@ -1,0 +1,56 @@
+# One command each: `make demo` sets up and runs the main job; `make test` sets up and runs
+# the checks. Both create the virtualenvs they need in this folder.
+PYTHON ?= python3
+VENV := .venv
+PX_VENV := .venv-phoenix
+PIP := $(VENV)/bin/python -m pip
+PY := $(VENV)/bin/python
+# Quiet the machine's pip find-links warnings without hiding real errors.
+PIP_QUIET := --quiet --disable-pip-version-check
+NO_LOCATION_WARNINGS := sed -u '/^WARNING: Location/d'
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+
+.PHONY: install phoenix-server test lint typecheck pytest demo bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install $(PIP_QUIET) --upgrade pip 2>&1 | $(NO_LOCATION_WARNINGS)
+	# torch first and pinned: the CPU build on this machine's disk (anything else pulls CUDA).
+	$(PIP) install $(PIP_QUIET) torch==2.13.0 2>&1 | $(NO_LOCATION_WARNINGS)
+	$(PIP) install $(PIP_QUIET) -e ".[dev]" 2>&1 | $(NO_LOCATION_WARNINGS)
+	$(PY) -c "import selfimprove_rl, envs, policies, torch; assert torch.__version__.startswith('2.13.0')"
+	touch $@
+
+# The Phoenix server is a component started as a process, like a database; it lives in its
+# own virtualenv so that `import phoenix.*` in ours stays fast (the server package makes every
+# phoenix import load the server, 6-8 s).
+$(PX_VENV)/.installed:
+	$(PYTHON) -m venv $(PX_VENV)
+	$(PX_VENV)/bin/python -m pip install $(PIP_QUIET) --upgrade pip 2>&1 | $(NO_LOCATION_WARNINGS)
+	$(PX_VENV)/bin/python -m pip install $(PIP_QUIET) "arize-phoenix>=20.26,<21" 2>&1 | $(NO_LOCATION_WARNINGS)
+	$(PX_VENV)/bin/phoenix --help > /dev/null
+	touch $@
+
+install: $(VENV)/.installed $(PX_VENV)/.installed
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check selfimprove_rl envs policies tests benchmarks experiments
+	$(VENV)/bin/ruff format --check selfimprove_rl envs policies tests benchmarks experiments
+
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy
+
+pytest: install
+	SELFIMPROVE_PHOENIX_BIN=$(abspath $(PX_VENV))/bin/phoenix $(VENV)/bin/pytest
+
+test: install lint typecheck pytest
+
+demo: install
+	SELFIMPROVE_PHOENIX_BIN=$(abspath $(PX_VENV))/bin/phoenix $(VENV)/bin/selfimprove-rl demo
+
+bench: install
+	$(PY) benchmarks/bench_replay.py
+
+clean:
+	rm -rf $(VENV) $(PX_VENV) runs .pytest_cache .mypy_cache .ruff_cache

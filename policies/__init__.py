@@ -1,0 +1,3 @@
+"""Policies that act on the prompt environments through one protocol."""
+
+__all__: list[str] = []

@@ -1,0 +1,59 @@
+"""selfimprove-rl: self-improving LLM calls.
+
+Optimize a traced LLM call's system prompt and model as a reinforcement-learning problem
+over an offline replay of its logged calls. Importing this package is cheap: heavy
+dependencies (Phoenix, sentence-transformers, torch) load on first use.
+"""
+
+from selfimprove_rl.checkpoint import (
+    Action,
+    Checkpoint,
+    EvalConstants,
+    Provenance,
+    Sample,
+    Splits,
+)
+from selfimprove_rl.errors import (
+    InvalidEdit,
+    SelfImproveError,
+)
+from selfimprove_rl.prompt import (
+    AddLine,
+    Block,
+    DeleteLine,
+    Edit,
+    EditLine,
+    NoOp,
+    PromptState,
+    ReplaceBlock,
+    SetModel,
+    apply,
+    diff,
+    parse_directives,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Action",
+    "AddLine",
+    "Block",
+    "Checkpoint",
+    "DeleteLine",
+    "Edit",
+    "EditLine",
+    "EvalConstants",
+    "InvalidEdit",
+    "NoOp",
+    "PromptState",
+    "Provenance",
+    "ReplaceBlock",
+    "Sample",
+    "SelfImproveError",
+    "SetModel",
+    "Splits",
+    "__version__",
+    "apply",
+    "diff",
+    "parse_directives",
+]

@@ -1,0 +1,334 @@
+"""What do we learn from? The frozen record of logged calls, their evals and their action.
+
+A :class:`Checkpoint` is the boundary between telemetry (Phoenix, files, mimic data sets) and
+everything downstream (replay, evals, env, policies). It is plain pydantic v2 data: saved and
+loaded losslessly as JSON, and split reproducibly into train / test / holdout.
+
+Conventions:
+
+* ``Sample.chat_history`` holds the conversation *after* the system prompt (user, assistant
+  and tool turns, OpenAI chat-completion message dicts). The system prompt belongs to the
+  :class:`Action`, because it is the thing being optimized; replay sends
+  ``[system] + chat_history`` under a candidate action.
+* ``Sample.output_generation`` is the assistant message that was logged.
+* ``Sample.reference`` is the reference output an eval compares against, when there is one
+  (for mimic data sets it is the logged output).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from selfimprove_rl.errors import CheckpointError
+from selfimprove_rl.fileio import atomic_write_text
+
+CHECKPOINT_SCHEMA_VERSION = 1
+
+EvalKind = Literal["classifier", "exact_match", "bleu", "embedding_similarity"]
+SplitName = Literal["train", "test", "holdout"]
+SPLIT_NAMES: tuple[SplitName, ...] = ("train", "test", "holdout")
+
+
+def message_text(message: dict[str, Any]) -> str:
+    """Return the text of an OpenAI chat message, joining text parts of multi-part content.
+
+    Example:
+        >>> message_text({"role": "user", "content": [{"type": "text", "text": "hi"}]})
+        'hi'
+    """
+    content = message.get("content")
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            str(part.get("text", "")) for part in content if isinstance(part, dict)
+        )
+    return str(content)
+
+
+class Sample(BaseModel):
+    """One logged call: its conversation, its output, and the evals it received."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sample_id: str = Field(description="Stable id; the span id for Phoenix data.")
+    chat_history: list[dict[str, Any]] = Field(
+        description="Messages after the system prompt, as OpenAI chat-completion dicts."
+    )
+    output_generation: dict[str, Any] = Field(description="The logged assistant message.")
+    eval_scores: dict[str, float] = Field(default_factory=dict)
+    eval_labels: dict[str, str] = Field(default_factory=dict)
+    eval_reasoning: dict[str, str] = Field(default_factory=dict)
+    eval_variables: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="Per eval, the template variable values recorded with its result "
+        "(reference, context...), so the eval can be re-run on a new output.",
+    )
+    reference: str | None = Field(default=None, description="Reference output, when known.")
+    span_id: str | None = None
+    trace_id: str | None = None
+    timestamp: datetime | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("chat_history")
+    @classmethod
+    def _messages_have_roles(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for index, message in enumerate(value):
+            if not isinstance(message.get("role"), str):
+                raise ValueError(f"chat_history[{index}] has no 'role'; got keys {sorted(message)}")
+        return value
+
+    @property
+    def input_text(self) -> str:
+        """The text of the last user message (empty when there is none)."""
+        for message in reversed(self.chat_history):
+            if message.get("role") == "user":
+                return message_text(message)
+        return ""
+
+    @property
+    def output_text(self) -> str:
+        """The text of the logged assistant message."""
+        return message_text(self.output_generation)
+
+
+class Action(BaseModel):
+    """The parameters of the call being optimized: system prompt, model, invocation params."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    system_prompt: str
+    model: str
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    seed: int | None = None
+    extra_parameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Other invocation parameters sent with every call (stop, response_format...).",
+    )
+
+    def invocation_parameters(self) -> dict[str, Any]:
+        """Return the request parameters other than model and messages, omitting unset ones.
+
+        Example:
+            >>> Action(system_prompt="s", model="m", temperature=0.0).invocation_parameters()
+            {'temperature': 0.0}
+        """
+        params: dict[str, Any] = {
+            key: value
+            for key, value in (
+                ("temperature", self.temperature),
+                ("top_p", self.top_p),
+                ("max_tokens", self.max_tokens),
+                ("seed", self.seed),
+            )
+            if value is not None
+        }
+        params.update(self.extra_parameters)
+        return params
+
+
+class EvalConstants(BaseModel):
+    """Everything needed to re-run one eval on a new output.
+
+    For ``kind="classifier"`` this is a Phoenix-evals classification: a prompt template whose
+    ``output_variable`` receives the new output, its rails (``choices``, label to score, in
+    rail order) and the judge model. Code evals (exact match, BLEU, embedding similarity)
+    compare the new output with ``Sample.reference`` and need no template.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    kind: EvalKind = "classifier"
+    template: str | None = None
+    template_variables: list[str] = Field(default_factory=list)
+    choices: dict[str, float] = Field(default_factory=dict)
+    output_variable: str = "output"
+    eval_model: str | None = None
+    eval_provider: str | None = None
+    direction: Literal["maximize", "minimize"] = "maximize"
+    weight: float = Field(default=1.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _classifier_has_template_and_rails(self) -> EvalConstants:
+        if self.kind == "classifier":
+            if not self.template:
+                raise ValueError(f"eval {self.name!r}: a classifier needs a template")
+            if not self.choices:
+                raise ValueError(f"eval {self.name!r}: a classifier needs choices (rails)")
+        return self
+
+    @property
+    def rails(self) -> list[str]:
+        """The labels a classifier may answer, in order."""
+        return list(self.choices)
+
+
+class Provenance(BaseModel):
+    """Where a checkpoint came from, so every report can say what its numbers rest on."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: Literal["mimic", "phoenix", "file", "manual"]
+    description: str | None = None
+    data_path: str | None = None
+    endpoint: str | None = None
+    project: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    created_at: datetime | None = None
+    phoenix_prompt: dict[str, str] | None = Field(
+        default=None, description="Phoenix prompt name / version id the traced calls used."
+    )
+    skipped: dict[str, int] = Field(
+        default_factory=dict, description="Rows left out while building, counted by reason."
+    )
+
+
+class Splits(NamedTuple):
+    """Samples of each split; every sample is in exactly one."""
+
+    train: list[Sample]
+    test: list[Sample]
+    holdout: list[Sample]
+
+    def by_name(self, name: SplitName) -> list[Sample]:
+        """Return the samples of the split called ``name``."""
+        return {"train": self.train, "test": self.test, "holdout": self.holdout}[name]
+
+
+class Checkpoint(BaseModel):
+    """Logged samples, the action that produced them, and the evals that scored them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: int = CHECKPOINT_SCHEMA_VERSION
+    samples: list[Sample]
+    action: Action
+    eval_constants: list[EvalConstants]
+    provenance: Provenance
+
+    @model_validator(mode="after")
+    def _ids_unique_and_evals_named(self) -> Checkpoint:
+        id_counts = Counter(sample.sample_id for sample in self.samples)
+        dupes = sorted(sample_id for sample_id, count in id_counts.items() if count > 1)
+        if dupes:
+            raise ValueError(f"sample ids must be unique; duplicated: {dupes[:5]}")
+        names = [constants.name for constants in self.eval_constants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"eval names must be unique; got {names}")
+        return self
+
+    def save(self, path: str | Path) -> Path:
+        """Write the checkpoint as JSON atomically; returns the path written."""
+        return atomic_write_text(path, self.model_dump_json(indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Checkpoint:
+        """Read a checkpoint written by :meth:`save`.
+
+        Raises:
+            CheckpointError: the file is missing, not JSON, or not a valid checkpoint.
+        """
+        target = Path(path)
+        if not target.exists():
+            raise CheckpointError(f"No checkpoint at {target}. Build one with `selfimprove-rl fetch`.")
+        try:
+            checkpoint = cls.model_validate_json(target.read_text(encoding="utf-8"))
+        except ValidationError as exc:
+            raise CheckpointError(f"{target} is not a valid checkpoint:\n{exc}") from exc
+        if checkpoint.schema_version != CHECKPOINT_SCHEMA_VERSION:
+            raise CheckpointError(
+                f"{target} has schema_version {checkpoint.schema_version}; this version of "
+                f"selfimprove-rl reads {CHECKPOINT_SCHEMA_VERSION}. Rebuild the checkpoint."
+            )
+        return checkpoint
+
+    def sample(self, sample_id: str) -> Sample:
+        """Return the sample with ``sample_id``.
+
+        Raises:
+            KeyError: no such sample.
+        """
+        for candidate in self.samples:
+            if candidate.sample_id == sample_id:
+                return candidate
+        raise KeyError(sample_id)
+
+    def split(
+        self,
+        seed: int = 0,
+        fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
+        stratify: bool = True,
+    ) -> Splits:
+        """Split samples into train / test / holdout, reproducibly for a seed.
+
+        Samples are ordered by id before shuffling, so the split does not depend on the order
+        they were loaded in. With ``stratify`` and references present, each reference output
+        is divided in the same proportions (largest-remainder rounding); when references are
+        nearly all distinct (more groups than a fifth of the samples) stratifying would be
+        meaningless, and the split falls back to a plain shuffle.
+
+        Args:
+            seed: the split seed; the same seed always gives the same split.
+            fractions: train, test and holdout shares; must be non-negative and sum to 1.
+            stratify: divide each reference output proportionally.
+
+        Returns:
+            The three splits, each ordered as shuffled.
+
+        Raises:
+            CheckpointError: bad fractions, or too few samples to give every split one.
+        """
+        if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1.0):
+            raise CheckpointError(
+                f"Expects three non-negative split fractions summing to 1, got {fractions}"
+            )
+        wanted = sum(1 for f in fractions if f > 0)
+        if len(self.samples) < wanted:
+            raise CheckpointError(
+                f"Expects at least {wanted} samples to split, got {len(self.samples)}"
+            )
+        rng = np.random.default_rng(seed)
+        ordered = sorted(self.samples, key=lambda s: s.sample_id)
+        groups: dict[str, list[Sample]] = defaultdict(list)
+        references = [s.reference for s in ordered]
+        use_strata = stratify and all(r is not None for r in references)
+        if use_strata and len(set(references)) > max(1, len(ordered) // 5):
+            use_strata = False
+        for sample in ordered:
+            groups[sample.reference if use_strata and sample.reference is not None else ""].append(sample)
+        parts: tuple[list[Sample], list[Sample], list[Sample]] = ([], [], [])
+        for key in sorted(groups):
+            members = groups[key]
+            order = rng.permutation(len(members))
+            counts = _largest_remainder(len(members), fractions)
+            start = 0
+            for part, count in zip(parts, counts, strict=True):
+                part.extend(members[i] for i in order[start : start + count])
+                start += count
+        for part in parts:
+            shuffle = rng.permutation(len(part))
+            part[:] = [part[i] for i in shuffle]
+        return Splits(*parts)
+
+
+def _largest_remainder(total: int, fractions: tuple[float, float, float]) -> list[int]:
+    """Divide ``total`` items by ``fractions`` into whole counts that sum to ``total``."""
+    raw = [total * f for f in fractions]
+    counts = [math.floor(x) for x in raw]
+    remainders = sorted(range(3), key=lambda i: (raw[i] - counts[i], -i), reverse=True)
+    for i in remainders[: total - sum(counts)]:
+        counts[i] += 1
+    return counts

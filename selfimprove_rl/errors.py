@@ -1,0 +1,123 @@
+"""One exception hierarchy for selfimprove-rl.
+
+Every error the package raises on purpose derives from :class:`SelfImproveError`, so a caller
+can catch the whole family in one clause. Messages follow "expected, got, fix".
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from typing import Literal
+
+InvalidEditReason = Literal[
+    "frozen_block",
+    "line_out_of_range",
+    "empty_text",
+    "multiline_text",
+    "unknown_block",
+    "unknown_model",
+    "unparseable_directive",
+    "conflicting_edits",
+    "duplicate_block",
+]
+
+
+class SelfImproveError(Exception):
+    """Base class of every error raised on purpose by selfimprove-rl."""
+
+
+class ConfigError(SelfImproveError):
+    """A configuration value is missing, malformed or names something unknown."""
+
+
+class CheckpointError(SelfImproveError):
+    """A checkpoint file or its contents cannot be read, validated or split."""
+
+
+class DataError(SelfImproveError):
+    """An input data file (mimic JSONL, telemetry export) is malformed."""
+
+
+class InvalidEdit(SelfImproveError):
+    """An edit cannot be applied to a prompt state; the state is left unchanged.
+
+    Attributes:
+        reason: a machine-readable reason (see ``InvalidEditReason``).
+        block: the block the edit targeted, when known.
+        line: the 1-based line number the edit targeted, when known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: InvalidEditReason,
+        block: str | None = None,
+        line: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.reason: InvalidEditReason = reason
+        self.block = block
+        self.line = line
+
+
+class ReplayError(SelfImproveError):
+    """A replay cannot run at all (a systemic fault, not a failed sample)."""
+
+
+class EvaluatorError(SelfImproveError):
+    """An evaluator is misconfigured or cannot run at all."""
+
+
+class SimulatedModelError(SelfImproveError):
+    """The simulated model was asked for something it does not serve (unknown tier, bad request)."""
+
+
+class TelemetryError(SelfImproveError):
+    """Phoenix telemetry cannot be reached, read or written."""
+
+
+class NoUsableSamplesError(TelemetryError):
+    """A checkpoint build found no usable rows; the message says why rows were skipped."""
+
+
+class EnvError(SelfImproveError):
+    """The prompt environment was misused (step before reset, unknown base version)."""
+
+
+class PolicyError(SelfImproveError):
+    """A policy is misconfigured or could not produce an action."""
+
+
+class CoachOutputError(PolicyError):
+    """A coach model's reply could not be parsed into valid edits after all retries."""
+
+
+class RegistryError(SelfImproveError):
+    """The prompt registry is corrupt or was asked for a version it does not hold."""
+
+
+class BudgetExhausted(SelfImproveError):
+    """A call or token budget is spent; the run stops cleanly and keeps what it has."""
+
+
+def unknown_name_message(kind: str, name: str, known: Iterable[str]) -> str:
+    """Build an "unknown X" message that suggests the closest valid name.
+
+    Args:
+        kind: what was looked up, e.g. ``"policy"``.
+        name: the name that was not found.
+        known: every valid name.
+
+    Returns:
+        A message naming the closest valid name when one is close, and listing the options.
+
+    Example:
+        >>> unknown_name_message("policy", "randon", ["random", "rule_induction"])
+        "Unknown policy 'randon'. Did you mean 'random'? Valid options: random, rule_induction."
+    """
+    options = sorted(known)
+    close = difflib.get_close_matches(name, options, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"Unknown {kind} {name!r}.{hint} Valid options: {', '.join(options)}."

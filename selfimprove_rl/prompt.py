@@ -1,0 +1,514 @@
+"""What is the prompt? A structured system prompt, the edits a coach can make, and their parser.
+
+A :class:`PromptState` is a model name plus named blocks of lines (a general block, SOP
+blocks...). Any block can be frozen. It renders to the system message, has a stable
+fingerprint, and diffs against another state.
+
+An :data:`Edit` is one of :class:`AddLine`, :class:`EditLine`, :class:`DeleteLine`,
+:class:`ReplaceBlock`, :class:`SetModel`, :class:`NoOp` (a pydantic discriminated union on
+``kind``). :func:`apply` returns a new state or raises :class:`InvalidEdit` naming the block,
+the line and the reason; states are immutable, so a failed edit list never leaves a
+half-applied state behind.
+
+Coach directive text (one directive per line, keywords case-insensitive)::
+
+    BLOCK: sop               switch the target block for the directives that follow
+    ADD: text                append a line
+    EDIT: 3 -> text          replace line 3
+    DEL: 2                   delete line 2
+    REPLACE:                 replace the whole block with the lines that follow
+    MODEL: sim-large         switch model
+    no_change                nothing to change
+
+Line numbers in directive text refer to the prompt *as shown to the coach*:
+:func:`parse_directives` orders edits (edits, then deletions from the bottom up, then
+additions) so earlier directives never shift the lines later ones name.
+
+Example:
+    >>> state = PromptState.from_text("Be kind.", model="sim-large")
+    >>> new = apply(state, parse_directives('ADD: if input mentions tea: respond "Tea!"'))
+    >>> print(new.render())
+    Be kind.
+    <BLANKLINE>
+    ## SOP
+    if input mentions tea: respond "Tea!"
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from collections.abc import Collection, Sequence
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from selfimprove_rl.checkpoint import Action
+from selfimprove_rl.errors import InvalidEdit, unknown_name_message
+
+DEFAULT_EDIT_BLOCK = "sop"
+SOP_TITLE = "## SOP"
+_HEADING = re.compile(r"^#{1,6}\s+\S.*$")
+
+
+def block_name_for(title: str) -> str:
+    """Return the block name for a heading line: lowercase words joined by underscores.
+
+    Example:
+        >>> block_name_for("## Standard Operating Procedure")
+        'standard_operating_procedure'
+    """
+    words = re.findall(r"[a-z0-9]+", title.lower())
+    return "_".join(words) or "block"
+
+
+class Block(BaseModel):
+    """A named group of prompt lines, rendered under an optional heading line."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9_\-]+$")
+    title: str | None = Field(default=None, description="Heading line rendered above the lines.")
+    lines: tuple[str, ...] = ()
+    frozen: bool = False
+
+    def render(self) -> str:
+        """Return the block as text; an empty block renders as the empty string."""
+        if not self.lines:
+            return ""
+        body = "\n".join(self.lines)
+        return f"{self.title}\n{body}" if self.title else body
+
+    def numbered(self) -> str:
+        """Return the lines numbered from 1, as a coach sees them."""
+        return "\n".join(f"{i}. {line}" for i, line in enumerate(self.lines, start=1))
+
+
+class PromptState(BaseModel):
+    """The optimizable state of one call: named blocks of system-prompt lines and a model."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    blocks: tuple[Block, ...]
+    model: str
+
+    def render(self) -> str:
+        """Return the system message: non-empty blocks joined by a blank line."""
+        return "\n\n".join(text for text in (b.render() for b in self.blocks) if text)
+
+    def fingerprint(self) -> str:
+        """Return a stable 16-hex id of the blocks (names, titles, lines, frozen) and model."""
+        payload = {
+            "blocks": [[b.name, b.title, list(b.lines), b.frozen] for b in self.blocks],
+            "model": self.model,
+        }
+        digest = hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).hexdigest()
+        return digest[:16]
+
+    @property
+    def block_names(self) -> list[str]:
+        """Names of the blocks, in order."""
+        return [b.name for b in self.blocks]
+
+    @property
+    def default_block(self) -> str:
+        """The block edits go to when they name none: ``sop`` if present, else the last."""
+        return DEFAULT_EDIT_BLOCK if DEFAULT_EDIT_BLOCK in self.block_names else self.blocks[-1].name
+
+    def block(self, name: str) -> Block:
+        """Return the block called ``name``.
+
+        Raises:
+            InvalidEdit: no such block (reason ``unknown_block``).
+        """
+        for candidate in self.blocks:
+            if candidate.name == name:
+                return candidate
+        raise InvalidEdit(
+            unknown_name_message("block", name, self.block_names),
+            reason="unknown_block",
+            block=name,
+        )
+
+    def with_block(self, block: Block) -> PromptState:
+        """Return a copy with the block of the same name replaced."""
+        return self.model_copy(
+            update={"blocks": tuple(block if b.name == block.name else b for b in self.blocks)}
+        )
+
+    def with_frozen(self, names: Collection[str]) -> PromptState:
+        """Return a copy in which exactly the blocks in ``names`` are frozen.
+
+        Raises:
+            InvalidEdit: a name is not a block (reason ``unknown_block``).
+        """
+        for name in names:
+            self.block(name)
+        return self.model_copy(
+            update={
+                "blocks": tuple(b.model_copy(update={"frozen": b.name in names}) for b in self.blocks)
+            }
+        )
+
+    def to_action(self, base: Action) -> Action:
+        """Return ``base`` with this state's rendered system prompt and model."""
+        return base.model_copy(update={"system_prompt": self.render(), "model": self.model})
+
+    @classmethod
+    def from_text(
+        cls, text: str, model: str, *, ensure_sop_block: bool = True
+    ) -> PromptState:
+        """Parse a system prompt into blocks at its markdown headings.
+
+        Text before the first heading becomes the ``general`` block (no heading); each heading
+        starts a block named after it. Blank lines around headings are dropped and restored by
+        :meth:`render` as one blank line, so ``from_text(t).render() == t`` for prompts that
+        separate sections by one blank line. With ``ensure_sop_block`` an empty ``sop`` block
+        (heading ``## SOP``) is appended when none exists, to give rules a home; empty blocks
+        render as nothing, so the rendered prompt is unchanged.
+
+        Args:
+            text: the system prompt as logged.
+            model: the model the prompt was used with.
+            ensure_sop_block: add an empty ``sop`` block when there is none.
+
+        Returns:
+            The parsed state.
+        """
+        sections: list[tuple[str | None, list[str]]] = [(None, [])]
+        for line in text.split("\n"):
+            if _HEADING.match(line):
+                sections.append((line.rstrip(), []))
+            else:
+                sections[-1][1].append(line)
+        blocks: list[Block] = []
+        for title, lines in sections:
+            while lines and not lines[0].strip():
+                lines.pop(0)
+            while lines and not lines[-1].strip():
+                lines.pop()
+            if title is None and not lines:
+                continue
+            name = "general" if title is None else block_name_for(title)
+            suffix = 2
+            base_name = name
+            while name in {b.name for b in blocks}:
+                name = f"{base_name}_{suffix}"
+                suffix += 1
+            blocks.append(Block(name=name, title=title, lines=tuple(lines)))
+        if ensure_sop_block and DEFAULT_EDIT_BLOCK not in {b.name for b in blocks}:
+            blocks.append(Block(name=DEFAULT_EDIT_BLOCK, title=SOP_TITLE))
+        if not blocks:
+            blocks.append(Block(name="general"))
+        return cls(blocks=tuple(blocks), model=model)
+
+
+class AddLine(BaseModel):
+    """Insert a line into a block (append when ``position`` is None)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: Literal["add_line"] = "add_line"
+    text: str
+    block: str | None = None
+    position: int | None = Field(default=None, description="1-based; the new line's number.")
+
+
+class EditLine(BaseModel):
+    """Replace line ``line`` (1-based) of a block with ``text``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: Literal["edit_line"] = "edit_line"
+    line: int
+    text: str
+    block: str | None = None
+
+
+class DeleteLine(BaseModel):
+    """Delete line ``line`` (1-based) of a block."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: Literal["delete_line"] = "delete_line"
+    line: int
+    block: str | None = None
+
+
+class ReplaceBlock(BaseModel):
+    """Replace every line of a block."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: Literal["replace_block"] = "replace_block"
+    lines: tuple[str, ...]
+    block: str | None = None
+
+
+class SetModel(BaseModel):
+    """Switch the model the call runs on."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: Literal["set_model"] = "set_model"
+    model: str
+
+
+class NoOp(BaseModel):
+    """Change nothing (a coach may judge the prompt good as it is)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: Literal["no_op"] = "no_op"
+
+
+Edit = Annotated[
+    AddLine | EditLine | DeleteLine | ReplaceBlock | SetModel | NoOp,
+    Field(discriminator="kind"),
+]
+EDIT_LIST_ADAPTER: TypeAdapter[list[Edit]] = TypeAdapter(list[Edit])
+
+
+def _check_line_text(text: str, block: str, line: int | None) -> None:
+    if not text.strip():
+        raise InvalidEdit(
+            f"Line text is empty (block {block!r}, line {line}); use DEL to remove a line.",
+            reason="empty_text",
+            block=block,
+            line=line,
+        )
+    if "\n" in text:
+        raise InvalidEdit(
+            f"Line text spans several lines (block {block!r}, line {line}); "
+            "add one line per directive or use REPLACE.",
+            reason="multiline_text",
+            block=block,
+            line=line,
+        )
+
+
+def _check_line_number(line: int, block: Block, *, allow_end: bool = False) -> None:
+    upper = len(block.lines) + (1 if allow_end else 0)
+    if not 1 <= line <= upper:
+        shown = f"1..{upper}" if upper else "none (the block is empty)"
+        raise InvalidEdit(
+            f"Line {line} is out of range for block {block.name!r}; valid lines: {shown}.",
+            reason="line_out_of_range",
+            block=block.name,
+            line=line,
+        )
+
+
+def _apply_one(state: PromptState, edit: Edit, allowed_models: Collection[str] | None) -> PromptState:
+    if isinstance(edit, NoOp):
+        return state
+    if isinstance(edit, SetModel):
+        if not edit.model.strip():
+            raise InvalidEdit("Model name is empty.", reason="empty_text")
+        if allowed_models is not None and edit.model not in allowed_models:
+            raise InvalidEdit(
+                unknown_name_message("model", edit.model, allowed_models),
+                reason="unknown_model",
+            )
+        return state.model_copy(update={"model": edit.model})
+    block = state.block(edit.block or state.default_block)
+    if block.frozen:
+        raise InvalidEdit(
+            f"Block {block.name!r} is frozen; edit another block ({', '.join(b.name for b in state.blocks if not b.frozen) or 'none is editable'}).",
+            reason="frozen_block",
+            block=block.name,
+            line=getattr(edit, "line", None),
+        )
+    lines = list(block.lines)
+    if isinstance(edit, AddLine):
+        position = edit.position if edit.position is not None else len(lines) + 1
+        _check_line_number(position, block, allow_end=True)
+        _check_line_text(edit.text, block.name, position)
+        lines.insert(position - 1, edit.text.strip())
+    elif isinstance(edit, EditLine):
+        _check_line_number(edit.line, block)
+        _check_line_text(edit.text, block.name, edit.line)
+        lines[edit.line - 1] = edit.text.strip()
+    elif isinstance(edit, DeleteLine):
+        _check_line_number(edit.line, block)
+        del lines[edit.line - 1]
+    else:
+        for number, text in enumerate(edit.lines, start=1):
+            _check_line_text(text, block.name, number)
+        lines = [text.strip() for text in edit.lines]
+    return state.with_block(block.model_copy(update={"lines": tuple(lines)}))
+
+
+def apply(
+    state: PromptState,
+    edits: Edit | Sequence[Edit],
+    *,
+    allowed_models: Collection[str] | None = None,
+) -> PromptState:
+    """Apply one edit or a list of edits, in order, and return the new state.
+
+    Edits naming no block go to ``state.default_block``.
+
+    Args:
+        state: the state to edit; never modified.
+        edits: an edit or a sequence applied in order (each sees the previous one's result).
+        allowed_models: models a :class:`SetModel` may choose; ``None`` allows any.
+
+    Returns:
+        The new state (``state`` itself when nothing changes).
+
+    Raises:
+        InvalidEdit: an edit cannot apply; nothing is applied.
+    """
+    sequence: Sequence[Edit] = [edits] if isinstance(edits, BaseModel) else edits
+    result = state
+    for edit in sequence:
+        result = _apply_one(result, edit, allowed_models)
+    return result
+
+
+_DIRECTIVE = re.compile(r"^\s*(?:[-*•]\s+|\d+[.)]\s+)?([A-Za-z_]+)\s*(\d+)?\s*:\s*(.*)$", re.DOTALL)
+_ARROW = re.compile(r"^\s*(\d+)\s*(?:->|→|=>|:)\s*(.*)$", re.DOTALL)
+_NO_CHANGE = re.compile(r"^\s*[`\"']?\s*no[_\s-]?changes?\s*[`\"']?\s*\.?\s*$", re.IGNORECASE)
+
+
+def _parse_error(message: str, number: int, block: str | None) -> InvalidEdit:
+    return InvalidEdit(
+        f"Directive line {number}: {message}", reason="unparseable_directive", block=block, line=number
+    )
+
+
+def parse_directives(text: str, *, block: str | None = None) -> list[Edit]:
+    """Parse coach directive text into edits whose line numbers refer to the prompt as shown.
+
+    Args:
+        text: directives, one per line (see the module docstring).
+        block: the block directives target until a ``BLOCK:`` line; ``None`` means the
+            state's default block at apply time.
+
+    Returns:
+        The edits, ordered per block as edits, deletions (bottom up), additions; an empty
+        list for ``no_change``.
+
+    Raises:
+        InvalidEdit: a line is not a directive (``unparseable_directive``), or two directives
+            touch the same line, or ``REPLACE`` is mixed with line edits of its block
+            (``conflicting_edits``).
+
+    Example:
+        >>> [e.kind for e in parse_directives("DEL: 1\\nDEL: 3\\nADD: x\\nEDIT: 2 -> y")]
+        ['edit_line', 'delete_line', 'delete_line', 'add_line']
+    """
+    groups: dict[str | None, list[Edit]] = {}
+    model_edits: list[Edit] = []
+    current = block
+    raw_lines = text.strip().split("\n")
+    number = 0
+    while number < len(raw_lines):
+        line = raw_lines[number]
+        number += 1
+        if not line.strip() or _NO_CHANGE.match(line):
+            continue
+        match = _DIRECTIVE.match(line)
+        if not match:
+            raise _parse_error(
+                f"expected KEYWORD: value (ADD, EDIT, DEL, REPLACE, MODEL, BLOCK, no_change), got {line.strip()[:80]!r}",
+                number,
+                current,
+            )
+        keyword, inline_number, rest = match.group(1).upper(), match.group(2), match.group(3).strip()
+        edits = groups.setdefault(current, [])
+        if keyword == "BLOCK":
+            if not rest:
+                raise _parse_error("BLOCK needs a block name", number, current)
+            current = block_name_for(rest)
+        elif keyword == "ADD":
+            position = int(inline_number) if inline_number else None
+            edits.append(AddLine(text=rest, block=current, position=position))
+        elif keyword == "EDIT":
+            target = _ARROW.match(f"{inline_number}: {rest}" if inline_number else rest)
+            if not target:
+                raise _parse_error("EDIT needs 'N -> new text'", number, current)
+            edits.append(EditLine(line=int(target.group(1)), text=target.group(2).strip(), block=current))
+        elif keyword in {"DEL", "DELETE"}:
+            value = inline_number or rest
+            if not value.isdigit():
+                raise _parse_error(f"DEL needs a line number, got {value!r}", number, current)
+            edits.append(DeleteLine(line=int(value), block=current))
+        elif keyword == "REPLACE":
+            new_lines = [rest] if rest else []
+            new_lines += [raw.strip() for raw in raw_lines[number:] if raw.strip()]
+            number = len(raw_lines)
+            edits.append(ReplaceBlock(lines=tuple(new_lines), block=current))
+        elif keyword == "MODEL":
+            model_edits.append(SetModel(model=rest))
+        else:
+            raise _parse_error(
+                f"unknown keyword {keyword!r}; use ADD, EDIT, DEL, REPLACE, MODEL, BLOCK or no_change",
+                number,
+                current,
+            )
+    ordered: list[Edit] = []
+    for group_block, edits in groups.items():
+        ordered.extend(_order_as_shown(edits, group_block))
+    return ordered + model_edits
+
+
+def _order_as_shown(edits: list[Edit], block: str | None) -> list[Edit]:
+    """Order one block's edits so each line number refers to the block as shown."""
+    replaces = [e for e in edits if isinstance(e, ReplaceBlock)]
+    if replaces and len(edits) > 1:
+        raise InvalidEdit(
+            f"REPLACE rewrites block {block or DEFAULT_EDIT_BLOCK!r} whole; it cannot be "
+            "combined with other directives on that block.",
+            reason="conflicting_edits",
+            block=block,
+        )
+    touched: dict[int, str] = {}
+    for edit in edits:
+        if isinstance(edit, EditLine | DeleteLine):
+            if edit.line in touched:
+                raise InvalidEdit(
+                    f"Line {edit.line} of block {block or DEFAULT_EDIT_BLOCK!r} is targeted twice "
+                    f"({touched[edit.line]} and {edit.kind}); give one directive per line.",
+                    reason="conflicting_edits",
+                    block=block,
+                    line=edit.line,
+                )
+            touched[edit.line] = edit.kind
+    line_edits = [e for e in edits if isinstance(e, EditLine)]
+    deletes = sorted((e for e in edits if isinstance(e, DeleteLine)), key=lambda e: -e.line)
+    adds = [e for e in edits if isinstance(e, AddLine)]
+    return [*replaces, *line_edits, *deletes, *adds]
+
+
+def to_directive(edit: Edit) -> str:
+    """Render an edit as directive text (the inverse of :func:`parse_directives` for one edit).
+
+    Example:
+        >>> to_directive(EditLine(line=2, text="be brief", block="general"))
+        'BLOCK: general\\nEDIT: 2 -> be brief'
+    """
+    prefix = f"BLOCK: {edit.block}\n" if getattr(edit, "block", None) else ""
+    if isinstance(edit, AddLine):
+        spot = f" {edit.position}" if edit.position is not None else ""
+        return f"{prefix}ADD{spot}: {edit.text}"
+    if isinstance(edit, EditLine):
+        return f"{prefix}EDIT: {edit.line} -> {edit.text}"
+    if isinstance(edit, DeleteLine):
+        return f"{prefix}DEL: {edit.line}"
+    if isinstance(edit, ReplaceBlock):
+        return f"{prefix}REPLACE:\n" + "\n".join(edit.lines)
+    if isinstance(edit, SetModel):
+        return f"MODEL: {edit.model}"
+    return "no_change"
+
+
+def diff(before: PromptState, after: PromptState, *, name: str = "prompt") -> str:
+    """Return a unified diff of two states' rendered prompts, model line first.
+
+    Returns:
+        The diff text; empty when the rendered prompts and models are equal.
+    """
+    old = [f"model: {before.model}", *before.render().split("\n")]
+    new = [f"model: {after.model}", *after.render().split("\n")]
+    return "\n".join(
+        difflib.unified_diff(old, new, fromfile=f"{name}@{before.fingerprint()}",
+                             tofile=f"{name}@{after.fingerprint()}", lineterm="")
+    )
