@@ -17,6 +17,7 @@ Conventions:
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter, defaultdict
 from datetime import datetime
@@ -159,6 +160,18 @@ class EvalConstants(BaseModel):
     eval_provider: str | None = None
     direction: Literal["maximize", "minimize"] = "maximize"
     weight: float = Field(default=1.0, ge=0.0)
+    template_format: Literal["string", "messages"] = Field(
+        default="string",
+        description='"messages": `template` holds a JSON list of {role, content} messages '
+        "(the form of Phoenix's built-in metrics); see `prompt_template()`.",
+    )
+    label_descriptions: dict[str, str] = Field(
+        default_factory=dict, description="Rail descriptions, when the choices carried them."
+    )
+    include_explanation: bool = True
+    eval_parameters: dict[str, Any] = Field(
+        default_factory=dict, description="Invocation parameters sent to the judge model."
+    )
 
     @model_validator(mode="after")
     def _classifier_has_template_and_rails(self) -> EvalConstants:
@@ -173,6 +186,21 @@ class EvalConstants(BaseModel):
     def rails(self) -> list[str]:
         """The labels a classifier may answer, in order."""
         return list(self.choices)
+
+    def prompt_template(self) -> str | list[dict[str, Any]]:
+        """The template as Phoenix evals takes it: a string, or a list of chat messages.
+
+        Example:
+            >>> EvalConstants(name="e", template="Is {output} ok?", choices={"yes": 1.0}
+            ...               ).prompt_template()
+            'Is {output} ok?'
+        """
+        if self.template_format == "messages" and self.template:
+            messages = json.loads(self.template)
+            if not isinstance(messages, list):
+                raise ValueError(f"eval {self.name!r}: template is not a JSON list of messages")
+            return messages
+        return self.template or ""
 
 
 class Provenance(BaseModel):
