@@ -262,6 +262,7 @@ Edit = Annotated[
     AddLine | EditLine | DeleteLine | ReplaceBlock | SetModel | NoOp,
     Field(discriminator="kind"),
 ]
+EDIT_TYPES: tuple[type[BaseModel], ...] = (AddLine, EditLine, DeleteLine, ReplaceBlock, SetModel, NoOp)
 EDIT_LIST_ADAPTER: TypeAdapter[list[Edit]] = TypeAdapter(list[Edit])
 
 

@@ -1,0 +1,90 @@
+"""How is a PromptEnv built from names? The entry point behind ``gymnasium.make``.
+
+``gymnasium.make("selfimprove_rl/PromptEnv-v0")`` with no arguments builds the coffee/sports
+mimic env on the simulated model (``sim-large``), no API key needed. Every argument can be
+overridden through ``make`` keyword arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from envs.prompt_env import PromptEnv, PromptEnvConfig
+from selfimprove_rl.backend import Backend
+from selfimprove_rl.checkpoint import Checkpoint
+from selfimprove_rl.evals import Evaluator
+from selfimprove_rl.evals.factory import build_evaluators
+from selfimprove_rl.mimic import load_dataset, load_mimic_jsonl
+from selfimprove_rl.registry import Registry
+
+
+def load_checkpoint_source(data: str | Path | Checkpoint, *, model: str) -> Checkpoint:
+    """Return a checkpoint from a shipped data set name, a mimic JSONL, or a checkpoint JSON.
+
+    Args:
+        data: a :class:`Checkpoint`, a shipped data set name (``coffee_sports``), a path to a
+            mimic JSONL file, or a path to a checkpoint ``.json`` file.
+        model: the target model for mimic data (checkpoints keep their logged model).
+    """
+    if isinstance(data, Checkpoint):
+        return data
+    path = Path(data)
+    if path.suffix == ".json":
+        return Checkpoint.load(path)
+    if path.suffix == ".jsonl" or path.exists():
+        return load_mimic_jsonl(path, model=model)
+    return load_dataset(str(data), model=model)
+
+
+def make_prompt_env(
+    *,
+    data: str | Path | Checkpoint = "coffee_sports",
+    model: str | None = None,
+    backend: Backend | dict[str, Any] | None = None,
+    evaluators: Sequence[Evaluator] | None = None,
+    config: PromptEnvConfig | dict[str, Any] | None = None,
+    registry: Registry | None = None,
+    render_mode: str | None = None,
+    **config_overrides: Any,
+) -> PromptEnv:
+    """Build a :class:`PromptEnv` from names and plain values.
+
+    Args:
+        data: see :func:`load_checkpoint_source`.
+        model: the target model (default: ``sim-large`` for mimic data, else as logged).
+        backend: which server answers (default: the in-process simulated model).
+        evaluators: default: built from the checkpoint's eval constants, judged on ``backend``.
+        config: env options; ``config_overrides`` are merged on top.
+        registry: where versions live (default: in memory).
+        render_mode: ``"ansi"`` or ``None``.
+
+    Returns:
+        The environment (not wrapped; ``gymnasium.make`` adds its wrappers).
+    """
+    resolved_backend = (
+        backend if isinstance(backend, Backend) else Backend.model_validate(backend or {})
+    )
+    checkpoint = load_checkpoint_source(data, model=model or "sim-large")
+    target_model = model or checkpoint.action.model
+    base_config = (
+        config if isinstance(config, PromptEnvConfig) else PromptEnvConfig.model_validate(config or {})
+    )
+    env_config = base_config.model_copy(update=config_overrides) if config_overrides else base_config
+    env_config = PromptEnvConfig.model_validate(env_config.model_dump())
+    if evaluators is None:
+        evaluators = build_evaluators(
+            checkpoint.eval_constants,
+            judge_llm_kwargs=resolved_backend.phoenix_llm_kwargs(),
+            target_model=target_model,
+        )
+    return PromptEnv(
+        checkpoint,
+        resolved_backend.async_client(),
+        evaluators,
+        env_config,
+        model=target_model,
+        registry=registry,
+        render_mode=render_mode,
+    )
