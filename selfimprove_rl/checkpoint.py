@@ -50,16 +50,14 @@ def message_text(message: dict[str, Any]) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(
-            str(part.get("text", "")) for part in content if isinstance(part, dict)
-        )
+        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
     return str(content)
 
 
 class Sample(BaseModel):
     """One logged call: its conversation, its output, and the evals it received."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     sample_id: str = Field(description="Stable id; the span id for Phoenix data.")
     chat_history: list[dict[str, Any]] = Field(
@@ -105,7 +103,7 @@ class Sample(BaseModel):
 class Action(BaseModel):
     """The parameters of the call being optimized: system prompt, model, invocation params."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     system_prompt: str
     model: str
@@ -148,7 +146,7 @@ class EvalConstants(BaseModel):
     compare the new output with ``Sample.reference`` and need no template.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     name: str
     kind: EvalKind = "classifier"
@@ -266,22 +264,44 @@ class Checkpoint(BaseModel):
     def load(cls, path: str | Path) -> Checkpoint:
         """Read a checkpoint written by :meth:`save`.
 
+        The schema version is checked before the contents, so a checkpoint from another
+        version of selfimprove-rl gets a version message rather than field errors.
+
         Raises:
-            CheckpointError: the file is missing, not JSON, or not a valid checkpoint.
+            CheckpointError: the file is missing or unreadable, not JSON, of another schema
+                version, or not a valid checkpoint.
         """
         target = Path(path)
-        if not target.exists():
-            raise CheckpointError(f"No checkpoint at {target}. Build one with `selfimprove-rl fetch`.")
         try:
-            checkpoint = cls.model_validate_json(target.read_text(encoding="utf-8"))
-        except ValidationError as exc:
-            raise CheckpointError(f"{target} is not a valid checkpoint:\n{exc}") from exc
-        if checkpoint.schema_version != CHECKPOINT_SCHEMA_VERSION:
+            raw = target.read_bytes()
+        except FileNotFoundError as exc:
             raise CheckpointError(
-                f"{target} has schema_version {checkpoint.schema_version}; this version of "
+                f"No checkpoint at {target}. Build one with `selfimprove-rl fetch`."
+            ) from exc
+        except OSError as exc:
+            raise CheckpointError(f"Cannot read checkpoint {target}: {exc}") from exc
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CheckpointError(
+                f"{target} is not a checkpoint: expected the JSON written by Checkpoint.save, "
+                f"got unparseable content ({exc})."
+            ) from exc
+        if not isinstance(data, dict):
+            raise CheckpointError(
+                f"{target} is not a checkpoint: expected a JSON object, "
+                f"got a JSON {type(data).__name__}."
+            )
+        version = data.get("schema_version", CHECKPOINT_SCHEMA_VERSION)
+        if version != CHECKPOINT_SCHEMA_VERSION:
+            raise CheckpointError(
+                f"{target} has schema_version {version!r}; this version of "
                 f"selfimprove-rl reads {CHECKPOINT_SCHEMA_VERSION}. Rebuild the checkpoint."
             )
-        return checkpoint
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise CheckpointError(f"{target} is not a valid checkpoint:\n{exc}") from exc
 
     def sample(self, sample_id: str) -> Sample:
         """Return the sample with ``sample_id``.
@@ -304,9 +324,11 @@ class Checkpoint(BaseModel):
 
         Samples are ordered by id before shuffling, so the split does not depend on the order
         they were loaded in. With ``stratify`` and references present, each reference output
-        is divided in the same proportions (largest-remainder rounding); when references are
-        nearly all distinct (more groups than a fifth of the samples) stratifying would be
-        meaningless, and the split falls back to a plain shuffle.
+        is divided in the same proportions, as closely as whole numbers allow, while the
+        split sizes stay those of the whole (largest-remainder rounding of the total, so
+        small strata cannot bias them); when references are nearly all distinct (more
+        groups than a fifth of the samples) stratifying would be meaningless, and the split
+        falls back to a plain shuffle.
 
         Args:
             seed: the split seed; the same seed always gives the same split.
@@ -319,7 +341,11 @@ class Checkpoint(BaseModel):
         Raises:
             CheckpointError: bad fractions, or too few samples to give every split one.
         """
-        if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1.0):
+        if (
+            len(fractions) != 3
+            or any(f < 0 for f in fractions)
+            or not math.isclose(sum(fractions), 1.0)
+        ):
             raise CheckpointError(
                 f"Expects three non-negative split fractions summing to 1, got {fractions}"
             )
@@ -336,12 +362,15 @@ class Checkpoint(BaseModel):
         if use_strata and len(set(references)) > max(1, len(ordered) // 5):
             use_strata = False
         for sample in ordered:
-            groups[sample.reference if use_strata and sample.reference is not None else ""].append(sample)
+            groups[sample.reference if use_strata and sample.reference is not None else ""].append(
+                sample
+            )
+        keys = sorted(groups)
+        allocation = _stratified_counts([len(groups[key]) for key in keys], fractions)
         parts: tuple[list[Sample], list[Sample], list[Sample]] = ([], [], [])
-        for key in sorted(groups):
+        for key, counts in zip(keys, allocation, strict=True):
             members = groups[key]
             order = rng.permutation(len(members))
-            counts = _largest_remainder(len(members), fractions)
             start = 0
             for part, count in zip(parts, counts, strict=True):
                 part.extend(members[i] for i in order[start : start + count])
@@ -350,6 +379,39 @@ class Checkpoint(BaseModel):
             shuffle = rng.permutation(len(part))
             part[:] = [part[i] for i in shuffle]
         return Splits(*parts)
+
+
+def _stratified_counts(sizes: list[int], fractions: tuple[float, float, float]) -> list[list[int]]:
+    """Divide strata of ``sizes`` among three splits.
+
+    Each split gets the largest-remainder share of the total; each stratum gets the floor
+    of its share per split, and the leftover items go to the (stratum, split) pairs with the
+    largest fractional remainders, then wherever a split still has room.
+    """
+    targets = _largest_remainder(sum(sizes), fractions)
+    counts = [[math.floor(size * f) for f in fractions] for size in sizes]
+    room = [targets[s] - sum(row[s] for row in counts) for s in range(3)]
+    need = [size - sum(row) for size, row in zip(sizes, counts, strict=True)]
+    pairs = sorted(
+        (
+            (sizes[g] * fractions[s] - counts[g][s], g, s)
+            for g in range(len(sizes))
+            for s in range(3)
+        ),
+        key=lambda item: (-item[0], item[1], item[2]),
+    )
+    for remainder, g, s in pairs:
+        if remainder > 0 and need[g] and room[s] > 0:
+            counts[g][s] += 1
+            need[g] -= 1
+            room[s] -= 1
+    for g in range(len(sizes)):
+        for s in range(3):
+            extra = min(need[g], room[s])
+            counts[g][s] += extra
+            need[g] -= extra
+            room[s] -= extra
+    return counts
 
 
 def _largest_remainder(total: int, fractions: tuple[float, float, float]) -> list[int]:

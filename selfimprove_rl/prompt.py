@@ -20,9 +20,10 @@ Coach directive text (one directive per line, keywords case-insensitive)::
     MODEL: sim-large         switch model
     no_change                nothing to change
 
-Line numbers in directive text refer to the prompt *as shown to the coach*:
-:func:`parse_directives` orders edits (edits, then deletions from the bottom up, then
-additions) so earlier directives never shift the lines later ones name.
+Line numbers in directive text refer to the prompt *as shown to the coach* (``ADD 3: text``
+puts the new line where shown line 3 is): :func:`parse_directives` orders edits (line edits,
+then deletions and positioned additions from the bottom up, then appended lines) so earlier
+directives never shift the lines later ones name.
 
 Example:
     >>> state = PromptState.from_text("Be kind.", model="sim-large")
@@ -43,7 +44,7 @@ import re
 from collections.abc import Collection, Sequence
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from selfimprove_rl.checkpoint import Action
 from selfimprove_rl.errors import InvalidEdit, unknown_name_message
@@ -51,6 +52,7 @@ from selfimprove_rl.errors import InvalidEdit, unknown_name_message
 DEFAULT_EDIT_BLOCK = "sop"
 SOP_TITLE = "## SOP"
 _HEADING = re.compile(r"^#{1,6}\s+\S.*$")
+_BLOCK_NAME = re.compile(r"[a-z0-9_\-]+")
 
 
 def block_name_for(title: str) -> str:
@@ -91,8 +93,16 @@ class PromptState(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    blocks: tuple[Block, ...]
+    blocks: tuple[Block, ...] = Field(min_length=1)
     model: str
+
+    @model_validator(mode="after")
+    def _block_names_unique(self) -> PromptState:
+        names = [b.name for b in self.blocks]
+        dupes = sorted({name for name in names if names.count(name) > 1})
+        if dupes:
+            raise ValueError(f"block names must be unique; duplicated: {dupes}")
+        return self
 
     def render(self) -> str:
         """Return the system message: non-empty blocks joined by a blank line."""
@@ -115,7 +125,9 @@ class PromptState(BaseModel):
     @property
     def default_block(self) -> str:
         """The block edits go to when they name none: ``sop`` if present, else the last."""
-        return DEFAULT_EDIT_BLOCK if DEFAULT_EDIT_BLOCK in self.block_names else self.blocks[-1].name
+        return (
+            DEFAULT_EDIT_BLOCK if DEFAULT_EDIT_BLOCK in self.block_names else self.blocks[-1].name
+        )
 
     def block(self, name: str) -> Block:
         """Return the block called ``name``.
@@ -144,11 +156,15 @@ class PromptState(BaseModel):
         Raises:
             InvalidEdit: a name is not a block (reason ``unknown_block``).
         """
+        if isinstance(names, str):
+            names = [names]
         for name in names:
             self.block(name)
         return self.model_copy(
             update={
-                "blocks": tuple(b.model_copy(update={"frozen": b.name in names}) for b in self.blocks)
+                "blocks": tuple(
+                    b.model_copy(update={"frozen": b.name in names}) for b in self.blocks
+                )
             }
         )
 
@@ -157,9 +173,7 @@ class PromptState(BaseModel):
         return base.model_copy(update={"system_prompt": self.render(), "model": self.model})
 
     @classmethod
-    def from_text(
-        cls, text: str, model: str, *, ensure_sop_block: bool = True
-    ) -> PromptState:
+    def from_text(cls, text: str, model: str, *, ensure_sop_block: bool = True) -> PromptState:
         """Parse a system prompt into blocks at its markdown headings.
 
         Text before the first heading becomes the ``general`` block (no heading); each heading
@@ -262,7 +276,14 @@ Edit = Annotated[
     AddLine | EditLine | DeleteLine | ReplaceBlock | SetModel | NoOp,
     Field(discriminator="kind"),
 ]
-EDIT_TYPES: tuple[type[BaseModel], ...] = (AddLine, EditLine, DeleteLine, ReplaceBlock, SetModel, NoOp)
+EDIT_TYPES: tuple[type[BaseModel], ...] = (
+    AddLine,
+    EditLine,
+    DeleteLine,
+    ReplaceBlock,
+    SetModel,
+    NoOp,
+)
 EDIT_LIST_ADAPTER: TypeAdapter[list[Edit]] = TypeAdapter(list[Edit])
 
 
@@ -274,7 +295,7 @@ def _check_line_text(text: str, block: str, line: int | None) -> None:
             block=block,
             line=line,
         )
-    if "\n" in text:
+    if "\n" in text or "\r" in text:
         raise InvalidEdit(
             f"Line text spans several lines (block {block!r}, line {line}); "
             "add one line per directive or use REPLACE.",
@@ -296,7 +317,9 @@ def _check_line_number(line: int, block: Block, *, allow_end: bool = False) -> N
         )
 
 
-def _apply_one(state: PromptState, edit: Edit, allowed_models: Collection[str] | None) -> PromptState:
+def _apply_one(
+    state: PromptState, edit: Edit, allowed_models: Collection[str] | None
+) -> PromptState:
     if isinstance(edit, NoOp):
         return state
     if isinstance(edit, SetModel):
@@ -310,8 +333,9 @@ def _apply_one(state: PromptState, edit: Edit, allowed_models: Collection[str] |
         return state.model_copy(update={"model": edit.model})
     block = state.block(edit.block or state.default_block)
     if block.frozen:
+        editable = ", ".join(b.name for b in state.blocks if not b.frozen) or "none is editable"
         raise InvalidEdit(
-            f"Block {block.name!r} is frozen; edit another block ({', '.join(b.name for b in state.blocks if not b.frozen) or 'none is editable'}).",
+            f"Block {block.name!r} is frozen; edit another block ({editable}).",
             reason="frozen_block",
             block=block.name,
             line=getattr(edit, "line", None),
@@ -366,17 +390,22 @@ def apply(
 
 _DIRECTIVE = re.compile(r"^\s*(?:[-*•]\s+|\d+[.)]\s+)?([A-Za-z_]+)\s*(\d+)?\s*:\s*(.*)$", re.DOTALL)
 _ARROW = re.compile(r"^\s*(\d+)\s*(?:->|→|=>|:)\s*(.*)$", re.DOTALL)
-_NO_CHANGE = re.compile(r"^\s*[`\"']?\s*no[_\s-]?changes?\s*[`\"']?\s*\.?\s*$", re.IGNORECASE)
+_NO_CHANGE = re.compile(
+    r"^\s*(?:[-*•]\s+)?[`\"']?\s*no[_\s-]?changes?\s*[`\"']?\s*[.:]?\s*$", re.IGNORECASE
+)
 
 
 def _parse_error(message: str, number: int, block: str | None) -> InvalidEdit:
     return InvalidEdit(
-        f"Directive line {number}: {message}", reason="unparseable_directive", block=block, line=number
+        f"Directive line {number}: {message}",
+        reason="unparseable_directive",
+        block=block,
+        line=number,
     )
 
 
 def parse_directives(text: str, *, block: str | None = None) -> list[Edit]:
-    """Parse coach directive text into edits whose line numbers refer to the prompt as shown.
+    r"""Parse coach directive text into edits whose line numbers refer to the prompt as shown.
 
     Args:
         text: directives, one per line (see the module docstring).
@@ -393,7 +422,7 @@ def parse_directives(text: str, *, block: str | None = None) -> list[Edit]:
             (``conflicting_edits``).
 
     Example:
-        >>> [e.kind for e in parse_directives("DEL: 1\\nDEL: 3\\nADD: x\\nEDIT: 2 -> y")]
+        >>> [e.kind for e in parse_directives("DEL: 1\nDEL: 3\nADD: x\nEDIT: 2 -> y")]
         ['edit_line', 'delete_line', 'delete_line', 'add_line']
     """
     groups: dict[str | None, list[Edit]] = {}
@@ -409,16 +438,21 @@ def parse_directives(text: str, *, block: str | None = None) -> list[Edit]:
         match = _DIRECTIVE.match(line)
         if not match:
             raise _parse_error(
-                f"expected KEYWORD: value (ADD, EDIT, DEL, REPLACE, MODEL, BLOCK, no_change), got {line.strip()[:80]!r}",
+                "expected KEYWORD: value (ADD, EDIT, DEL, REPLACE, MODEL, BLOCK, no_change), "
+                f"got {line.strip()[:80]!r}",
                 number,
                 current,
             )
-        keyword, inline_number, rest = match.group(1).upper(), match.group(2), match.group(3).strip()
+        keyword, inline_number, rest = (
+            match.group(1).upper(),
+            match.group(2),
+            match.group(3).strip(),
+        )
         edits = groups.setdefault(current, [])
         if keyword == "BLOCK":
             if not rest:
                 raise _parse_error("BLOCK needs a block name", number, current)
-            current = block_name_for(rest)
+            current = rest if _BLOCK_NAME.fullmatch(rest) else block_name_for(rest)
         elif keyword == "ADD":
             position = int(inline_number) if inline_number else None
             edits.append(AddLine(text=rest, block=current, position=position))
@@ -426,7 +460,9 @@ def parse_directives(text: str, *, block: str | None = None) -> list[Edit]:
             target = _ARROW.match(f"{inline_number}: {rest}" if inline_number else rest)
             if not target:
                 raise _parse_error("EDIT needs 'N -> new text'", number, current)
-            edits.append(EditLine(line=int(target.group(1)), text=target.group(2).strip(), block=current))
+            edits.append(
+                EditLine(line=int(target.group(1)), text=target.group(2).strip(), block=current)
+            )
         elif keyword in {"DEL", "DELETE"}:
             value = inline_number or rest
             if not value.isdigit():
@@ -441,7 +477,8 @@ def parse_directives(text: str, *, block: str | None = None) -> list[Edit]:
             model_edits.append(SetModel(model=rest))
         else:
             raise _parse_error(
-                f"unknown keyword {keyword!r}; use ADD, EDIT, DEL, REPLACE, MODEL, BLOCK or no_change",
+                f"unknown keyword {keyword!r}; use ADD, EDIT, DEL, REPLACE, MODEL, BLOCK "
+                "or no_change",
                 number,
                 current,
             )
@@ -474,19 +511,34 @@ def _order_as_shown(edits: list[Edit], block: str | None) -> list[Edit]:
                 )
             touched[edit.line] = edit.kind
     line_edits = [e for e in edits if isinstance(e, EditLine)]
-    deletes = sorted((e for e in edits if isinstance(e, DeleteLine)), key=lambda e: -e.line)
-    adds = [e for e in edits if isinstance(e, AddLine)]
-    return [*replaces, *line_edits, *deletes, *adds]
+    appends = [e for e in edits if isinstance(e, AddLine) and e.position is None]
+    shifting = [
+        e
+        for e in edits
+        if isinstance(e, DeleteLine) or (isinstance(e, AddLine) and e.position is not None)
+    ]
+
+    def bottom_up(item: tuple[int, Edit]) -> tuple[int, int, int]:
+        # At one spot the deletion goes first; additions there keep their directive order.
+        index, edit = item
+        if isinstance(edit, DeleteLine):
+            return (-edit.line, 0, 0)
+        assert isinstance(edit, AddLine) and edit.position is not None
+        return (-edit.position, 1, -index)
+
+    ordered = [edit for _, edit in sorted(enumerate(shifting), key=bottom_up)]
+    return [*replaces, *line_edits, *ordered, *appends]
 
 
 def to_directive(edit: Edit) -> str:
-    """Render an edit as directive text (the inverse of :func:`parse_directives` for one edit).
+    r"""Render an edit as directive text (the inverse of :func:`parse_directives` for one edit).
 
     Example:
         >>> to_directive(EditLine(line=2, text="be brief", block="general"))
-        'BLOCK: general\\nEDIT: 2 -> be brief'
+        'BLOCK: general\nEDIT: 2 -> be brief'
     """
-    prefix = f"BLOCK: {edit.block}\n" if getattr(edit, "block", None) else ""
+    block = edit.block if isinstance(edit, AddLine | EditLine | DeleteLine | ReplaceBlock) else None
+    prefix = f"BLOCK: {block}\n" if block else ""
     if isinstance(edit, AddLine):
         spot = f" {edit.position}" if edit.position is not None else ""
         return f"{prefix}ADD{spot}: {edit.text}"
@@ -510,6 +562,11 @@ def diff(before: PromptState, after: PromptState, *, name: str = "prompt") -> st
     old = [f"model: {before.model}", *before.render().split("\n")]
     new = [f"model: {after.model}", *after.render().split("\n")]
     return "\n".join(
-        difflib.unified_diff(old, new, fromfile=f"{name}@{before.fingerprint()}",
-                             tofile=f"{name}@{after.fingerprint()}", lineterm="")
+        difflib.unified_diff(
+            old,
+            new,
+            fromfile=f"{name}@{before.fingerprint()}",
+            tofile=f"{name}@{after.fingerprint()}",
+            lineterm="",
+        )
     )
