@@ -41,7 +41,87 @@ def _run_serve_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="Run an experiment from a TOML config, or from flags alone.",
+        description="Run an experiment. Flags override the config's fields; without a config "
+        "they describe the whole job (e.g. --data my.jsonl --policy rule_induction).",
+    )
+    parser.add_argument("config", nargs="?", help="Experiment config (TOML).")
+    parser.add_argument("--out", help="Run directory (default: a new folder under out_dir).")
+    parser.add_argument("--resume", action="store_true", help="Continue the run in --out.")
+    parser.add_argument(
+        "--data", help="Mimic JSONL ({input, output} lines), checkpoint JSON, or data set name."
+    )
+    parser.add_argument("--policy", help="Policy name or 'module:Class'.")
+    parser.add_argument("--model", help="Target model (e.g. sim-large).")
+    parser.add_argument("--seed", type=int, help="Seed of episodes and policy.")
+    parser.add_argument("--max-steps", type=int, help="Env steps across all episodes.")
+    parser.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
+    parser.set_defaults(run=_run_run)
+
+
+def _data_overrides(data: str | None) -> dict[str, object]:
+    if data is None:
+        return {}
+    kind = "checkpoint" if data.endswith(".json") else "mimic" if data.endswith(".jsonl") else "dataset"
+    return {"data.kind": kind, "data.path": data}
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    from selfimprove_rl.config import ExperimentConfig, load_config
+    from selfimprove_rl.runner import run_experiment
+
+    config = load_config(args.config) if args.config else ExperimentConfig()
+    config = config.with_overrides(
+        **_data_overrides(args.data),
+        **{
+            "policy.name": args.policy,
+            "target.model": args.model,
+            "seed": args.seed,
+            "stopping.max_total_steps": args.max_steps,
+        },
+    )
+    result = run_experiment(
+        config, out=args.out, resume=args.resume, progress=not args.no_progress
+    )
+    _print_summary(result.summary)
+    return 0
+
+
+def _print_summary(summary: dict[str, object]) -> None:
+    print(
+        f"policy {summary['policy']} on {summary['backend']}: promoted {summary['promoted_version']} "
+        f"(train {summary['train']:.3f}, test {summary['test']:.3f}, "
+        f"holdout {summary['holdout']:.3f}; baseline holdout "
+        f"{summary['baseline']['holdout']:.3f}) after {summary['steps']} steps, "  # type: ignore[index]
+        f"{summary['calls']} model calls; stopped: {summary['stopped_because']}"
+    )
+    print(f"run directory: {summary['run_dir']}")
+
+
+def _add_demo(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="The coffee/sports run on the simulated model (no API key needed).",
+    )
+    parser.add_argument("--out", help="Run directory (default: runs/demo-<time>).")
+    parser.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
+    parser.set_defaults(run=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from selfimprove_rl.demo import run_demo
+
+    summary = run_demo(out=args.out, progress=not args.no_progress)
+    _print_summary(summary)
+    return 0
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
+    _add_run,
+    _add_demo,
     _add_serve_sim,
 ]
 
@@ -60,9 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
+    from selfimprove_rl.errors import SelfImproveError
+
     args = build_parser().parse_args(argv)
     runner: Runner = args.run
-    return runner(args)
+    try:
+        return runner(args)
+    except SelfImproveError as exc:
+        print(f"selfimprove-rl {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
