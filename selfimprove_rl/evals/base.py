@@ -69,6 +69,10 @@ class ScoreTable(BaseModel):
     failed: dict[str, str] = Field(default_factory=dict, description="sample id -> error")
     labels: dict[str, list[str | None]] = Field(default_factory=dict)
     explanations: dict[str, list[str | None]] = Field(default_factory=dict)
+    eval_errors: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="eval name -> sample id -> error, for outputs an evaluator could not score",
+    )
 
     def per_eval(self) -> dict[str, float]:
         """Mean score of each eval over the samples (0 for an empty table)."""
