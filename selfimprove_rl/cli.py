@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from datetime import datetime
 
 Runner = Callable[[argparse.Namespace], int]
 
@@ -25,18 +26,53 @@ def _add_serve_sim(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
         "--fail-rate", type=float, default=0.0, help="Share of requests answered with a fault."
     )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the fault injection.")
+    parser.add_argument(
+        "--fault-kinds",
+        default="rate_limit,server_error,timeout,malformed",
+        help="Comma-separated fault kinds to draw from.",
+    )
+    parser.add_argument(
+        "--timeout-hold-s",
+        type=float,
+        default=30.0,
+        help="How long a 'timeout' fault holds its request (then answers 504).",
+    )
+    parser.add_argument(
+        "--reject-response-format",
+        action="store_true",
+        help="Answer requests with response_format by HTTP 400 (exercises tool-call fallback).",
+    )
     parser.set_defaults(run=_run_serve_sim)
 
 
 def _run_serve_sim(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from selfimprove_rl.errors import ConfigError
+    from selfimprove_rl.simulated.faults import FaultPlan
     from selfimprove_rl.simulated.server import serve
 
+    kinds = [kind.strip() for kind in args.fault_kinds.split(",") if kind.strip()]
+    try:
+        plan = FaultPlan(
+            latency_ms=args.latency_ms,
+            fail_rate=args.fail_rate,
+            seed=args.seed,
+            kinds=tuple(kinds),  # type: ignore[arg-type]
+            timeout_hold_s=args.timeout_hold_s,
+            reject_response_format=args.reject_response_format,
+        )
+    except ValidationError as exc:
+        raise ConfigError(f"Invalid serve-sim fault options: {exc}") from exc
     serve(
         host=args.host,
         port=args.port,
-        latency_ms=args.latency_ms,
-        fail_rate=args.fail_rate,
-        seed=args.seed,
+        latency_ms=plan.latency_ms,
+        fail_rate=plan.fail_rate,
+        seed=plan.seed,
+        kinds=plan.kinds,
+        timeout_hold_s=plan.timeout_hold_s,
+        reject_response_format=plan.reject_response_format,
     )
     return 0
 
@@ -119,10 +155,84 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_fetch(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "fetch",
+        help="Download a Phoenix project's LLM spans and evals into a checkpoint.",
+        description="Download every LLM span of a Phoenix project that started in "
+        "[--since, --until), its eval annotations and the recorded eval constants, build a "
+        "checkpoint, and print what was fetched and skipped. Times are ISO 8601 with a zone "
+        "(2026-11-01T00:00:00Z or +02:00).",
+    )
+    parser.add_argument("--endpoint", required=True, help="Phoenix base URL.")
+    parser.add_argument("--project", required=True, help="Phoenix project of the traced calls.")
+    parser.add_argument("--since", required=True, help="Window start, ISO 8601 with a zone.")
+    parser.add_argument("--until", help="Window end (exclusive), ISO 8601 (default: now).")
+    parser.add_argument("--out", required=True, help="Checkpoint JSON to write.")
+    parser.add_argument("--frames", help="Also save the raw frames (.jsonl or .parquet).")
+    parser.add_argument(
+        "--eval-project", help="Project of the evaluator spans (default: --project)."
+    )
+    parser.add_argument(
+        "--all-prompts",
+        action="store_true",
+        help="Keep calls made with other system prompts or models (default: majority only).",
+    )
+    parser.add_argument("--page-size", type=int, default=2000, help="Spans per request.")
+    parser.add_argument("--no-progress", action="store_true", help="Hide the progress bars.")
+    parser.set_defaults(run=_run_fetch)
+
+
+def _iso_datetime(text: str, flag: str) -> datetime:
+    from selfimprove_rl.errors import ConfigError
+
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ConfigError(
+            f"Expects {flag} as ISO 8601 with a zone (2026-11-01T00:00:00Z), got {text!r}."
+        ) from exc
+    if value.tzinfo is None:
+        raise ConfigError(
+            f"Expects {flag} with a timezone, got {text!r}; append Z for UTC or an offset "
+            "like +02:00."
+        )
+    return value
+
+
+def _run_fetch(args: argparse.Namespace) -> int:
+    from selfimprove_rl.telemetry import PhoenixSource, build_checkpoint
+
+    since = _iso_datetime(args.since, "--since")
+    until = _iso_datetime(args.until, "--until") if args.until else None
+    source = PhoenixSource(
+        args.endpoint,
+        args.project,
+        eval_project=args.eval_project,
+        page_size=args.page_size,
+        progress=not args.no_progress,
+    )
+    frames = source.fetch(since=since, until=until)
+    print(source.summary)
+    if args.frames:
+        print(f"frames: {frames.save(args.frames)}")
+    checkpoint = build_checkpoint(frames, expect_single_prompt=not args.all_prompts)
+    skipped = checkpoint.provenance.skipped
+    print(
+        f"checkpoint: {len(checkpoint.samples)} samples, evals "
+        f"{[c.name for c in checkpoint.eval_constants]}, model {checkpoint.action.model}"
+    )
+    if skipped:
+        print("skipped while building: " + ", ".join(f"{k}: {v}" for k, v in skipped.items()))
+    print(f"wrote {checkpoint.save(args.out)}")
+    return 0
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _add_run,
     _add_demo,
     _add_serve_sim,
+    _add_fetch,
 ]
 
 

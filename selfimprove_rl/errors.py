@@ -74,6 +74,25 @@ class SimulatedModelError(SelfImproveError):
     """The simulated model was asked for something it does not serve (unknown tier, bad request)."""
 
 
+class SimulatedRequestError(SimulatedModelError):
+    """The simulated API rejects a request; carries the HTTP status and OpenAI error fields."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        code: str,
+        param: str | None = None,
+        error_type: str = "invalid_request_error",
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.param = param
+        self.error_type = error_type
+
+
 class TelemetryError(SelfImproveError):
     """Phoenix telemetry cannot be reached, read or written."""
 

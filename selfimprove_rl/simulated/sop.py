@@ -1,0 +1,277 @@
+"""What does a system prompt tell the simulated model to do? The SOP grammar and its parser.
+
+The simulated model reads its system prompt (every ``system`` and ``developer`` message, in
+order) as a standard operating procedure: one statement per line. A line may start with a
+bullet (``-``, ``*``, ``+``, ``•``) or a number (``1.``, ``2)``, ``(3)``); keywords are
+case-insensitive (``if``, ``If``, ``IF``). Four kinds of line are understood:
+
+``if input mentions <terms>: respond "<reply>"``
+    A literal condition. ``<terms>`` are words or phrases separated by ``or`` and/or commas;
+    a phrase may be double-quoted (``"flat white"``). It matches when the input contains any
+    term as whole words, case-insensitively (``coffee`` matches "Coffee!" but not
+    "coffeehouse"). ``the input``/``the message``/``the user`` may stand for ``input``.
+
+``if input is about <description>: respond "<reply>"``
+    A semantic condition: the input is compared, by sentence-embedding cosine similarity,
+    with the description and with each of its facets (the parts between commas, ``or``,
+    ``and`` and ``/``); the best of those similarities must reach the tier's threshold. A
+    richer description ("coffee, espresso, lattes or coffee beans") reaches more inputs.
+
+``example: "<input>" -> "<reply>"``
+    An in-context example. ``→`` and ``=>`` work as arrows too.
+
+``else if ...`` (exactly like ``if``), and ``else: respond "<reply>"``
+    ``otherwise:`` is a synonym of ``else:``.
+
+After the condition, ``:``, ``,`` or ``then`` introduce the action; ``respond``, ``reply``,
+``answer`` and ``say`` (optionally followed by ``with``) are synonyms. The reply runs from
+the first double quote after the action word to the last double quote on the line, so it
+may contain quotes and apostrophes; curly quotes work too. An optional ``; terminate`` (or
+``stop``, or a final period) may follow; every answer ends the turn anyway, so it changes
+nothing. A line that fits none of these forms (a heading, vague guidance such as "be
+friendly", a rule with an empty reply) is ignored and listed in :attr:`Sop.ignored`.
+
+How the model answers with a parsed SOP (see :mod:`selfimprove_rl.simulated.model`): the
+``if``/``else if`` rules in order of appearance, first match wins; otherwise the nearest
+example above the tier's example threshold; otherwise the first ``else``; otherwise a
+generic reply derived from the input.
+
+Example:
+    >>> sop = parse_sop('''## SOP
+    ... 1. If input mentions coffee or "flat white": respond "I like coffee, too."; terminate
+    ... - else if input is about sports, games or exercise: respond "Well, I don't like sports."
+    ... example: "I grind my own beans" -> "Beans!"
+    ... Be friendly.
+    ... else: respond "Tell me more."''')
+    >>> [s.kind for s in sop.statements]
+    ['mentions', 'about', 'example', 'else']
+    >>> sop.statements[0].terms
+    ('coffee', 'flat white')
+    >>> sop.statements[1].facets
+    ('sports, games or exercise', 'sports', 'games', 'exercise')
+    >>> sop.ignored
+    (1, 5)
+    >>> sop.statements[0].matches("A Flat  White, please!")
+    True
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Literal
+
+StatementKind = Literal["mentions", "about", "example", "else"]
+
+_PREFIX = re.compile(r"^\s*(?:[-*+•]\s+|\d+[.)]\s+|\(\d+\)\s+)?")
+_ACTION = r"(?:respond|reply|answer|say)(?:\s+with)?\s*:?\s*"
+_REPLY = r"[\"“](?P<reply>.*)[\"”]"
+_TAIL = re.compile(r"^\s*(?:[;,.]?\s*(?:and\s+)?(?:terminate|stop)\b)?\s*\.?\s*$", re.IGNORECASE)
+_IF = re.compile(
+    r"^(?P<else>(?:else|otherwise)[\s,]+)?if\s+(?:the\s+)?(?:input|message|user|request)\s+"
+    r"(?P<op>mentions|is\s+about)\s+(?P<cond>.+?)"
+    r"(?:\s*[:,]\s*(?:then\s+)?|\s+then\s+)" + _ACTION + _REPLY + r"(?P<tail>.*)$",
+    re.IGNORECASE,
+)
+_ELSE = re.compile(
+    r"^(?:else|otherwise)\s*[:,]?\s*" + _ACTION + _REPLY + r"(?P<tail>.*)$",
+    re.IGNORECASE,
+)
+_EXAMPLE = re.compile(
+    r"^example\s*(?:\d+\s*)?:\s*[\"“](?P<input>.*?)[\"”]\s*(?:->|→|=>)\s*"
+    r"[\"“](?P<reply>.*)[\"”]\s*\.?\s*$",
+    re.IGNORECASE,
+)
+_QUOTED_OR_CHUNK = re.compile(r"\"([^\"]+)\"|“([^”]+)”|([^,\"“]+)")
+_OR = re.compile(r"\bor\b", re.IGNORECASE)
+_TERM_LEAD = re.compile(r"^(?:either|any\s+of|the\s+words?|words\s+like)\s+", re.IGNORECASE)
+_FACET_SPLIT = re.compile(r",|/|\bor\b|\band\b", re.IGNORECASE)
+_SPACES = re.compile(r"\s+")
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """One understood SOP line.
+
+    Attributes:
+        kind: ``mentions`` or ``about`` (an ``if``/``else if`` rule), ``example``, ``else``.
+        reply: what the model says when this statement answers.
+        line: the 1-based line number in the system prompt.
+        text: the source line, stripped.
+        terms: the literal terms of a ``mentions`` rule, lowercased.
+        description: the description of an ``about`` rule.
+        facets: the description followed by its parts (``about`` rules).
+        example_input: the input of an ``example`` line.
+    """
+
+    kind: StatementKind
+    reply: str
+    line: int
+    text: str
+    terms: tuple[str, ...] = ()
+    description: str = ""
+    facets: tuple[str, ...] = ()
+    example_input: str = ""
+    _pattern: re.Pattern[str] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def is_rule(self) -> bool:
+        """True for ``if``/``else if`` rules (``mentions`` or ``about``)."""
+        return self.kind in ("mentions", "about")
+
+    def matches(self, text: str) -> bool:
+        """Whether a ``mentions`` rule's terms occur in ``text`` as whole words.
+
+        Raises:
+            ValueError: called on a statement that is not a ``mentions`` rule.
+        """
+        if self._pattern is None:
+            raise ValueError(f"Expected a 'mentions' rule, got a {self.kind!r} statement.")
+        return self._pattern.search(text) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Sop:
+    """A parsed system prompt: its understood statements and the lines it ignored."""
+
+    statements: tuple[Statement, ...]
+    ignored: tuple[int, ...]
+
+    def first(self, count: int | None) -> Sop:
+        """Return the SOP cut to its first ``count`` statements (all when ``None``)."""
+        if count is None or count >= len(self.statements):
+            return self
+        return Sop(statements=self.statements[:count], ignored=self.ignored)
+
+    @property
+    def rules(self) -> tuple[Statement, ...]:
+        """The ``if``/``else if`` rules, in order of appearance."""
+        return tuple(s for s in self.statements if s.is_rule)
+
+    @property
+    def examples(self) -> tuple[Statement, ...]:
+        """The ``example`` lines, in order of appearance."""
+        return tuple(s for s in self.statements if s.kind == "example")
+
+    @property
+    def fallback(self) -> Statement | None:
+        """The first ``else`` line, if any."""
+        return next((s for s in self.statements if s.kind == "else"), None)
+
+
+def _tail_ok(tail: str) -> bool:
+    return _TAIL.match(tail) is not None
+
+
+def _clean(text: str) -> str:
+    return _SPACES.sub(" ", text).strip()
+
+
+def parse_terms(condition: str) -> tuple[str, ...]:
+    """Split a ``mentions`` condition into lowercased terms.
+
+    Example:
+        >>> parse_terms('coffee, espresso, or "flat white"')
+        ('coffee', 'espresso', 'flat white')
+    """
+    terms: list[str] = []
+    for quoted, curly, chunk in _QUOTED_OR_CHUNK.findall(condition):
+        pieces = [quoted or curly] if (quoted or curly) else _OR.split(chunk)
+        for piece in pieces:
+            term = _clean(_TERM_LEAD.sub("", _clean(piece)).strip(" .;:!?'")).lower()
+            if term and term not in terms:
+                terms.append(term)
+    return tuple(terms)
+
+
+def term_pattern(terms: tuple[str, ...]) -> re.Pattern[str]:
+    """Compile one case-insensitive whole-word pattern matching any of ``terms``."""
+    alternatives = sorted((re.escape(t).replace(r"\ ", r"\s+") for t in terms), key=len)
+    return re.compile(r"(?<!\w)(?:" + "|".join(reversed(alternatives)) + r")(?!\w)", re.I)
+
+
+def facets_of(description: str) -> tuple[str, ...]:
+    """Return a description followed by its parts (split at commas, or, and, slashes).
+
+    Example:
+        >>> facets_of("a refund or a billing error")
+        ('a refund or a billing error', 'a refund', 'a billing error')
+    """
+    facets = [description]
+    for part in _FACET_SPLIT.split(description):
+        part = _clean(part)
+        if len(part) > 1 and part not in facets:
+            facets.append(part)
+    return tuple(facets)
+
+
+def parse_line(raw: str, number: int) -> Statement | None:
+    """Parse one SOP line; ``None`` when the line is not understood."""
+    text = _PREFIX.sub("", raw, count=1).strip()
+    if not text:
+        return None
+    found = _IF.match(text)
+    if found and _tail_ok(found["tail"]) and found["reply"].strip():
+        condition = found["cond"].strip().strip('"“”').strip()
+        reply = found["reply"].strip()
+        if found["op"].lower() == "mentions":
+            terms = parse_terms(found["cond"])
+            if not terms:
+                return None
+            return Statement(
+                kind="mentions",
+                reply=reply,
+                line=number,
+                text=text,
+                terms=terms,
+                _pattern=term_pattern(terms),
+            )
+        if not condition:
+            return None
+        description = _clean(condition)
+        return Statement(
+            kind="about",
+            reply=reply,
+            line=number,
+            text=text,
+            description=description,
+            facets=facets_of(description),
+        )
+    found = _ELSE.match(text)
+    if found and _tail_ok(found["tail"]) and found["reply"].strip():
+        return Statement(kind="else", reply=found["reply"].strip(), line=number, text=text)
+    found = _EXAMPLE.match(text)
+    if found and found["input"].strip() and found["reply"].strip():
+        return Statement(
+            kind="example",
+            reply=found["reply"].strip(),
+            line=number,
+            text=text,
+            example_input=found["input"].strip(),
+        )
+    return None
+
+
+@lru_cache(maxsize=4096)
+def parse_sop(system_prompt: str) -> Sop:
+    """Parse a system prompt into an :class:`Sop` (cached per exact prompt text).
+
+    Args:
+        system_prompt: the text of the system (and developer) messages.
+
+    Returns:
+        The understood statements in order of appearance, and the numbers of the non-blank
+        lines that were ignored.
+    """
+    statements: list[Statement] = []
+    ignored: list[int] = []
+    for number, raw in enumerate(system_prompt.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        statement = parse_line(raw, number)
+        if statement is None:
+            ignored.append(number)
+        else:
+            statements.append(statement)
+    return Sop(statements=tuple(statements), ignored=tuple(ignored))

@@ -1,0 +1,137 @@
+"""Which simulated models exist, and how do they differ? One :class:`TierSpec` per tier.
+
+=============  ==========================================================================
+tier           behaviour
+=============  ==========================================================================
+sim-keyword    literal ``mentions`` rules and ``else`` only; ``is about`` rules and
+               examples are ignored. The cheapest.
+sim-small      every kind of line, but only the first 3 understood lines of the SOP, with
+               stricter semantic and example thresholds. Cheap.
+sim-large      everything, at the calibrated thresholds. The most expensive.
+sim-noisy      like sim-large, but deviates (a wrong line's reply, the generic reply, or a
+               garbled reply) with probability ``0.08 + 0.3 * temperature`` (temperature
+               defaults to 1.0, OpenAI's default), from an RNG seeded by the request.
+=============  ==========================================================================
+
+Thresholds were calibrated on the coffee/sports data set shipped in ``selfimprove_rl/data``
+(see the calibration test in ``tests/simulated``). Prices are per 1,000 tokens, in US dollars,
+modelled on real price ratios so that cost objectives behave realistically.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from selfimprove_rl.errors import SimulatedRequestError, unknown_name_message
+
+
+class TierSpec(BaseModel):
+    """What one simulated model tier understands, how strictly, and what it costs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(description="The model name requests use, e.g. 'sim-large'.")
+    description: str = Field(description="One line for reports and the /v1/models listing.")
+    literal_only: bool = Field(
+        default=False, description="Follow only 'mentions' rules and 'else' lines."
+    )
+    max_statements: int | None = Field(
+        default=None, ge=1, description="Read only the first N understood SOP lines."
+    )
+    semantic_threshold: float = Field(
+        ge=-1.0, le=1.0, description="Cosine an 'is about' rule needs to match."
+    )
+    example_threshold: float = Field(
+        ge=-1.0, le=1.0, description="Cosine the nearest example needs to answer."
+    )
+    noise_base: float = Field(default=0.0, ge=0.0, le=1.0)
+    noise_per_temperature: float = Field(default=0.0, ge=0.0)
+    prompt_price_per_1k: float = Field(ge=0.0, description="USD per 1,000 prompt tokens.")
+    completion_price_per_1k: float = Field(ge=0.0, description="USD per 1,000 completion tokens.")
+
+    @property
+    def noisy(self) -> bool:
+        """Whether this tier ever deviates from its SOP."""
+        return self.noise_base > 0.0 or self.noise_per_temperature > 0.0
+
+    def noise_probability(self, temperature: float) -> float:
+        """Probability of a deviation at ``temperature``, clipped to [0, 1].
+
+        Example:
+            >>> round(SIMULATED_MODELS["sim-noisy"].noise_probability(0.5), 2)
+            0.23
+        """
+        return min(1.0, max(0.0, self.noise_base + self.noise_per_temperature * temperature))
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """Return the USD cost of one call.
+
+        Example:
+            >>> SIMULATED_MODELS["sim-large"].cost(1000, 1000)
+            0.0125
+        """
+        return (
+            prompt_tokens * self.prompt_price_per_1k
+            + completion_tokens * self.completion_price_per_1k
+        ) / 1000.0
+
+
+SIMULATED_MODELS: dict[str, TierSpec] = {
+    spec.name: spec
+    for spec in (
+        TierSpec(
+            name="sim-keyword",
+            description="Literal 'mentions' rules and 'else' only.",
+            literal_only=True,
+            semantic_threshold=1.0,
+            example_threshold=1.0,
+            prompt_price_per_1k=0.00005,
+            completion_price_per_1k=0.0002,
+        ),
+        TierSpec(
+            name="sim-small",
+            description="Only the first 3 SOP lines; stricter semantic and example matching.",
+            max_statements=3,
+            semantic_threshold=0.32,
+            example_threshold=0.3,
+            prompt_price_per_1k=0.00015,
+            completion_price_per_1k=0.0006,
+        ),
+        TierSpec(
+            name="sim-large",
+            description="Every SOP line, semantic rules and in-context examples.",
+            semantic_threshold=0.25,
+            example_threshold=0.2,
+            prompt_price_per_1k=0.0025,
+            completion_price_per_1k=0.01,
+        ),
+        TierSpec(
+            name="sim-noisy",
+            description="Like sim-large, but deviates with p = 0.08 + 0.3 * temperature.",
+            semantic_threshold=0.25,
+            example_threshold=0.2,
+            noise_base=0.08,
+            noise_per_temperature=0.3,
+            prompt_price_per_1k=0.0005,
+            completion_price_per_1k=0.0015,
+        ),
+    )
+}
+
+
+def get_tier(name: str) -> TierSpec:
+    """Return the tier called ``name``.
+
+    Raises:
+        SimulatedRequestError: an unknown model (HTTP 404, code ``model_not_found``); the
+            message suggests the closest tier and lists them all.
+    """
+    spec = SIMULATED_MODELS.get(name)
+    if spec is None:
+        raise SimulatedRequestError(
+            unknown_name_message("simulated model", name, SIMULATED_MODELS),
+            status=404,
+            code="model_not_found",
+            param="model",
+        )
+    return spec
