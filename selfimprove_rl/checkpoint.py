@@ -384,33 +384,26 @@ class Checkpoint(BaseModel):
 def _stratified_counts(sizes: list[int], fractions: tuple[float, float, float]) -> list[list[int]]:
     """Divide strata of ``sizes`` among three splits.
 
-    Each split gets the largest-remainder share of the total; each stratum gets the floor
-    of its share per split, and the leftover items go to the (stratum, split) pairs with the
-    largest fractional remainders, then wherever a split still has room.
+    Each split gets exactly the largest-remainder share of the total. Each stratum gets the
+    floor of its share per split, and its leftover items (at most one per split) go to the
+    splits with the most room left, neediest stratum first (Ryser's greedy construction). With
+    the default 60/20/20 every stratum then stays within one item of its exact share per
+    split; with unusual fractions a stratum can, rarely, be off by up to two.
     """
     targets = _largest_remainder(sum(sizes), fractions)
-    counts = [[math.floor(size * f) for f in fractions] for size in sizes]
+    exact = [[size * f for f in fractions] for size in sizes]
+    counts = [[math.floor(x) for x in row] for row in exact]
     room = [targets[s] - sum(row[s] for row in counts) for s in range(3)]
-    need = [size - sum(row) for size, row in zip(sizes, counts, strict=True)]
-    pairs = sorted(
-        (
-            (sizes[g] * fractions[s] - counts[g][s], g, s)
-            for g in range(len(sizes))
-            for s in range(3)
-        ),
-        key=lambda item: (-item[0], item[1], item[2]),
-    )
-    for remainder, g, s in pairs:
-        if remainder > 0 and need[g] and room[s] > 0:
+    for g in sorted(range(len(sizes)), key=lambda g: (sum(counts[g]) - sizes[g], g)):
+        need = sizes[g] - sum(counts[g])
+        ranked = sorted(
+            range(3),
+            key=lambda s: (room[s] > 0, exact[g][s] > counts[g][s], room[s], -s),
+            reverse=True,
+        )
+        for s in ranked[:need]:
             counts[g][s] += 1
-            need[g] -= 1
             room[s] -= 1
-    for g in range(len(sizes)):
-        for s in range(3):
-            extra = min(need[g], room[s])
-            counts[g][s] += extra
-            need[g] -= extra
-            room[s] -= extra
     return counts
 
 

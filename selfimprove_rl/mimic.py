@@ -235,7 +235,7 @@ def _parse_line(line: str, source: Path, number: int) -> Sample:
     if not isinstance(record, dict):
         raise DataError(
             f'{where}: expected a JSON object like {{"input": "...", "output": "..."}}, '
-            f"got a JSON {type(record).__name__}."
+            f"got a JSON {_json_type(record)}."
         )
     user_text = _required_text(record, "input", where)
     reply_text = _required_text(record, "output", where)
@@ -259,7 +259,7 @@ def _required_text(record: dict[str, Any], key: str, where: str) -> str:
     if not isinstance(value, str):
         raise DataError(
             f"{where}: expected {key!r} to be a non-empty string, got a JSON "
-            f"{type(value).__name__} ({json.dumps(value)[:60]})."
+            f"{_json_type(value)} ({json.dumps(value)[:60]})."
         )
     if not value.strip():
         raise DataError(f"{where}: expected {key!r} to be a non-empty string, got {value!r}.")
@@ -279,3 +279,18 @@ def _sample_id(
         return str(value)
     digest = hashlib.sha256(f"{user_text}\n{reply_text}".encode()).hexdigest()[:10]
     return f"line{number:04d}-{digest}"
+
+
+def _json_type(value: object) -> str:
+    """Name the JSON type of a decoded value (``object``, ``array``, ``number``...)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list):
+        return "array"
+    return "string" if isinstance(value, str) else type(value).__name__
