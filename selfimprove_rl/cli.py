@@ -58,7 +58,7 @@ def _run_serve_sim(args: argparse.Namespace) -> int:
             latency_ms=args.latency_ms,
             fail_rate=args.fail_rate,
             seed=args.seed,
-            kinds=tuple(kinds),  # type: ignore[arg-type]
+            kinds=tuple(kinds),
             timeout_hold_s=args.timeout_hold_s,
             reject_response_format=args.reject_response_format,
         )

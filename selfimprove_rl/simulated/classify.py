@@ -33,7 +33,8 @@ The verdict, deterministic for a given prompt:
    the input, the sentence-embedding cosine, with the best rail at 0.35 or more and the rest
    splitting [0, 0.35). With no output section: the worst rail.
 
-The explanation states the sections found, the score and the threshold.
+The explanation names the comparison made, its score and the threshold. Every tier answers
+classification requests by this rule; sim-noisy does not deviate here.
 
 Example:
     >>> verdict = judge("Output: I like tea.\nReference: I like tea!", ["incorrect", "correct"])
