@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import openai
+import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from selfimprove_rl.backend import PLACEHOLDER_API_KEY, Backend
+from selfimprove_rl.backend import PLACEHOLDER_API_KEY, SIMULATED_REQUEST_RATE, Backend
 from selfimprove_rl.errors import ConfigError
 from selfimprove_rl.simulated import FaultPlan
 from selfimprove_rl.simulated.server import running_server
@@ -68,6 +70,7 @@ def test_compatible_server_without_a_key_gets_a_placeholder(
     kwargs = backend.phoenix_llm_kwargs()
     assert kwargs["base_url"] == "http://localhost:8000/v1"
     assert kwargs["api_key"] == PLACEHOLDER_API_KEY
+    assert "initial_per_second_request_rate" not in kwargs  # Phoenix's limiter protects servers
 
 
 def test_simulated_server_by_url() -> None:
@@ -86,6 +89,24 @@ def test_phoenix_kwargs_in_process_carry_httpx_clients_on_one_transport() -> Non
     assert isinstance(sync_client, httpx.Client) and isinstance(async_client, httpx.AsyncClient)
     assert sync_client._transport is async_client._transport
     assert "http_client" not in kwargs
+    assert kwargs["initial_per_second_request_rate"] == SIMULATED_REQUEST_RATE
+
+
+def test_phoenix_judge_on_the_simulated_model_is_not_throttled() -> None:
+    from phoenix.evals import LLM, create_classifier, evaluate_dataframe
+
+    llm = LLM(provider="openai", model="sim-large", **Backend().phoenix_llm_kwargs())
+    classifier = create_classifier(
+        name="match",
+        prompt_template="Output: {output}\nReference: {reference}",
+        llm=llm,
+        choices={"match": 1.0, "no_match": 0.0},
+    )
+    frame = pd.DataFrame({"output": [f"a {i % 2}" for i in range(60)], "reference": ["a 0"] * 60})
+    started = time.perf_counter()
+    scored = evaluate_dataframe(dataframe=frame, evaluators=[classifier], hide_tqdm_bar=True)
+    assert time.perf_counter() - started < 5  # Phoenix's default start rate would take ~10 s
+    assert [s["label"] for s in scored["match_score"]] == ["match", "no_match"] * 30
 
 
 @pytest.mark.parametrize(
