@@ -4,7 +4,7 @@
 ``Backend(...)``                       who answers
 =====================================  ==================================================
 ``kind="simulated"``                   the simulated model, in process (no socket, no key)
-``kind="simulated", base_url=URL``     a ``selfimprove-rl serve-sim`` server at URL
+``kind="simulated", base_url=URL``     a ``selfimprove-rl serve-sim`` server at URL (no key)
 ``kind="openai"``                      OpenAI itself; the key must be in ``api_key_env``
 ``kind="openai", base_url=URL``        any OpenAI-compatible server; without a key in
                                        ``api_key_env`` a placeholder key is sent
@@ -98,7 +98,7 @@ class Backend(BaseModel):
             ConfigError: the real OpenAI API is the target and the variable is not set.
         """
         if self.kind == "simulated":
-            return os.environ.get(self.api_key_env) or PLACEHOLDER_API_KEY
+            return PLACEHOLDER_API_KEY  # a real key is never sent to the simulated model
         key = os.environ.get(self.api_key_env)
         if key:
             return key

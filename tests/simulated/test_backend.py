@@ -73,9 +73,11 @@ def test_compatible_server_without_a_key_gets_a_placeholder(
     assert "initial_per_second_request_rate" not in kwargs  # Phoenix's limiter protects servers
 
 
-def test_simulated_server_by_url() -> None:
+def test_simulated_server_by_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     with running_server() as base_url:
         backend = Backend(base_url=base_url, timeout_s=5)
+        assert backend.sync_client().api_key == PLACEHOLDER_API_KEY  # never the real key
         assert not backend.in_process and backend.deterministic
         assert backend.describe() == f"simulated ({base_url.split('/')[2]})"
         reply = backend.sync_client().chat.completions.create(model="sim-small", messages=MESSAGES)
