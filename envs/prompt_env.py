@@ -134,7 +134,7 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
         render_mode: ``"ansi"`` or ``None``.
     """
 
-    metadata = {"render_modes": ["ansi"]}  # noqa: RUF012 - Gymnasium's class attribute
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}  # noqa: RUF012 - Gymnasium's attribute
 
     def __init__(
         self,
