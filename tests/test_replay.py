@@ -414,3 +414,92 @@ def test_cached_replay_is_fast() -> None:
     rate = len(samples) / (time.perf_counter() - started)
     assert report.usage.calls == 0
     assert rate > 5_000, f"cached replay ran at {rate:.0f} samples/s"
+
+
+# --- the simulated model, through the real SDK: in process and over HTTP -----------------
+
+SOP = (
+    "## SOP\n"
+    'if input mentions coffee or espresso: respond "I like coffee, too."; terminate\n'
+    'else: respond "Well, I don\'t like sports."'
+)
+SIM_ACTION = Action(system_prompt=SOP, model="sim-keyword", temperature=0.0)
+
+
+def sim_samples() -> list[Sample]:
+    texts = ["I love espresso", "I ride my bike", "Coffee first!", "I swim a lot"] * 10
+    return [
+        Sample(
+            sample_id=f"sim{i}",
+            chat_history=[{"role": "user", "content": f"{text} (day {i})"}],
+            output_generation={"role": "assistant", "content": ""},
+        )
+        for i, text in enumerate(texts)
+    ]
+
+
+def test_replay_through_the_simulated_model_follows_the_sop() -> None:
+    from selfimprove_rl.simulated.transport import make_async_client
+
+    replayer = Replayer(make_async_client())
+    report = replayer.replay_sync(sim_samples(), SIM_ACTION)
+    assert report.texts[:4] == [
+        "I like coffee, too.",
+        "Well, I don't like sports.",
+        "I like coffee, too.",
+        "Well, I don't like sports.",
+    ]
+    assert report.usage.calls == 40 and report.usage.failures == 0
+    assert report.usage.prompt_tokens > 40 * 20
+    assert all(o.prompt_tokens > 20 and o.completion_tokens > 0 for o in report.outcomes)
+    again = replayer.replay_sync(sim_samples(), SIM_ACTION)
+    assert again.usage.calls == 0 and again.texts == report.texts
+
+
+def test_simulated_faults_are_retried_or_counted_never_raised() -> None:
+    from selfimprove_rl.simulated.faults import FaultPlan
+    from selfimprove_rl.simulated.transport import make_async_client
+
+    plan = FaultPlan(fail_rate=0.4, seed=7, retry_after_s=0.0, timeout_hold_s=0.05)
+    patient = ReplayConfig(max_retries=12, timeout_s=1.0, **FAST)
+    report = Replayer(make_async_client(faults=plan), config=patient).replay_sync(
+        sim_samples(), SIM_ACTION
+    )
+    assert report.usage.failures == 0
+    assert report.usage.calls > 40, "faults were injected and retried"
+    assert max(o.attempts for o in report.outcomes) > 1
+
+    impatient = ReplayConfig(max_retries=0, timeout_s=1.0, **FAST)
+    report = Replayer(make_async_client(faults=plan), config=impatient).replay_sync(
+        sim_samples(), SIM_ACTION
+    )
+    expected = {
+        "RateLimitError",
+        "InternalServerError",
+        "MalformedResponseError",
+        "APITimeoutError",
+    }
+    assert 0 < report.usage.failures < 40
+    assert set(report.failures_by_type) <= expected
+    assert len(report.failures_by_type) >= 3
+    assert sum(report.failures_by_type.values()) == report.usage.failures
+    assert report.usage.calls == 40
+    assert all(o.ok or (o.error and o.attempts == 1) for o in report.outcomes)
+
+
+def test_replay_against_serve_sim_over_http() -> None:
+    from selfimprove_rl.simulated.server import running_server
+
+    with running_server(fail_rate=0.3, seed=2, timeout_hold_s=0.05) as url:
+        client = openai.AsyncOpenAI(base_url=url, api_key="sk-local", max_retries=0)
+        # backoff_max_s caps the server's Retry-After of 1 s.
+        config = ReplayConfig(concurrency=8, max_retries=12, timeout_s=5.0, **FAST)
+        replayer = Replayer(client, config=config)
+        started = time.perf_counter()
+        report = replayer.replay_sync(sim_samples(), SIM_ACTION)
+        elapsed = time.perf_counter() - started
+        replayer.close()
+    assert report.usage.failures == 0, report.failures_by_type
+    assert report.usage.calls > 40
+    assert report.texts[0] == "I like coffee, too."
+    assert elapsed < 10

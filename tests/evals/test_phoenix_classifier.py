@@ -233,3 +233,34 @@ def test_judge_calls_are_not_traced(judge: Any, sample_factory: Callable[..., Sa
         assert len(exporter.get_finished_spans()) == 1, "the instrumentor is live"
     finally:
         instrumentor.uninstrument()
+
+
+@pytest.mark.parametrize("reject_response_format", [False, True])
+def test_classifier_judged_by_the_simulated_model(
+    reject_response_format: bool, sample_factory: Callable[..., Sample]
+) -> None:
+    """The real phoenix.evals path end to end: json_schema, or its forced-tool-call fallback."""
+    from selfimprove_rl.backend import Backend
+    from selfimprove_rl.simulated.faults import FaultPlan
+
+    backend = Backend(faults=FaultPlan(reject_response_format=reject_response_format))
+    constants = EvalConstants(
+        name="correctness",
+        template="Is the output right?\nOutput: {output}\nReference: {reference}",
+        choices={"correct": 1.0, "partially correct": 0.5, "incorrect": 0.0},
+        eval_model="sim-large",
+    )
+    classifier = PhoenixClassifier(constants, llm_kwargs=backend.phoenix_llm_kwargs())
+    sample = sample_factory("s", reference="I see you are a person of taste! I like coffee, too.")
+    outputs = [
+        "I see you are a person of taste! I like coffee, too.",
+        "You are a person of taste! I like coffee too.",
+        "Well, I don't like sports.",
+    ]
+    results = run(classifier, [EvalItem(sample, output) for output in outputs])
+    assert [r.label for r in results] == ["correct", "correct", "incorrect"]
+    assert [r.score for r in results] == [1.0, 1.0, 0.0]
+    assert all(r.explanation and r.error is None for r in results)
+    assert classifier.calls == 3
+    run(classifier, [EvalItem(sample, output) for output in outputs])
+    assert classifier.calls == 3, "verdicts are cached"
