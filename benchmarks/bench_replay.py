@@ -8,7 +8,9 @@ exchanges), replayed under a realistic SOP prompt on the simulated model ``sim-l
     in-process transport, in samples/s, next to the bare SDK's calls/s (sequential
     ``chat.completions.create``) against a transport that returns one constant reply,
     measured in the same run, interleaved; target ratio >= 0.7. Also: replay plus scoring
-    with the checkpoint's eval (embedding similarity).
+    with the checkpoint's eval (embedding similarity), and one replay with
+    ``messages_in_extra_body=False`` (the SDK's own transform of the message list paid, as
+    the bare SDK pays it).
 (b) ``serve_sim``: replay against ``selfimprove-rl serve-sim --latency-ms 50`` at concurrency
     32; achieved / ideal throughput (ideal = 32 / 0.05 s = 640 req/s), target >= 0.8. The
     client's CPU time per request is reported, since a loaded machine starves the client.
@@ -67,8 +69,15 @@ TARGETS = {
 }
 
 
+_STARTED = time.perf_counter()
+
+
 def log(message: str) -> None:
-    print(f"[bench_replay] {message}", file=sys.stderr, flush=True)
+    print(
+        f"[bench_replay {time.perf_counter() - _STARTED:6.1f}s] {message}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def build_workload(checkpoint: Checkpoint) -> list[Sample]:
@@ -167,6 +176,8 @@ async def bench_in_process(
     warm = await replayer.replay(workload, variant(action, "warm-up"))
     await score_outcomes(evaluators, workload, warm.outcomes)
     await bare_sdk_rate(bare, workload[:100], action)
+    typed = Replayer(make_async_client(), config=ReplayConfig(messages_in_extra_body=False))
+    typed_rate, _, _ = await timed_replay(typed, workload, variant(action, "typed"))
     replay_rates, bare_rates, scored_rates = [], [], []
     for trial in range(trials):
         rate, _, report = await timed_replay(replayer, workload, variant(action, f"a{trial}"))
@@ -184,6 +195,7 @@ async def bench_in_process(
         "ratio": round(max(replay_rates) / max(bare_rates), 3),
         "ratio_median": round(statistics.median(replay_rates) / statistics.median(bare_rates), 3),
         "replay_and_score_samples_per_s": summary(scored_rates),
+        "replay_with_sdk_typed_messages_samples_per_s": round(typed_rate, 1),
         "evaluators": [evaluator.name for evaluator in evaluators],
         "failures": warm.usage.failures,
         "matches_logged_output": sum(

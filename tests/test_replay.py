@@ -114,6 +114,12 @@ def test_outcomes_follow_sample_order_and_count_usage() -> None:
     assert endpoint.requests[0]["model"] == "scripted-model"
 
 
+def test_an_empty_replay_is_empty() -> None:
+    endpoint = Scripted()
+    report = Replayer(make_client(endpoint)).replay_sync([], ACTION)
+    assert report.outcomes == [] and report.usage == ReplayUsage() and endpoint.calls == 0
+
+
 def test_second_identical_replay_makes_no_calls() -> None:
     endpoint = Scripted()
     replayer = Replayer(make_client(endpoint))
