@@ -20,7 +20,9 @@ ENV_ID = "selfimprove_rl/PromptEnv-v0"
 LLM_ENV_ID = "selfimprove_rl/PromptEnvLLM-v0"
 
 if ENV_ID not in gymnasium.registry:
-    gymnasium.register(id=ENV_ID, entry_point="envs.factory:make_prompt_env", nondeterministic=False)
+    gymnasium.register(
+        id=ENV_ID, entry_point="envs.factory:make_prompt_env", nondeterministic=False
+    )
 if LLM_ENV_ID not in gymnasium.registry:
     gymnasium.register(
         id=LLM_ENV_ID,

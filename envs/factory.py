@@ -56,9 +56,10 @@ def make_prompt_env(
         model: the target model (default: ``sim-large`` for mimic data, else as logged).
         backend: which server answers (default: the in-process simulated model).
         evaluators: default: built from the checkpoint's eval constants, judged on ``backend``.
-        config: env options; ``config_overrides`` are merged on top.
+        config: env options.
         registry: where versions live (default: in memory).
         render_mode: ``"ansi"`` or ``None``.
+        **config_overrides: env options merged on top of ``config``.
 
     Returns:
         The environment (not wrapped; ``gymnasium.make`` adds its wrappers).
@@ -69,9 +70,13 @@ def make_prompt_env(
     checkpoint = load_checkpoint_source(data, model=model or "sim-large")
     target_model = model or checkpoint.action.model
     base_config = (
-        config if isinstance(config, PromptEnvConfig) else PromptEnvConfig.model_validate(config or {})
+        config
+        if isinstance(config, PromptEnvConfig)
+        else PromptEnvConfig.model_validate(config or {})
     )
-    env_config = base_config.model_copy(update=config_overrides) if config_overrides else base_config
+    env_config = (
+        base_config.model_copy(update=config_overrides) if config_overrides else base_config
+    )
     env_config = PromptEnvConfig.model_validate(env_config.model_dump())
     if evaluators is None:
         evaluators = build_evaluators(

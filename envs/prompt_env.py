@@ -39,7 +39,14 @@ from selfimprove_rl.checkpoint import Checkpoint, Sample, SplitName
 from selfimprove_rl.errors import EnvError, InvalidEdit
 from selfimprove_rl.evals import Evaluator, ScoreTable
 from selfimprove_rl.evals.scoring import score_outcomes
-from selfimprove_rl.prompt import EDIT_TYPES, Edit, PromptState, apply, parse_directives, to_directive
+from selfimprove_rl.prompt import (
+    EDIT_TYPES,
+    Edit,
+    PromptState,
+    apply,
+    parse_directives,
+    to_directive,
+)
 from selfimprove_rl.registry import Registry, SplitScore
 from selfimprove_rl.replay import ReplayConfig, Replayer, ReplayReport
 
@@ -52,7 +59,9 @@ class PromptEnvConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     minibatch_size: int | None = Field(
-        default=32, ge=1, description="Train samples replayed per step (None: the whole train split)."
+        default=32,
+        ge=1,
+        description="Train samples replayed per step (None: the whole train split).",
     )
     reward_mode: Literal["delta", "delta_minus_tokens"] = Field(
         default="delta", description="Score delta, or score delta minus a prompt-token penalty."
@@ -208,7 +217,9 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
         """Whether the configured call or token budget is spent."""
         usage = self.usage
         over_calls = self.config.max_calls is not None and usage["calls"] >= self.config.max_calls
-        over_tokens = self.config.max_tokens is not None and usage["tokens"] >= self.config.max_tokens
+        over_tokens = (
+            self.config.max_tokens is not None and usage["tokens"] >= self.config.max_tokens
+        )
         return over_calls or over_tokens
 
     # ----------------------------------------------------------------- evaluation
@@ -322,8 +333,13 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
         base = self.registry.build(base_id)
         if self.budget_exhausted():
             info = self._info(
-                version_id=base_id, base_id=base_id, candidate=self._current_eval,
-                base=self._current_eval, accepted=False, edits=[], invalid=None,
+                version_id=base_id,
+                base_id=base_id,
+                candidate=self._current_eval,
+                base=self._current_eval,
+                accepted=False,
+                edits=[],
+                invalid=None,
             )
             return self._observation(), 0.0, False, True, info
         invalid: InvalidEdit | None = None
@@ -350,9 +366,7 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
             self.registry.record_scores(
                 version_id, "minibatch", new_eval.split_score, tokens=new_eval.tokens
             )
-            accepted = version_id != base_id and (
-                self.config.transition == "always" or reward > 0
-            )
+            accepted = version_id != base_id and (self.config.transition == "always" or reward > 0)
         if accepted:
             self._current_id, self._current_eval = version_id, new_eval
         elif base_id == self._current_id:
@@ -363,8 +377,13 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
         )
         truncated = self._step_index >= self.config.max_steps or self.budget_exhausted()
         info = self._info(
-            version_id=version_id, base_id=base_id, candidate=new_eval, base=base_eval,
-            accepted=accepted, edits=edits, invalid=invalid,
+            version_id=version_id,
+            base_id=base_id,
+            candidate=new_eval,
+            base=base_eval,
+            accepted=accepted,
+            edits=edits,
+            invalid=invalid,
         )
         return self._observation(), float(reward), bool(terminated), bool(truncated), info
 

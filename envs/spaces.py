@@ -52,8 +52,15 @@ def prompt_charset() -> str:
 
     Surrogates and the private-use plane ends are excluded; emoji are included.
     """
-    ranges = [(0x09, 0x0A), (0x0A, 0x0B), (0x0D, 0x0E), (0x20, 0x7F), (0xA0, 0xD800),
-              (0xE000, 0xFFFE), (0x10000, 0x1FB00)]
+    ranges = [
+        (0x09, 0x0A),
+        (0x0A, 0x0B),
+        (0x0D, 0x0E),
+        (0x20, 0x7F),
+        (0xA0, 0xD800),
+        (0xE000, 0xFFFE),
+        (0x10000, 0x1FB00),
+    ]
     return "".join(chr(code) for low, high in ranges for code in range(low, high))
 
 
@@ -146,4 +153,3 @@ class PromptActionSpace(spaces.Space[Any]):
 
     def __repr__(self) -> str:
         return f"PromptActionSpace(blocks={list(self.editable_blocks)}, models={list(self.models)})"
-

@@ -42,14 +42,16 @@ def resolve_policy(name: str) -> type[Any]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise PolicyError(f"Cannot import module {module_name!r} for policy {name!r}: {exc}") from exc
+        raise PolicyError(
+            f"Cannot import module {module_name!r} for policy {name!r}: {exc}"
+        ) from exc
     try:
         policy_class = getattr(module, attribute)
     except AttributeError as exc:
         raise PolicyError(f"Module {module_name!r} has no attribute {attribute!r}.") from exc
     if not callable(getattr(policy_class, "act", None)):
         raise PolicyError(f"{entry_point} does not look like a policy: it has no act() method.")
-    return policy_class  # type: ignore[no-any-return]
+    return policy_class
 
 
 def make_policy(name: str, *, seed: int | None = None, **kwargs: Any) -> Any:
@@ -62,4 +64,6 @@ def make_policy(name: str, *, seed: int | None = None, **kwargs: Any) -> Any:
     try:
         return policy_class(seed=seed, **kwargs)
     except TypeError as exc:
-        raise PolicyError(f"Policy {name!r} rejected its arguments {sorted(kwargs)}: {exc}") from exc
+        raise PolicyError(
+            f"Policy {name!r} rejected its arguments {sorted(kwargs)}: {exc}"
+        ) from exc

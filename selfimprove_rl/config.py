@@ -78,7 +78,8 @@ class TargetConfig(BaseModel):
     model_config = _STRICT
 
     model: str | None = Field(
-        default=None, description="Target model (default: sim-large for mimic data, else as logged)."
+        default=None,
+        description="Target model (default: sim-large for mimic data, else as logged).",
     )
     allowed_models: list[str] | None = Field(
         default=None, description="Models a MODEL edit may switch to (default: only the target)."
@@ -98,7 +99,7 @@ class EvalConfig(BaseModel):
     )
 
 
-class PolicyConfig(BaseModel):
+class PolicyConfig(BaseModel):  # type: ignore[no-redef]  # pydantic-mypy: a field named kwargs
     """Which policy acts, by registered name or 'module:Class'."""
 
     model_config = _STRICT

@@ -121,7 +121,8 @@ def decide(
     regressions = {
         name: baseline.per_eval[name] - score
         for name, score in candidate.per_eval.items()
-        if name in baseline.per_eval and baseline.per_eval[name] - score > config.max_eval_regression
+        if name in baseline.per_eval
+        and baseline.per_eval[name] - score > config.max_eval_regression
     }
     if regressions:
         worst = max(regressions, key=lambda name: regressions[name])
@@ -140,7 +141,11 @@ def decide(
     if delta < config.min_improvement or delta <= 0:
         reason = f"test gain {delta:+.4f} is below the minimum {config.min_improvement}"
         return GateDecision(
-            candidate_id=candidate_id, baseline_id=baseline_id, promoted=False, delta=delta, reason=reason
+            candidate_id=candidate_id,
+            baseline_id=baseline_id,
+            promoted=False,
+            delta=delta,
+            reason=reason,
         )
     return GateDecision(
         candidate_id=candidate_id,
@@ -185,7 +190,11 @@ class Registry:
         return iter(list(self._records.values()))
 
     def _emit(self, event: dict[str, Any]) -> None:
-        event = {"schema_version": REGISTRY_SCHEMA_VERSION, "at": self._clock().isoformat(), **event}
+        event = {
+            "schema_version": REGISTRY_SCHEMA_VERSION,
+            "at": self._clock().isoformat(),
+            **event,
+        }
         self._apply(event)
         if self.path is not None:
             append_jsonl(self.path, event)
@@ -238,7 +247,9 @@ class Registry:
             return self._records[version_id]
         except KeyError:
             known = ", ".join(list(self._records)[-5:]) or "none yet"
-            raise RegistryError(f"Unknown version {version_id!r}; latest versions: {known}") from None
+            raise RegistryError(
+                f"Unknown version {version_id!r}; latest versions: {known}"
+            ) from None
 
     def build(self, version_id: str) -> Build:
         """Return the build of a version (see :meth:`record`)."""
@@ -281,7 +292,13 @@ class Registry:
         return build
 
     def record_scores(
-        self, version_id: str, split: ScoreSplit, score: SplitScore, *, calls: int = 0, tokens: int = 0
+        self,
+        version_id: str,
+        split: ScoreSplit,
+        score: SplitScore,
+        *,
+        calls: int = 0,
+        tokens: int = 0,
     ) -> None:
         """Record a version's score on a split and what scoring it cost."""
         self.record(version_id)
@@ -321,7 +338,9 @@ class Registry:
 
     def best(self, split: ScoreSplit = "test") -> str | None:
         """Return the version with the highest aggregate score on ``split`` (ties: the oldest)."""
-        scored = [(r.scores[split].aggregate, r.build.version_id) for r in self if split in r.scores]
+        scored = [
+            (r.scores[split].aggregate, r.build.version_id) for r in self if split in r.scores
+        ]
         if not scored:
             return None
         top = max(score for score, _ in scored)

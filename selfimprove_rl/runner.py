@@ -242,9 +242,8 @@ class ExperimentRunner:
             saved_step = int(saved["step"])
         if self.steps and saved_step < self.steps[-1]["step"]:
             # Killed between the step line and the policy state: replay the missing update.
-            from policies.base import Transition
-
             from envs.spaces import EnvAction
+            from policies.base import Transition
 
             line = self.steps[-1]
             action = EnvAction(edits=line["directive"], base_version=line["base_version"])
@@ -252,8 +251,13 @@ class ExperimentRunner:
             following = self._observation_for(line["current_version"], line["info"]["scores"])
             self.policy.update(
                 Transition(
-                    previous, action, line["reward"], following, line["terminated"],
-                    line["truncated"], line["info"],
+                    previous,
+                    action,
+                    line["reward"],
+                    following,
+                    line["terminated"],
+                    line["truncated"],
+                    line["info"],
                 )
             )
             self._save_policy_state(line["step"])
@@ -280,7 +284,11 @@ class ExperimentRunner:
             return f"no promotion in {since_promotion} steps (stagnation_steps)"
         live = self.registry.record(self.registry.live_id)
         threshold = stopping.test_threshold
-        if threshold is not None and "test" in live.scores and live.scores["test"].aggregate >= threshold:
+        if (
+            threshold is not None
+            and "test" in live.scores
+            and live.scores["test"].aggregate >= threshold
+        ):
             return f"live build test score {live.scores['test'].aggregate:.4f} >= {threshold}"
         if self.env.unwrapped.budget_exhausted():
             return "call/token budget spent"
@@ -312,16 +320,27 @@ class ExperimentRunner:
             next_observation, reward, terminated, truncated, info = env.step(action)
             usage_after = unwrapped.usage
             decision = self._gate(info["version_id"]) if self._should_gate(info, reward) else None
-            since_promotion = 0 if decision is not None and decision.promoted else since_promotion + 1
+            since_promotion = (
+                0 if decision is not None and decision.promoted else since_promotion + 1
+            )
             episode_step += 1
             line = self._step_line(
-                episode, episode_step, reward, terminated, truncated, info, decision,
-                usage_before, usage_after,
+                episode,
+                episode_step,
+                reward,
+                terminated,
+                truncated,
+                info,
+                decision,
+                usage_before,
+                usage_after,
             )
             append_jsonl(self.run_dir / "steps.jsonl", line)
             self.steps.append(line)
             self.policy.update(
-                Transition(observation, action, reward, next_observation, terminated, truncated, info)
+                Transition(
+                    observation, action, reward, next_observation, terminated, truncated, info
+                )
             )
             self._save_policy_state(line["step"])
             if bar is not None:
@@ -416,7 +435,8 @@ class ExperimentRunner:
         baseline = registry.build(baseline_id)
         atomic_write_text(self.run_dir / "final_prompt.txt", live.state.render() + "\n")
         atomic_write_text(
-            self.run_dir / "prompt.diff", diff(baseline.state, live.state, name="system_prompt") + "\n"
+            self.run_dir / "prompt.diff",
+            diff(baseline.state, live.state, name="system_prompt") + "\n",
         )
         write_curves(self.steps, self.run_dir / "curves.csv")
         write_reward_plot(self.steps, self.run_dir / "reward_curve.png", title=self.config.name)
@@ -437,7 +457,8 @@ class ExperimentRunner:
                 split: scores[live_id][split].per_eval for split in ("train", "test", "holdout")
             },
             "baseline": {
-                split: scores[baseline_id][split].aggregate for split in ("train", "test", "holdout")
+                split: scores[baseline_id][split].aggregate
+                for split in ("train", "test", "holdout")
             },
             "calls": usage["calls"],
             "replay_calls": usage["replay_calls"],

@@ -66,8 +66,12 @@ def test_unknown_parent_and_version_raise(base_state: PromptState) -> None:
         ),
     ],
 )
-def test_gate_rule(candidate: SplitScore, baseline: SplitScore, promoted: bool, reason: str) -> None:
-    decision = decide(candidate, baseline, GateConfig(min_improvement=0.01, max_eval_regression=0.02))
+def test_gate_rule(
+    candidate: SplitScore, baseline: SplitScore, promoted: bool, reason: str
+) -> None:
+    decision = decide(
+        candidate, baseline, GateConfig(min_improvement=0.01, max_eval_regression=0.02)
+    )
     assert decision.promoted is promoted
     assert reason in decision.reason
 

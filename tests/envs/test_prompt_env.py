@@ -91,13 +91,19 @@ def test_spend_in_info_counts_requests_and_usage_counts_calls(env: PromptEnv) ->
 @pytest.mark.parametrize(
     ("action", "reason", "message"),
     [
-        ("DEL: 9", "line_out_of_range", "Line 9 is out of range for block 'sop'; valid lines: 1..1."),
+        (
+            "DEL: 9",
+            "line_out_of_range",
+            "Line 9 is out of range for block 'sop'; valid lines: 1..1.",
+        ),
         ("SHOUT: hello", "unparseable_directive", "unknown keyword 'SHOUT'"),
         (AddLine(text="x", block="nope"), "unknown_block", "Unknown block 'nope'."),
         ("MODEL: gpt-9", "unknown_model", "Unknown model 'gpt-9'."),
     ],
 )
-def test_invalid_edit_is_not_a_crash(env: PromptEnv, action: object, reason: str, message: str) -> None:
+def test_invalid_edit_is_not_a_crash(
+    env: PromptEnv, action: object, reason: str, message: str
+) -> None:
     observation, _ = env.reset(seed=0)
     after, reward, terminated, truncated, info = env.step(action)
     assert reward == 0.0
@@ -138,7 +144,7 @@ def test_rejected_edit_keeps_the_current_version() -> None:
         env.reset(seed=0)
         env.step(f"ADD: {COFFEE_RULE}")
         good = env.current_version_id
-        _, reward, _, _, info = env.step(f'EDIT: 2 -> {COFFEE_RULE.replace(COFFEE, "Nope.")}')
+        _, reward, _, _, info = env.step(f"EDIT: 2 -> {COFFEE_RULE.replace(COFFEE, 'Nope.')}")
         assert reward < 0
         assert info["accepted"] is False
         assert env.current_version_id == good
@@ -152,7 +158,7 @@ def test_transition_always_moves_to_the_new_version() -> None:
     try:
         env.reset(seed=0)
         env.step(f"ADD: {COFFEE_RULE}")
-        _, reward, _, _, info = env.step(f'EDIT: 2 -> {COFFEE_RULE.replace(COFFEE, "Nope.")}')
+        _, reward, _, _, info = env.step(f"EDIT: 2 -> {COFFEE_RULE.replace(COFFEE, 'Nope.')}")
         assert reward <= 0 and info["accepted"] is True
         assert env.current_version_id == info["version_id"]
     finally:
