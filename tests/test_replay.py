@@ -413,7 +413,7 @@ def test_fast_keys_equal_request_key(history: list[dict[str, Any]]) -> None:
 def test_cached_replay_is_fast() -> None:
     endpoint = Scripted()
     replayer = Replayer(make_client(endpoint))
-    samples = make_samples(2000)
+    samples = make_samples(500)
     replayer.replay_sync(samples, ACTION)
     started = time.perf_counter()
     report = replayer.replay_sync(samples, ACTION)
