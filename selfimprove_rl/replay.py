@@ -17,6 +17,8 @@ one code path). It owns what a careful client needs:
   retryable faults only (:func:`is_retryable`: 408/409/429/5xx, timeouts, connection errors,
   malformed or unparseable bodies); other errors (400/401/403/404/422) fail at once;
 * **a per-call timeout**, enforced both by the SDK and by ``asyncio.timeout``;
+* **no tracing into the application's project**: calls run under OpenInference's
+  ``suppress_tracing()``, so an instrumentor set up for production never records replays;
 * **accounting**: requests actually sent (retries included), cache hits, failures, and the
   tokens paid for, per replay (:class:`ReplayUsage`) and cumulatively (``Replayer.usage``).
 
@@ -424,6 +426,11 @@ class Replayer:
         )
         self._background: BackgroundLoop | None = None
         self._loop_lock = threading.Lock()
+        # Replays are experiments, not production traffic: an OpenInference instrumentor the
+        # application set up must not record them into its project.
+        from openinference.instrumentation import suppress_tracing
+
+        self._untraced = suppress_tracing
 
     async def replay(
         self, samples: Sequence[Sample], action: Action, *, progress: bool = False
@@ -608,14 +615,15 @@ class Replayer:
         if self.config.messages_in_extra_body:
             extra_body = {"messages": messages, **(extra_body or {})}
             typed_messages = []
-        async with asyncio.timeout(timeout):
-            raw = await self._create(
-                model=model,
-                messages=cast(Any, typed_messages),
-                timeout=timeout,
-                extra_body=extra_body,
-                **kwargs,
-            )
+        with self._untraced():
+            async with asyncio.timeout(timeout):
+                raw = await self._create(
+                    model=model,
+                    messages=cast(Any, typed_messages),
+                    timeout=timeout,
+                    extra_body=extra_body,
+                    **kwargs,
+                )
         return parse_completion(raw.http_response)
 
     def _split_params(self, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
