@@ -1,0 +1,610 @@
+"""Which routing rule fits a reply best? Term statistics, greedy rule induction, cross-validation.
+
+The rule-induction coach (:mod:`policies.rule_induction`) builds rules for one reference
+reply ``c`` (its *class*) from remembered ``(input, reference)`` pairs, in three kinds:
+
+``mentions``
+    ``if input mentions t1, t2 or t3: respond "c"``. Candidate terms are content words and
+    two-word phrases (stop words removed) that occur in at least ``min_df`` inputs of ``c``,
+    whose precision for ``c`` is at least ``min_precision``, and whose **smoothed log-odds
+    z-score** is at least ``z_min``: with document frequencies ``y_in`` of ``n_in`` inputs of
+    ``c`` and ``y_out`` of ``n_out`` others, and a symmetric prior ``alpha``,
+
+    ``delta = logit((y_in+a)/(n_in+2a)) - logit((y_out+a)/(n_out+2a))``,
+    ``z = delta / sqrt(1/(y_in+a) + 1/(n_in-y_in+a) + 1/(y_out+a) + 1/(n_out-y_out+a))``
+
+    (the informative-prior log-odds of Monroe, Colaresi & Quinn 2008, on binary presence).
+    The minimum document frequency keeps one-off training words out of the rules.
+``about``
+    ``if input is about t1, t2 or t3: respond "c"``: the same candidate terms, used as facets
+    of a plain-language description; an input matches when its embedding is close enough to
+    a facet (the surrogate's fitted threshold), so the rule reaches inputs that share none of
+    the words.
+``examples``
+    ``example: "<input>" -> "c"`` lines: medoids of k-means clusters of ``c``'s inputs
+    (embeddings), answered by nearest neighbour.
+
+Terms (and medoids) are chosen **greedily**: each step adds the candidate that most increases
+the number of remembered inputs the whole prompt would answer correctly (the surrogate of
+:mod:`policies.surrogate`, with every other statement in place), and stops when the best adds
+fewer than ``min_gain_samples`` correct inputs or its gain per input does not pay for its
+prompt tokens (``token_weight`` per token).
+
+A rule's worth is then its **cross-validated gain**: the remembered inputs are split into
+``folds`` stratified folds (fixed by a hash of the sample id); the rule is induced on the
+other folds and scored on each held-out fold, and the held-out accuracy of the edited prompt
+minus the accuracy of the current prompt is the estimated gain. Induction that memorizes
+training words scores badly on held-out folds, so generalization is what is rewarded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Literal
+
+import numpy as np
+
+from policies.surrogate import Inputs, Routes, Surrogate, reply_key
+from selfimprove_rl.simulated.sop import Statement, parse_line, term_pattern
+from selfimprove_rl.simulated.tokens import count_tokens
+
+RuleKind = Literal["mentions", "about", "examples"]
+
+_TOKEN = re.compile(r"[a-z0-9]+(?:['’-][a-z0-9]+)*")
+
+
+@lru_cache(maxsize=1)
+def stop_words() -> frozenset[str]:
+    """Return scikit-learn's English stop words plus contraction stems."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    extra = {
+        "i'm",
+        "i've",
+        "i'd",
+        "i'll",
+        "it's",
+        "don't",
+        "can't",
+        "didn't",
+        "doesn't",
+        "won't",
+        "isn't",
+        "that's",
+        "what's",
+        "there's",
+        "you're",
+        "let's",
+        "just",
+        "really",
+    }
+    return frozenset(ENGLISH_STOP_WORDS) | extra
+
+
+def content_terms(text: str) -> list[str]:
+    """Return the distinct content words (3+ letters, no stop words) and adjacent word pairs.
+
+    Example:
+        >>> content_terms("I love a flat white in the morning")
+        ['love', 'flat', 'white', 'morning', 'flat white']
+    """
+    words = _TOKEN.findall(text.lower().replace("’", "'"))
+    stops = stop_words()
+    keep = [len(w) >= 3 and w not in stops and not w.isdigit() for w in words]
+    terms = [w for w, k in zip(words, keep, strict=True) if k]
+    pairs = [
+        f"{a} {b}"
+        for a, b, ka, kb in zip(words, words[1:], keep, keep[1:], strict=False)
+        if ka and kb
+    ]
+    return list(dict.fromkeys(terms + pairs))
+
+
+def log_odds_z(y_in: float, n_in: float, y_out: float, n_out: float, alpha: float) -> float:
+    """Return the smoothed log-odds z-score of a term for one class (see the module doc).
+
+    Example:
+        >>> round(log_odds_z(8, 20, 0, 20, 0.5), 2)
+        2.22
+        >>> log_odds_z(1, 20, 1, 20, 0.5)
+        0.0
+    """
+    a = alpha
+    delta = math.log((y_in + a) / (n_in - y_in + a)) - math.log((y_out + a) / (n_out - y_out + a))
+    variance = 1 / (y_in + a) + 1 / (n_in - y_in + a) + 1 / (y_out + a) + 1 / (n_out - y_out + a)
+    return delta / math.sqrt(variance)
+
+
+@dataclass(frozen=True)
+class InductionConfig:
+    """The statistic's knobs (see the module docstring)."""
+
+    min_df: int = 2
+    alpha: float = 0.5
+    z_min: float = 1.0
+    min_precision: float = 0.7
+    max_terms: int = 8
+    max_facets: int = 6
+    max_examples: int = 3
+    min_gain_samples: int = 2
+    token_weight: float = 2e-4
+    folds: int = 3
+
+
+@dataclass
+class Pool:
+    """Remembered inputs with everything induction reads, computed once per decision.
+
+    ``vocabulary`` holds every content word of the inputs and replies plus the two-word
+    phrases with at least ``min_df`` inputs; ``presence`` says which inputs contain each
+    term, ``mention_masks`` which inputs a ``mentions`` rule on that term fires on (only for
+    terms with ``min_df`` inputs, the literal candidates), and ``term_cosines`` the cosine of
+    each input with each term.
+    """
+
+    surrogate: Surrogate
+    ids: list[str]
+    inputs: Inputs
+    vocabulary: list[str]
+    presence: np.ndarray
+    mention_masks: np.ndarray
+    term_cosines: np.ndarray
+    folds: np.ndarray
+    _masks: dict[str, np.ndarray] = field(default_factory=dict)
+    _sims: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls,
+        surrogate: Surrogate,
+        ids: Sequence[str],
+        texts: Sequence[str],
+        references: Sequence[str],
+        config: InductionConfig,
+    ) -> Pool:
+        """Embed the inputs, index their terms and assign the cross-validation folds."""
+        vectors = surrogate.encode(texts) if texts else np.zeros((0, 1), dtype=np.float32)
+        inputs = Inputs(list(texts), vectors, [reply_key(r) for r in references])
+        term_lists = [content_terms(t) for t in texts]
+        counts: dict[str, int] = {}
+        for terms in term_lists:
+            for term in terms:
+                counts[term] = counts.get(term, 0) + 1
+        reply_words = {w for r in set(references) for w in content_terms(r) if " " not in w}
+        vocabulary = sorted(
+            {t for t, n in counts.items() if n >= config.min_df or " " not in t} | reply_words
+        )
+        index = {t: i for i, t in enumerate(vocabulary)}
+        presence = np.zeros((len(vocabulary), len(texts)), dtype=bool)
+        for column, terms in enumerate(term_lists):
+            for term in terms:
+                if term in index:
+                    presence[index[term], column] = True
+        mentions = np.zeros_like(presence)
+        for row, term in enumerate(vocabulary):
+            if counts.get(term, 0) >= config.min_df:
+                pattern = term_pattern((term,))
+                mentions[row] = [pattern.search(t) is not None for t in texts]
+        if vocabulary and len(texts):
+            cosines = np.asarray(surrogate.encode(vocabulary) @ vectors.T)
+        else:
+            cosines = np.zeros((len(vocabulary), len(texts)), dtype=np.float32)
+        return cls(
+            surrogate=surrogate,
+            ids=list(ids),
+            inputs=inputs,
+            vocabulary=vocabulary,
+            presence=presence,
+            mention_masks=mentions,
+            term_cosines=cosines,
+            folds=stratified_folds(ids, inputs.refs, config.folds),
+        )
+
+    @property
+    def n(self) -> int:
+        """Number of remembered inputs."""
+        return len(self.inputs)
+
+    def _rule_mask(self, statement: Statement) -> np.ndarray:
+        mask = self._masks.get(statement.text)
+        if mask is None:
+            mask = self.surrogate.rule_mask(statement, self.inputs)
+            self._masks[statement.text] = mask
+        return mask
+
+    def _example_sims(self, statement: Statement) -> np.ndarray:
+        sims = self._sims.get(statement.example_input)
+        if sims is None:
+            vector = self.surrogate.encode([statement.example_input])[0]
+            sims = np.asarray(self.inputs.vectors @ vector)
+            self._sims[statement.example_input] = sims
+        return sims
+
+    def routes(self, statements: Sequence[Statement], index: np.ndarray) -> Routes:
+        """Compile ``statements`` over the inputs at ``index``."""
+        rules = [s for s in statements if s.is_rule]
+        examples = [s for s in statements if s.kind == "example"]
+        fallback = next((s for s in statements if s.kind == "else"), None)
+        masks = np.zeros((len(rules), len(index)), dtype=bool)
+        for row, rule in enumerate(rules):
+            masks[row] = self._rule_mask(rule)[index]
+        sims = np.zeros((len(examples), len(index)), dtype=np.float32)
+        for row, example in enumerate(examples):
+            sims[row] = self._example_sims(example)[index]
+        return Routes(
+            rule_masks=masks,
+            rule_replies=[reply_key(s.reply) for s in rules],
+            example_sims=sims,
+            example_replies=[reply_key(s.reply) for s in examples],
+            example_threshold=self.surrogate.example.value,
+            fallback=reply_key(fallback.reply) if fallback else None,
+        )
+
+    def correct(self, statements: Sequence[Statement], index: np.ndarray) -> np.ndarray:
+        """Return which inputs at ``index`` the statements answer with their reference."""
+        predicted = self.routes(statements, index).predict()
+        return np.asarray(predicted == np.array([self.inputs.refs[i] for i in index], dtype=object))
+
+
+def stratified_folds(ids: Sequence[str], labels: Sequence[str], folds: int) -> np.ndarray:
+    """Assign each id a fold: within each label, ids ordered by hash are dealt round-robin.
+
+    The assignment of an id depends only on the ids sharing its label, so it is stable
+    across runs and processes.
+    """
+    result = np.zeros(len(ids), dtype=int)
+    by_label: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_label.setdefault(label, []).append(i)
+    for members in by_label.values():
+        ordered = sorted(members, key=lambda i: hashlib.sha1(ids[i].encode()).hexdigest())
+        for rank, i in enumerate(ordered):
+            result[i] = rank % max(1, folds)
+    return result
+
+
+@dataclass(frozen=True)
+class Spot:
+    """Where a new rule goes: the statements before and after it."""
+
+    before: tuple[Statement, ...]
+    after: tuple[Statement, ...]
+
+
+def statement_of(line: str) -> Statement | None:
+    """Parse one SOP line (``None`` when it is not understood)."""
+    return parse_line(line, 1)
+
+
+def _separating(
+    hits: np.ndarray, is_in: np.ndarray, minimum: int, config: InductionConfig
+) -> list[tuple[int, float]]:
+    """Return ``(row, z)`` of the rows of ``hits`` (terms × inputs) that separate ``is_in``."""
+    n_in, n_out = int(is_in.sum()), int((~is_in).sum())
+    if n_in == 0 or not hits.shape[0]:
+        return []
+    y_in = hits[:, is_in].sum(axis=1)
+    y_out = hits[:, ~is_in].sum(axis=1)
+    chosen: list[tuple[int, float]] = []
+    for row in np.flatnonzero(y_in >= minimum):
+        if y_in[row] / (y_in[row] + y_out[row]) < config.min_precision:
+            continue
+        z = log_odds_z(float(y_in[row]), n_in, float(y_out[row]), n_out, config.alpha)
+        if z >= config.z_min:
+            chosen.append((int(row), z))
+    return chosen
+
+
+def candidate_terms(
+    kind: Literal["mentions", "about"],
+    pool: Pool,
+    key: str,
+    index: np.ndarray,
+    config: InductionConfig,
+) -> list[tuple[int, float]]:
+    """Return ``(vocabulary row, z)`` of the terms that separate class ``key``, best first.
+
+    ``mentions``: the term occurs (whole words) in at least ``min_df`` inputs of the class.
+    ``about``: the term is a word of the class's inputs or of its reply, and at least
+    ``min_gain_samples`` inputs of the class are semantically close to it (cosine at the
+    surrogate's threshold); the z-score and precision use semantic closeness instead of
+    occurrence.
+    """
+    if not pool.vocabulary or not len(index):
+        return []
+    is_in = np.array([pool.inputs.refs[i] == key for i in index])
+    if kind == "mentions":
+        chosen = _separating(pool.mention_masks[:, index], is_in, config.min_df, config)
+    else:
+        reply_words = set(content_terms(key))
+        own = pool.presence[:, index][:, is_in].any(axis=1)
+        own |= np.array([t in reply_words for t in pool.vocabulary])
+        rows = np.flatnonzero(own)
+        close = pool.term_cosines[rows][:, index] >= pool.surrogate.semantic.value
+        chosen = [
+            (int(rows[r]), z) for r, z in _separating(close, is_in, config.min_gain_samples, config)
+        ]
+    chosen.sort(key=lambda item: (-item[1], pool.vocabulary[item[0]]))
+    return chosen
+
+
+def _rule_context(
+    pool: Pool, spot: Spot, index: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return, over ``index``: answered upstream, correct upstream, correct downstream."""
+    statements = [*spot.before, *spot.after]
+    routes = pool.routes(statements, index)
+    position = sum(1 for s in spot.before if s.is_rule)
+    refs = np.array([pool.inputs.refs[i] for i in index], dtype=object)
+    upstream = routes.taken_before(position)
+    return upstream, routes.predict() == refs, routes.after_rules(position) == refs
+
+
+def _greedy_masks(
+    masks: np.ndarray,
+    costs: Sequence[int],
+    context: tuple[np.ndarray, np.ndarray, np.ndarray],
+    is_class: np.ndarray,
+    limit: int,
+    config: InductionConfig,
+    seed: np.ndarray | None = None,
+) -> list[int]:
+    """Pick rows of ``masks`` whose union (with ``seed``), as one rule, answers the most inputs.
+
+    Each step adds the row with the largest gain in correct answers; it stops at ``limit``
+    rows, or when the best gain is under ``min_gain_samples`` or does not pay its tokens.
+    """
+    upstream, up_correct, down_correct = context
+    chosen: list[int] = []
+    current = np.zeros(masks.shape[1], dtype=bool) if seed is None else seed.copy()
+    n = max(1, masks.shape[1])
+
+    def score(mask: np.ndarray) -> np.ndarray:
+        fires = mask & ~upstream
+        return np.where(upstream, up_correct, np.where(fires, is_class, down_correct)).sum(axis=-1)
+
+    base = int(score(current))
+    while len(chosen) < limit and masks.shape[0]:
+        gains = score(masks | current) - base
+        gains[chosen] = -1
+        best = int(np.argmax(gains))
+        gain = int(gains[best])
+        if gain < config.min_gain_samples or gain / n <= config.token_weight * (costs[best] + 1):
+            break
+        chosen.append(best)
+        current |= masks[best]
+        base += gain
+    return chosen
+
+
+def _join_terms(terms: Sequence[str]) -> str:
+    if len(terms) == 1:
+        return terms[0]
+    return ", ".join(terms[:-1]) + " or " + terms[-1]
+
+
+def rule_line(kind: Literal["mentions", "about"], terms: Sequence[str], reply: str) -> str:
+    """Return an SOP rule line.
+
+    Example:
+        >>> rule_line("about", ["coffee", "espresso", "beans"], "I like coffee.")
+        'if input is about coffee, espresso or beans: respond "I like coffee."'
+    """
+    verb = "mentions" if kind == "mentions" else "is about"
+    return f'if input {verb} {_join_terms(terms)}: respond "{reply}"'
+
+
+def example_line(text: str, reply: str) -> str:
+    """Return an SOP example line (``text`` without newlines).
+
+    Example:
+        >>> example_line("I run  marathons.", "Sports!")
+        'example: "I run marathons." -> "Sports!"'
+    """
+    return f'example: "{" ".join(text.split())}" -> "{reply}"'
+
+
+def induce_rule(
+    kind: Literal["mentions", "about"],
+    pool: Pool,
+    key: str,
+    reply: str,
+    spot: Spot,
+    index: np.ndarray,
+    config: InductionConfig,
+    start: Sequence[str] = (),
+) -> list[str]:
+    """Induce one ``mentions`` or ``is about`` rule for class ``key`` from the inputs at ``index``.
+
+    Args:
+        kind: the rule kind.
+        pool: the remembered inputs.
+        key: the class (a reply key, see :func:`policies.surrogate.reply_key`).
+        reply: the reply text the rule gives.
+        spot: the statements around the new rule.
+        index: which inputs to learn from.
+        config: the statistic's knobs.
+        start: terms the rule starts with (extending an existing rule); the greedy adds to
+            them.
+
+    Returns:
+        The rule line, or no line when no term is worth adding.
+    """
+    start = list(dict.fromkeys(t.lower() for t in start))
+    terms = [
+        (row, z)
+        for row, z in candidate_terms(kind, pool, key, index, config)
+        if pool.vocabulary[row] not in start
+    ]
+    if not terms:
+        return []
+    rows = [row for row, _ in terms]
+    texts = [pool.inputs.texts[i] for i in index]
+    if kind == "mentions":
+        masks = pool.mention_masks[rows][:, index]
+        limit = config.max_terms
+        initial = [
+            np.array([term_pattern((t,)).search(x) is not None for x in texts]) for t in start
+        ]
+    else:
+        threshold = pool.surrogate.semantic.value
+        masks = pool.term_cosines[rows][:, index] >= threshold
+        limit = config.max_facets
+        initial = (
+            list(pool.surrogate.encode(start) @ pool.inputs.vectors[index].T >= threshold)
+            if start
+            else []
+        )
+    is_class = np.array([pool.inputs.refs[i] == key for i in index])
+    costs = [count_tokens(pool.vocabulary[row]) for row in rows]
+    context = _rule_context(pool, spot, index)
+    seed = np.zeros(len(index), dtype=bool)
+    for mask in initial:
+        seed |= mask
+    picked = _greedy_masks(
+        masks, costs, context, is_class, max(0, limit - len(start)), config, seed
+    )
+    if not picked:
+        return []
+    return [rule_line(kind, [*start, *(pool.vocabulary[rows[p]] for p in picked)], reply)]
+
+
+def medoids(pool: Pool, members: np.ndarray, count: int, seed: int = 0) -> list[int]:
+    """Return pool indices of k-means medoids of ``members``, biggest cluster first."""
+    if len(members) <= count:
+        return [int(m) for m in members]
+    from sklearn.cluster import KMeans
+
+    vectors = pool.inputs.vectors[members]
+    model = KMeans(n_clusters=count, n_init=3, random_state=seed).fit(vectors)
+    picked: list[tuple[int, int]] = []
+    for cluster in range(count):
+        inside = np.flatnonzero(model.labels_ == cluster)
+        if not len(inside):
+            continue
+        centre = model.cluster_centers_[cluster]
+        best = inside[int(np.argmax(vectors[inside] @ centre))]
+        picked.append((-len(inside), int(members[best])))
+    return [m for _, m in sorted(picked)]
+
+
+def induce_examples(
+    pool: Pool,
+    replies: dict[str, str],
+    spot: Spot,
+    index: np.ndarray,
+    config: InductionConfig,
+) -> list[str]:
+    """Induce ``example`` lines for any classes from the inputs at ``index``.
+
+    Candidates are k-means medoids of each class's inputs (``max_examples + 2`` clusters);
+    the greedy adds the one that most increases the correct answers (nearest example above
+    the surrogate's threshold, after the rules), at most ``max_examples`` per class.
+
+    Args:
+        pool: the remembered inputs.
+        replies: class key → reply text of the classes that may get examples.
+        spot: the statements around the new examples (existing examples included).
+        index: which inputs to learn from.
+        config: the statistic's knobs.
+
+    Returns:
+        Example lines, in the order they were chosen.
+    """
+    statements = [*spot.before, *spot.after]
+    shown = {s.example_input for s in statements if s.kind == "example"}
+    candidates: list[tuple[int, str]] = []
+    for key in replies:
+        members = [
+            i
+            for i in index
+            if pool.inputs.refs[i] == key
+            and '"' not in pool.inputs.texts[i]
+            and "\n" not in pool.inputs.texts[i]
+            and " ".join(pool.inputs.texts[i].split()) not in shown
+        ]
+        if members:
+            picked = medoids(
+                pool, np.array(members, dtype=int), min(len(members), config.max_examples + 2)
+            )
+            candidates += [(m, key) for m in picked]
+    if not candidates:
+        return []
+    routes = pool.routes(statements, index)
+    refs = np.array([pool.inputs.refs[i] for i in index], dtype=object)
+    answered = (
+        routes.rule_masks.any(axis=0) if routes.rule_masks.shape[0] else np.zeros(len(index), bool)
+    )
+    rule_correct = routes.predict() == refs
+    if routes.example_sims.shape[0]:
+        best_sim = routes.example_sims.max(axis=0)
+        best_reply = np.array(routes.example_replies, dtype=object)[
+            routes.example_sims.argmax(axis=0)
+        ]
+    else:
+        best_sim = np.full(len(index), -2.0)
+        best_reply = np.array([None] * len(index), dtype=object)
+    threshold = pool.surrogate.example.value
+    sims = np.stack([pool.inputs.vectors[index] @ pool.inputs.vectors[m] for m, _ in candidates])
+    lines = [example_line(pool.inputs.texts[m], replies[key]) for m, key in candidates]
+    costs = [count_tokens(line) for line in lines]
+    keys = np.array([key for _, key in candidates], dtype=object)
+
+    def correct(sim: np.ndarray, said: np.ndarray) -> np.ndarray:
+        fallback = np.array([routes.fallback] * len(index), dtype=object)
+        reply = np.where(sim >= threshold, said, fallback)
+        return np.where(answered, rule_correct, reply == refs)
+
+    per_class: dict[str, int] = {}
+    chosen: list[int] = []
+    base = int(correct(best_sim, best_reply).sum())
+    while True:
+        better = sims > best_sim
+        new_sim = np.where(better, sims, best_sim)
+        new_reply = np.where(better, keys[:, None], best_reply)
+        gains = correct(new_sim, new_reply).sum(axis=1) - base
+        for row, (_, key) in enumerate(candidates):
+            if row in chosen or per_class.get(key, 0) >= config.max_examples:
+                gains[row] = -1
+        best = int(np.argmax(gains))
+        gain = int(gains[best])
+        if (
+            gain < config.min_gain_samples
+            or gain / max(1, len(index)) <= config.token_weight * costs[best]
+        ):
+            break
+        chosen.append(best)
+        per_class[candidates[best][1]] = per_class.get(candidates[best][1], 0) + 1
+        best_sim, best_reply = new_sim[best], new_reply[best]
+        base += gain
+    return [lines[row] for row in chosen]
+
+
+def parsed(lines: Sequence[str]) -> list[Statement]:
+    """Return the understood statements of ``lines``."""
+    return [s for s in (statement_of(line) for line in lines) if s is not None]
+
+
+def cross_validated_correct(
+    inducer: Callable[[np.ndarray], list[str]], pool: Pool, spot: Spot, folds: int
+) -> int:
+    """Return how many remembered inputs the edited prompt answers correctly on held-out folds.
+
+    For each fold, ``inducer(train_index)`` returns the new lines learnt from the other
+    folds; the prompt with them (at ``spot``) is scored on the fold; the counts are summed.
+    """
+    total = 0
+    everything = np.arange(pool.n)
+    for fold in range(max(1, folds)):
+        held_out = everything[pool.folds == fold]
+        train = everything[pool.folds != fold] if folds > 1 else everything
+        if not len(held_out):
+            continue
+        statements = [*spot.before, *parsed(inducer(train)), *spot.after]
+        total += int(pool.correct(statements, held_out).sum())
+    return total

@@ -1,0 +1,582 @@
+"""LLMCoachPolicy: the seed experiment's coach, an OpenAI-compatible model that proposes edits.
+
+Each decision, the coach model reads guidelines (system message) and an evaluator report
+(:func:`policies.coach_report.build_report`: scores, clustered worst examples, the change log,
+the numbered prompt blocks) and answers one JSON object::
+
+    {"target_block": "sop", "directives": ["ADD: ...", "EDIT: 2 -> ..."], "rationale": "..."}
+
+validated by pydantic (:class:`CoachReply`; ``directives`` may also be one string, and
+``["no_change"]`` or ``[]`` means no change). The reply is checked locally before the env
+sees it: the directives must parse (:func:`selfimprove_rl.prompt.parse_directives`) and apply
+to the current prompt (:func:`selfimprove_rl.prompt.apply`). An invalid reply — empty,
+malformed JSON, off-schema, or directives that do not parse or apply — is answered with the
+error and asked again, up to ``max_retries`` times; then :class:`CoachOutputError` is raised
+by :meth:`LLMCoachProposer.ask`. The policy does not crash a run on that: ``act`` falls back
+to a no-op and records the failure in ``coach_failures`` (counted, with the errors).
+
+Structured output: ``response_format="auto"`` asks for ``json_schema`` first, falls back to
+``json_object`` and then to plain text when the server rejects a format with HTTP 400, and
+remembers what worked; replies fenced as ```json blocks are accepted.
+
+Trials: with ``trials=N`` the coach proposes N candidates against one base version and tries
+them on consecutive steps (``EnvAction(base_version=...)``); the next round starts from the
+trial with the best reward when it was positive, else from the same base.
+
+Model output is data: it is parsed as JSON and as directives, never evaluated, executed or
+used as a format template. The API key is read from the environment variable named by the
+backend when the client is made, and never stored, logged or saved.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from string import Template
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from policies.base import BasePolicy, Observation, Transition
+from policies.coach_report import build_report
+from policies.proposers import Candidate, estimate_tokens, state_from_observation
+from selfimprove_rl.backend import Backend
+from selfimprove_rl.errors import CoachOutputError, InvalidEdit
+from selfimprove_rl.prompt import NoOp, apply, parse_directives
+
+ResponseFormat = Literal["auto", "json_schema", "json_object", "text"]
+_FORMAT_ORDER: tuple[ResponseFormat, ...] = ("json_schema", "json_object", "text")
+_FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
+
+GUIDELINES = Template(
+    """You are a prompt coach. You improve the system prompt of one LLM call so that its \
+replies match the reference outputs of logged samples, judged by the evals in the report.
+
+How to edit:
+- The prompt is made of blocks of numbered lines. Edit one block per answer (target_block; \
+editable blocks: $blocks).
+- Take small steps: at most $max_directives directives per answer.
+- Write atomic SOP lines, one instruction per line. Routing lines the model follows:
+    if input mentions <words or phrases>: respond "<reply>"
+    if input is about <plain-language description>: respond "<reply>"
+    example: "<input>" -> "<reply>"
+    else: respond "<reply>"
+  If-rules are read top to bottom and the first that applies answers; otherwise the nearest \
+example; otherwise the else line. Vague guidance has no effect.
+- Describe what the inputs have in common; do not copy rare words of single examples.
+- Learn from the change log: do not repeat a rejected change.
+- Directive grammar (line numbers refer to the lines as shown):
+    ADD: <text>          append a line to the block
+    ADD <n>: <text>      insert a line where line <n> is
+    EDIT: <n> -> <text>  replace line <n>
+    DEL: <n>             delete line <n>
+    REPLACE:             replace the whole block with the lines that follow
+    no_change            the prompt is good as it is
+Answer with one JSON object and nothing else:
+{"target_block": "<block>", "directives": ["<directive>", ...], "rationale": "<one sentence>"}"""
+)
+
+REPLY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "target_block": {"type": "string"},
+        "directives": {"type": "array", "items": {"type": "string"}},
+        "rationale": {"type": "string"},
+    },
+    "required": ["target_block", "directives", "rationale"],
+    "additionalProperties": False,
+}
+
+
+class CoachReply(BaseModel):
+    """The JSON a coach model must answer."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    target_block: str | None = Field(default=None, description="The block the directives edit.")
+    directives: list[str] | str = Field(description="Directive lines, or one string of them.")
+    rationale: str = Field(default="", description="One sentence on why.")
+
+    def lines(self) -> list[str]:
+        """Return the directive lines, split at newlines, blank lines dropped."""
+        items = [self.directives] if isinstance(self.directives, str) else self.directives
+        return [line for item in items for line in item.split("\n") if line.strip()]
+
+
+class InvalidCoachReply(ValueError):
+    """One coach reply cannot be used; the message is fed back to the model."""
+
+
+def extract_json(content: str | None) -> Any:
+    r"""Return the JSON value in a reply: bare, fenced as a ```json block, or inside prose.
+
+    Raises:
+        InvalidCoachReply: the reply is empty or holds no valid JSON.
+
+    Example:
+        >>> extract_json('Sure!\n```json\n{"directives": []}\n```')
+        {'directives': []}
+    """
+    if content is None or not content.strip():
+        raise InvalidCoachReply("The reply was empty.")
+    text = content.strip()
+    fenced = _FENCE.search(text)
+    if fenced:
+        text = fenced.group(1).strip()
+    elif not text.startswith(("{", "[")) and "{" in text and "}" in text:
+        text = text[text.index("{") : text.rindex("}") + 1]
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidCoachReply(
+            f"The reply is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})."
+        ) from exc
+
+
+def parse_reply(content: str | None) -> CoachReply:
+    """Parse and validate a coach reply.
+
+    Raises:
+        InvalidCoachReply: empty, malformed JSON, or off-schema.
+    """
+    value = extract_json(content)
+    if not isinstance(value, dict):
+        raise InvalidCoachReply(f"Expected a JSON object, got a JSON {type(value).__name__}.")
+    try:
+        return CoachReply.model_validate(value)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc']) or 'reply'}: {error['msg']}"
+            for error in exc.errors()[:5]
+        )
+        raise InvalidCoachReply(
+            f"The JSON object does not match the schema ({problems}); expected keys "
+            "target_block (string), directives (list of strings), rationale (string)."
+        ) from exc
+
+
+class LLMCoachConfig(BaseModel):
+    """Options of the LLM coach."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = Field(description="The coach model name, as the server knows it.")
+    temperature: float = Field(default=0.7, ge=0, le=2, description="Sampling temperature.")
+    max_tokens: int | None = Field(default=1000, ge=1, description="Reply token limit.")
+    max_retries: int = Field(default=2, ge=0, description="Asks after an invalid reply.")
+    response_format: ResponseFormat = Field(
+        default="auto", description="Structured-output mode (auto: best the server accepts)."
+    )
+    max_directives: int = Field(default=6, ge=1, description="Directives per answer.")
+    frozen_blocks: tuple[str, ...] = Field(default=(), description="Blocks the coach may not edit.")
+    clusters: int = Field(default=3, ge=1, description="Clusters of worst examples.")
+    subclusters: int = Field(default=2, ge=1, description="Sub-clusters per large cluster.")
+    per_cluster: int = Field(default=2, ge=1, description="Representatives per (sub-)cluster.")
+    change_log_size: int = Field(default=10, ge=0, description="Change-log entries shown.")
+
+
+class LLMCoachProposer:
+    """Asks an OpenAI-compatible coach model for edits (see the module docstring).
+
+    Args:
+        config: options (a model or a plain dict; ``model`` is required).
+        backend: the server (default: OpenAI; a ``base_url`` makes it any compatible server).
+        client: an ``openai.OpenAI`` client to use instead of one made from ``backend``.
+        embedder: ``encode(texts)`` for clustering the report's examples.
+    """
+
+    name = "llm_coach"
+
+    def __init__(
+        self,
+        config: LLMCoachConfig | Mapping[str, Any],
+        *,
+        backend: Backend | Mapping[str, Any] | None = None,
+        client: Any = None,
+        embedder: Any = None,
+    ) -> None:
+        self.config = (
+            config
+            if isinstance(config, LLMCoachConfig)
+            else LLMCoachConfig.model_validate(dict(config))
+        )
+        self.backend = (
+            backend
+            if isinstance(backend, Backend)
+            else Backend.model_validate(dict(backend or {"kind": "openai"}))
+        )
+        self._client = client
+        self.embedder = embedder
+        self.format: ResponseFormat | None = (
+            None if self.config.response_format == "auto" else self.config.response_format
+        )
+        self.change_log: list[dict[str, Any]] = []
+        self.requests = 0
+
+    # ------------------------------------------------------------------ model calls
+    @property
+    def client(self) -> Any:
+        """The OpenAI client (made on first use; the key is read from the environment then)."""
+        if self._client is None:
+            self._client = self.backend.sync_client()
+        return self._client
+
+    def _format_kwargs(self, mode: ResponseFormat) -> dict[str, Any]:
+        if mode == "json_schema":
+            return {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "coach_edit", "schema": REPLY_SCHEMA, "strict": True},
+                }
+            }
+        if mode == "json_object":
+            return {"response_format": {"type": "json_object"}}
+        return {}
+
+    def _complete(self, messages: list[dict[str, str]]) -> str | None:
+        """Send one chat request; walk down the structured-output modes on HTTP 400."""
+        import openai
+
+        modes = [self.format] if self.format else list(_FORMAT_ORDER)
+        for position, mode in enumerate(modes):
+            assert mode is not None
+            kwargs: dict[str, Any] = {
+                "model": self.config.model,
+                "messages": messages,
+                "temperature": self.config.temperature,
+                **self._format_kwargs(mode),
+            }
+            if self.config.max_tokens is not None:
+                kwargs["max_tokens"] = self.config.max_tokens
+            self.requests += 1
+            try:
+                response = self.client.chat.completions.create(**kwargs)
+            except openai.BadRequestError:
+                if self.format is None and position + 1 < len(modes):
+                    continue
+                raise
+            self.format = mode
+            choices = getattr(response, "choices", None) or []
+            return choices[0].message.content if choices else None
+        return None
+
+    # ------------------------------------------------------------------ validation
+    def candidate_from(self, reply: CoachReply, observation: Observation) -> Candidate:
+        """Turn a valid reply into a candidate, checking it parses and applies locally.
+
+        Raises:
+            InvalidCoachReply: unknown or frozen block, too many directives, or directives
+                that do not parse or apply (the message says which and why).
+        """
+        state = state_from_observation(observation, frozen=self.config.frozen_blocks)
+        lines = reply.lines()
+        if not lines or all(
+            line.strip().strip('"`.').lower().replace(" ", "_") in ("no_change", "no_changes")
+            for line in lines
+        ):
+            return Candidate(
+                edits=[NoOp()], rationale=reply.rationale, proposer=self.name, kind="no_change"
+            )
+        block = reply.target_block or state.default_block
+        if block not in state.block_names:
+            raise InvalidCoachReply(
+                f"target_block {block!r} is not a block of the prompt; use one of "
+                f"{', '.join(state.block_names)}."
+            )
+        if len(lines) > self.config.max_directives and not lines[0].upper().startswith("REPLACE"):
+            raise InvalidCoachReply(
+                f"Expected at most {self.config.max_directives} directives (small steps), "
+                f"got {len(lines)}."
+            )
+        text = "\n".join([f"BLOCK: {block}", *lines])
+        try:
+            edits = parse_directives(text)
+            new_state = apply(state, edits)
+        except InvalidEdit as exc:
+            raise InvalidCoachReply(f"The directives do not apply to the prompt: {exc}") from exc
+        tokens = estimate_tokens(new_state.render()) - estimate_tokens(state.render())
+        return Candidate(
+            edits=text,
+            rationale=reply.rationale.strip()[:500],
+            prompt_tokens=tokens,
+            proposer=self.name,
+            kind="llm",
+        )
+
+    # ------------------------------------------------------------------ proposing
+    def messages(
+        self, observation: Observation, info: Mapping[str, Any], hint: str = ""
+    ) -> list[dict[str, str]]:
+        """Return the system guidelines and the user report for one decision."""
+        blocks = dict(observation.get("blocks") or {})
+        editable = [b for b in blocks if b not in self.config.frozen_blocks]
+        system = GUIDELINES.safe_substitute(
+            blocks=", ".join(editable) or "none", max_directives=str(self.config.max_directives)
+        )
+        report = build_report(
+            observation,
+            info,
+            self.change_log,
+            embedder=self.embedder,
+            clusters=self.config.clusters,
+            subclusters=self.config.subclusters,
+            per_cluster=self.config.per_cluster,
+            change_log_size=self.config.change_log_size,
+        )
+        user = report + ("\n\n" + hint if hint else "") + "\n\nAnswer with the JSON object only."
+        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+    def ask(self, observation: Observation, info: Mapping[str, Any], hint: str = "") -> Candidate:
+        """Ask the coach model once (with retries) for a candidate.
+
+        Raises:
+            CoachOutputError: no valid reply after ``1 + max_retries`` attempts; the message
+                lists each attempt's error.
+        """
+        import openai
+
+        messages = self.messages(observation, info, hint)
+        errors: list[str] = []
+        for _ in range(1 + self.config.max_retries):
+            try:
+                content = self._complete(messages)
+            except openai.APIError as exc:
+                errors.append(f"request failed: {type(exc).__name__}: {str(exc)[:200]}")
+                continue
+            try:
+                return self.candidate_from(parse_reply(content), observation)
+            except InvalidCoachReply as exc:
+                errors.append(str(exc))
+                messages = [
+                    *messages,
+                    {"role": "assistant", "content": content or ""},
+                    {
+                        "role": "user",
+                        "content": "Your reply could not be used: "
+                        + str(exc)
+                        + "\nFix it and answer again with the JSON object only.",
+                    },
+                ]
+        raise CoachOutputError(
+            f"The coach model {self.config.model!r} gave no usable reply in {len(errors)} "
+            "attempts: " + " | ".join(f"{i}. {e}" for i, e in enumerate(errors, start=1))
+        )
+
+    def propose(self, observation: Observation, info: Mapping[str, Any], k: int) -> list[Candidate]:
+        """Return up to ``k`` candidates, one coach request (with retries) each.
+
+        Trials that fail after their retries are left out and recorded in ``failures``.
+        """
+        self.failures: list[str] = []
+        candidates: list[Candidate] = []
+        for trial in range(max(0, k)):
+            hint = trial_hint(trial, k, candidates)
+            try:
+                candidates.append(self.ask(observation, info, hint))
+            except CoachOutputError as exc:
+                self.failures.append(str(exc))
+        return candidates
+
+    def feedback(
+        self, candidate: Candidate, reward: float, accepted: bool, info: Mapping[str, Any]
+    ) -> None:
+        """Add a tried candidate to the change log the report shows."""
+        self.change_log.append(
+            {
+                "step": info.get("step"),
+                "directive": candidate.directive_text(),
+                "rationale": candidate.rationale,
+                "reward": float(reward),
+                "accepted": bool(accepted),
+                "version": info.get("version_id"),
+            }
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the change log, the structured-output mode and the request count."""
+        return {
+            "change_log": [dict(e) for e in self.change_log],
+            "format": self.format,
+            "requests": self.requests,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved."""
+        self.change_log = [dict(e) for e in state.get("change_log", [])]
+        self.format = state.get("format")
+        self.requests = int(state.get("requests", 0))
+
+
+def _json_view(observation: Observation, info: Mapping[str, Any]) -> dict[str, Any]:
+    """Keep what the report needs of an observation and info, as JSON-serialisable data."""
+    scores = observation.get("scores")
+    return {
+        "observation": {
+            "blocks": dict(observation.get("blocks") or {}),
+            "model": observation.get("model"),
+            "version": observation.get("version"),
+            "prompt": observation.get("prompt"),
+            "scores": [float(x) for x in scores] if scores is not None else [],
+        },
+        "info": {
+            key: info.get(key)
+            for key in ("examples", "scores", "base_scores", "current_version_id", "step")
+            if key in info
+        },
+    }
+
+
+class LLMCoachPolicy(BasePolicy):
+    """The LLM coach as a policy: one coach request per trial, several trials keep the best.
+
+    Args:
+        seed: the policy seed (the coach itself is as deterministic as its model).
+        model: the coach model name.
+        base_url: an OpenAI-compatible server (default: OpenAI).
+        api_key_env: the environment variable holding the key (read when the client is made).
+        backend: a full :class:`~selfimprove_rl.backend.Backend` instead of ``base_url``.
+        trials: candidates proposed and tried per round against one base version.
+        client: an ``openai.OpenAI`` client to use as is.
+        embedder: ``encode(texts)`` for the report's clustering.
+        **options: :class:`LLMCoachConfig` fields.
+    """
+
+    name = "llm_coach"
+
+    def __init__(
+        self,
+        seed: int | None = None,
+        *,
+        model: str,
+        base_url: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        backend: Backend | Mapping[str, Any] | None = None,
+        trials: int = 1,
+        client: Any = None,
+        embedder: Any = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(seed)
+        if trials < 1:
+            raise ValueError(f"Expects trials >= 1, got {trials}.")
+        if backend is None:
+            backend = {"kind": "openai", "base_url": base_url, "api_key_env": api_key_env}
+        self.proposer = LLMCoachProposer(
+            {"model": model, **options}, backend=backend, client=client, embedder=embedder
+        )
+        self.trials = trials
+        self.coach_failures: list[dict[str, Any]] = []
+        self._queue: list[Candidate] = []
+        self._results: list[dict[str, Any]] = []
+        self._base: str | None = None
+        self._view: dict[str, Any] | None = None
+        self._pending: Candidate | None = None
+
+    @property
+    def failure_count(self) -> int:
+        """How many decisions fell back to a no-op because the coach model misbehaved."""
+        return len(self.coach_failures)
+
+    def reset(self, observation: Observation, info: dict[str, Any]) -> None:
+        """Start a new episode from the env's current version."""
+        self._queue, self._results, self._pending = [], [], None
+        self._base = None
+        self._view = _json_view(observation, info)
+
+    def _close_round(self, observation: Observation, info: Mapping[str, Any]) -> None:
+        """Continue from the round's best trial when its reward was positive."""
+        best = max(self._results, key=lambda r: r["reward"], default=None)
+        if best is not None and best["reward"] > 0 and best["accepted"]:
+            self._base, self._view = best["version"], best["view"]
+        elif self._base is None or info.get("current_version_id") == self._base:
+            self._view = _json_view(observation, info)
+        self._results = []
+
+    def act(self, observation: Observation, info: dict[str, Any]) -> Any:
+        """Return the next trial against the round's base version (a no-op if the coach failed)."""
+        if not self._queue:
+            if self._base is None:
+                current = info.get("current_version_id") or observation.get("version")
+                self._base = str(current) if current else None
+                self._view = _json_view(observation, info)
+            view = self._view or _json_view(observation, info)
+            self._queue = self.proposer.propose(view["observation"], view["info"], k=self.trials)
+            if not self._queue:
+                self.coach_failures.append(
+                    {
+                        "step": info.get("step"),
+                        "errors": list(getattr(self.proposer, "failures", [])),
+                    }
+                )
+                self._pending = Candidate(
+                    edits=[NoOp()],
+                    rationale="The coach model gave no usable reply.",
+                    proposer=self.proposer.name,
+                    kind="coach_failure",
+                )
+                return self._pending.to_action(base_version=self._base)
+        self._pending = self._queue.pop(0)
+        return self._pending.to_action(base_version=self._base)
+
+    def update(self, transition: Transition) -> None:
+        """Record the trial's reward; a failed-coach no-op is not logged as a change."""
+        candidate, self._pending = self._pending, None
+        if candidate is None:
+            return
+        info = transition.info
+        if candidate.kind == "coach_failure":
+            self._close_round(transition.next_observation, info)
+            return
+        accepted = bool(info.get("accepted"))
+        self.proposer.feedback(candidate, float(transition.reward), accepted, info)
+        self._results.append(
+            {
+                "version": info.get("version_id"),
+                "reward": float(transition.reward),
+                "accepted": accepted,
+                "view": _json_view(transition.next_observation, info),
+            }
+        )
+        if not self._queue:
+            self._close_round(transition.next_observation, info)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the coach's memory: change log, failures, the round in progress."""
+        return {
+            **super().state_dict(),
+            "proposer": self.proposer.state_dict(),
+            "coach_failures": [dict(f) for f in self.coach_failures],
+            "queue": [c.model_dump(mode="json") for c in self._queue],
+            "results": [dict(r) for r in self._results],
+            "base": self._base,
+            "view": self._view,
+            "pending": self._pending.model_dump(mode="json") if self._pending else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved."""
+        super().load_state_dict(state)
+        self.proposer.load_state_dict(state["proposer"])
+        self.coach_failures = [dict(f) for f in state.get("coach_failures", [])]
+        self._queue = [Candidate.model_validate(c) for c in state.get("queue", [])]
+        self._results = [dict(r) for r in state.get("results", [])]
+        self._base = state.get("base")
+        self._view = state.get("view")
+        pending = state.get("pending")
+        self._pending = Candidate.model_validate(pending) if pending else None
+
+
+def trial_hint(trial: int, trials: int, proposed: Sequence[Candidate]) -> str:
+    """Return the note that asks a trial to differ from the round's earlier proposals."""
+    if trials <= 1:
+        return ""
+    hint = (
+        f"This is trial {trial + 1} of {trials}: propose a change that differs from the "
+        "other trials."
+    )
+    if proposed:
+        hint += "\nAlready proposed in this round:\n" + "\n".join(
+            "- " + c.directive_text().replace("\n", " | ") for c in proposed
+        )
+    return hint

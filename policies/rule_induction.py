@@ -1,0 +1,708 @@
+"""RuleInductionCoach: an offline coach that writes routing rules from the examples it has seen.
+
+No LLM is involved. The coach remembers every ``(input, reference)`` pair the env shows it
+(``info["examples"]``, the current version's rows on each minibatch, worst first), treats each
+distinct reference reply as a class, and edits the SOP block in the simulated model's grammar
+(:mod:`selfimprove_rl.simulated.sop`), one small change per step:
+
+* **ADD** a rule for a class that has none, of one of three kinds (see
+  :mod:`policies.induction`): literal terms (``if input mentions ...``), a plain-language
+  description built from the terms that separate the class (``if input is about ...``), or a
+  few representative examples (``example: "..." -> "..."``, k-means medoids);
+* **EDIT** a rule into a better one (re-induced from a larger memory, or of another kind);
+* **ADD/EDIT** the ``else:`` fallback, given to the class the rules describe worst (the lowest
+  estimated recall of its best rule); when the fallback should move to another class, one
+  compound step adds a rule for the old fallback class and re-points the ``else``;
+* **DEL** a statement whose removal makes the prompt more accurate.
+
+New rules go after the block's last rule and before its examples and ``else`` (the model reads
+``if``/``else if`` rules first-match, then examples, then ``else``).
+
+**The statistic.** Every candidate gets an estimated gain: the *cross-validated* accuracy of
+the edited prompt on the memory (the rule is induced on the other folds and scored on the
+held-out one; :func:`policies.induction.cross_validated_correct`), minus the current prompt's
+accuracy, minus ``token_weight`` per added prompt token. Accuracy is predicted by the
+surrogate of :mod:`policies.surrogate`, using the same sentence embedder as the simulated model
+and thresholds fitted to what the target actually did. Candidates are ranked by that estimate
+times a kind weight learned from the env's rewards, ``2 (accepted + 1) / (tried + 2)`` per
+kind (1 before any evidence); only estimates above ``min_gain`` are proposed.
+
+**Learning from reward.** Each tried candidate enters a change log with its reward. A change
+the env did not accept is banned on that base version (with every candidate of the same
+operation, kind and class), so the coach moves on to the next kind rather than repeating it;
+its per-sample scores also refine the surrogate's thresholds (a model that ignores ``is about``
+rules teaches the coach to stop writing them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from policies.base import BasePolicy, Observation, Transition
+from policies.induction import (
+    InductionConfig,
+    Pool,
+    Spot,
+    cross_validated_correct,
+    induce_examples,
+    induce_rule,
+    parsed,
+    statement_of,
+)
+from policies.proposers import Candidate, estimate_tokens, no_change_candidate
+from policies.surrogate import Inputs, Surrogate, reply_key
+from selfimprove_rl.simulated.sop import Statement
+
+RuleKind = Literal["mentions", "about"]
+
+
+class RuleInductionConfig(BaseModel):
+    """Options of the rule-induction coach (the statistic's knobs: see ``policies.induction``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    block: str | None = Field(
+        default=None, description="Block to edit (default: sop, else the last)."
+    )
+    kinds: tuple[Literal["mentions", "about", "examples"], ...] = Field(
+        default=("mentions", "about", "examples"), description="Rule kinds it may write."
+    )
+    min_support: int = Field(default=2, ge=1, description="Inputs a reply needs to get rules.")
+    min_df: int = Field(default=2, ge=1, description="Inputs of the class a term must occur in.")
+    alpha: float = Field(default=0.5, gt=0, description="Prior of the smoothed log-odds.")
+    z_min: float = Field(default=1.0, description="Minimum log-odds z-score of a term.")
+    min_precision: float = Field(default=0.7, ge=0, le=1, description="Minimum term precision.")
+    max_terms: int = Field(default=8, ge=1, description="Terms per 'mentions' rule.")
+    max_facets: int = Field(default=6, ge=1, description="Facets per 'is about' rule.")
+    max_examples: int = Field(default=3, ge=1, description="Examples per class.")
+    min_gain_samples: int = Field(default=2, ge=1, description="Inputs a term must newly fix.")
+    folds: int = Field(default=3, ge=1, description="Cross-validation folds (1: in-sample).")
+    token_weight: float = Field(default=2e-4, ge=0, description="Accuracy one prompt token costs.")
+    min_gain: float = Field(default=0.01, description="Smallest estimated gain worth a step.")
+    semantic_prior: float = Field(default=0.3, description="Prior 'is about' cosine threshold.")
+    example_prior: float = Field(default=0.35, description="Prior example cosine threshold.")
+    correct_at: float = Field(default=0.99, description="Sample score that counts as correct.")
+    max_memory: int = Field(default=1000, ge=8, description="Remembered (input, reference) pairs.")
+
+    def induction(self) -> InductionConfig:
+        """Return the statistic's knobs."""
+        return InductionConfig(
+            min_df=self.min_df,
+            alpha=self.alpha,
+            z_min=self.z_min,
+            min_precision=self.min_precision,
+            max_terms=self.max_terms,
+            max_facets=self.max_facets,
+            max_examples=self.max_examples,
+            min_gain_samples=self.min_gain_samples,
+            token_weight=self.token_weight,
+            folds=self.folds,
+        )
+
+
+class _Layout:
+    """The observed blocks, the block being edited and its understood statements."""
+
+    def __init__(self, observation: Observation, block: str | None) -> None:
+        blocks = {
+            name: (text.split("\n") if text else [])
+            for name, text in dict(observation.get("blocks") or {}).items()
+        }
+        if not blocks:
+            blocks = {"sop": []}
+        self.target: str = (
+            block
+            if block is not None and block in blocks
+            else ("sop" if "sop" in blocks else list(blocks)[-1])
+        )
+        names = list(blocks)
+        at = names.index(self.target)
+        self.pre = parsed([line for name in names[:at] for line in blocks[name]])
+        self.post = parsed([line for name in names[at + 1 :] for line in blocks[name]])
+        self.lines = blocks[self.target]
+        self.numbered: list[tuple[int, Statement]] = [
+            (number, s)
+            for number, s in ((n, statement_of(line)) for n, line in enumerate(self.lines, 1))
+            if s is not None
+        ]
+        self.all_lines = [line for name in names for line in blocks[name]]
+        self.start = sum(len(blocks[name]) for name in names[:at])
+
+    def statements(self) -> list[Statement]:
+        return [*self.pre, *(s for _, s in self.numbered), *self.post]
+
+    def spot(
+        self, line: int, *, skip: int | None = None, replace: dict[int, Statement] | None = None
+    ) -> Spot:
+        """Statements around a new line inserted at ``line`` (1-based, before the old one)."""
+        replace = replace or {}
+        before = [replace.get(n, s) for n, s in self.numbered if n < line and n != skip]
+        after = [replace.get(n, s) for n, s in self.numbered if n >= line and n != skip]
+        return Spot(before=(*self.pre, *before), after=(*after, *self.post))
+
+    def rule_insert_line(self) -> int:
+        rules = [n for n, s in self.numbered if s.is_rule]
+        if rules:
+            return rules[-1] + 1
+        rest = [n for n, s in self.numbered if not s.is_rule]
+        return rest[0] if rest else len(self.lines) + 1
+
+    def example_insert_line(self) -> int:
+        examples = [n for n, s in self.numbered if s.kind == "example"]
+        if examples:
+            return examples[-1] + 1
+        fallbacks = [n for n, s in self.numbered if s.kind == "else"]
+        return fallbacks[0] if fallbacks else len(self.lines) + 1
+
+    def else_line(self) -> tuple[int, Statement] | None:
+        return next(((n, s) for n, s in self.numbered if s.kind == "else"), None)
+
+
+def _directive(block: str, body: Sequence[str]) -> str:
+    return "\n".join([f"BLOCK: {block}", *body])
+
+
+class RuleInductionProposer:
+    """Proposes routing-rule edits induced from remembered examples (see the module doc).
+
+    Args:
+        config: options (a model or a plain dict).
+        embedder: sentence embedder (default: :func:`selfimprove_rl.embeddings.default_embedder`).
+    """
+
+    name = "rule_induction"
+
+    def __init__(
+        self, config: RuleInductionConfig | Mapping[str, Any] | None = None, *, embedder: Any = None
+    ) -> None:
+        self.config = (
+            config
+            if isinstance(config, RuleInductionConfig)
+            else RuleInductionConfig.model_validate(dict(config or {}))
+        )
+        self._embedder = embedder
+        self.surrogate = Surrogate(self, self.config.semantic_prior, self.config.example_prior)
+        self.memory: dict[str, tuple[str, str]] = {}
+        self.replies: dict[str, str] = {}
+        self.seen: dict[str, None] = {}
+        self.stats: dict[str, list[int]] = {}
+        self.banned: set[str] = set()
+        self.skipped: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ memory
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed texts with the configured (or default) embedder."""
+        if self._embedder is None:
+            from selfimprove_rl.embeddings import default_embedder
+
+            self._embedder = default_embedder()
+        return np.asarray(self._embedder.encode(list(texts)), dtype=np.float32)
+
+    def _skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+    def remember(self, observation: Observation, info: Mapping[str, Any]) -> None:
+        """Add the rows of ``info["examples"]`` to memory and fit thresholds to their outputs."""
+        rows = [r for r in info.get("examples") or () if isinstance(r, Mapping)]
+        version = str(info.get("current_version_id") or observation.get("version") or "")
+        fresh: list[tuple[str, str, str, str | None, bool]] = []
+        for row in rows:
+            sample_id, text, reference = (
+                row.get("sample_id"),
+                row.get("input"),
+                row.get("reference"),
+            )
+            if not isinstance(sample_id, str) or not isinstance(text, str) or not text.strip():
+                self._skip("row_without_input")
+                continue
+            if not isinstance(reference, str) or not reference.strip():
+                self._skip("row_without_reference")
+                continue
+            self.memory.pop(sample_id, None)
+            self.memory[sample_id] = (text, reference)
+            self.replies.setdefault(reply_key(reference), reference.strip())
+            evidence = f"{version}:{sample_id}"
+            if evidence not in self.seen and not row.get("failed"):
+                self.seen[evidence] = None
+                output = row.get("output") if isinstance(row.get("output"), str) else None
+                fresh.append(
+                    (
+                        sample_id,
+                        text,
+                        reference,
+                        output,
+                        float(row.get("score", 0)) >= self.config.correct_at,
+                    )
+                )
+        while len(self.memory) > self.config.max_memory:
+            self.memory.pop(next(iter(self.memory)))
+        while len(self.seen) > 20 * self.config.max_memory:
+            self.seen.pop(next(iter(self.seen)))
+        if fresh:
+            layout = _Layout(observation, self.config.block)
+            self._observe(layout.all_lines, fresh)
+
+    def _observe(
+        self, lines: Sequence[str], rows: Sequence[tuple[str, str, str, str | None, bool]]
+    ) -> None:
+        statements = parsed(lines)
+        if not any(s.kind in ("about", "example") for s in statements):
+            return
+        texts = [r[1] for r in rows]
+        inputs = Inputs(texts, self.encode(texts), [reply_key(r[2]) for r in rows])
+        self.surrogate.observe(statements, inputs, [r[3] for r in rows], [r[4] for r in rows])
+
+    def classes(self) -> dict[str, str]:
+        """Return the reply key → reply text of every class with enough support."""
+        counts: dict[str, int] = {}
+        for _, reference in self.memory.values():
+            key = reply_key(reference)
+            counts[key] = counts.get(key, 0) + 1
+        result: dict[str, str] = {}
+        for key, count in counts.items():
+            reply = self.replies.get(key, "")
+            if count < self.config.min_support or not key:
+                continue
+            if "\n" in reply:
+                self._skip("multiline_reply")
+                continue
+            result[key] = reply
+        return result
+
+    # ------------------------------------------------------------------ proposing
+    def _weight(self, kind: str) -> float:
+        accepted, tried = self.stats.get(kind, [0, 0])
+        return 2.0 * (accepted + 1) / (tried + 2)
+
+    def propose(self, observation: Observation, info: Mapping[str, Any], k: int) -> list[Candidate]:
+        """Return up to ``k`` candidates ranked by weighted estimated gain (see the module doc).
+
+        An empty list means nothing is estimated to help (or memory is empty).
+        """
+        self.remember(observation, info)
+        classes = self.classes()
+        if not classes or k <= 0:
+            return []
+        ids = list(self.memory)
+        pool = Pool.build(
+            self.surrogate,
+            ids,
+            [self.memory[i][0] for i in ids],
+            [self.memory[i][1] for i in ids],
+            self.config.induction(),
+        )
+        layout = _Layout(observation, self.config.block)
+        base = str(info.get("current_version_id") or observation.get("version") or "")
+        current = int(pool.correct(layout.statements(), np.arange(pool.n)).sum())
+        builder = _CandidateBuilder(self, pool, layout, classes, current, base)
+        candidates = builder.all()
+        ranked = sorted(
+            (c for c in candidates if (c.estimate or 0.0) > self.config.min_gain),
+            key=lambda c: (-(c.estimate or 0.0) * self._weight(c.kind), c.prompt_tokens, c.key()),
+        )
+        chosen: list[Candidate] = []
+        for candidate in ranked:
+            if f"{base}|{candidate.meta['signature']}" in self.banned:
+                continue
+            if any(c.directive_text() == candidate.directive_text() for c in chosen):
+                continue
+            chosen.append(candidate)
+            if len(chosen) >= k:
+                break
+        return chosen
+
+    def feedback(
+        self, candidate: Candidate, reward: float, accepted: bool, info: Mapping[str, Any]
+    ) -> None:
+        """Learn from the env's verdict on a candidate this proposer made."""
+        if candidate.proposer != self.name or "signature" not in candidate.meta:
+            return
+        accepted_count, tried = self.stats.get(candidate.kind, [0, 0])
+        self.stats[candidate.kind] = [accepted_count + int(accepted), tried + 1]
+        if accepted:
+            return
+        self.banned.add(f"{candidate.meta['base']}|{candidate.meta['signature']}")
+        if info.get("invalid_edit"):
+            return
+        scores = info.get("sample_scores") or {}
+        rows = [
+            (sid, *self.memory[sid], None, float(score) >= self.config.correct_at)
+            for sid, score in scores.items()
+            if sid in self.memory
+        ]
+        if rows:
+            self._observe(list(candidate.meta.get("lines") or ()), rows)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Return memory, evidence, kind statistics and bans (JSON-serialisable)."""
+        return {
+            "memory": [[sid, text, ref] for sid, (text, ref) in self.memory.items()],
+            "replies": dict(self.replies),
+            "seen": list(self.seen),
+            "stats": {kind: list(v) for kind, v in self.stats.items()},
+            "banned": sorted(self.banned),
+            "skipped": dict(self.skipped),
+            "surrogate": self.surrogate.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved."""
+        self.memory = {sid: (text, ref) for sid, text, ref in state["memory"]}
+        self.replies = dict(state["replies"])
+        self.seen = dict.fromkeys(state["seen"])
+        self.stats = {kind: [int(a), int(b)] for kind, (a, b) in state["stats"].items()}
+        self.banned = set(state["banned"])
+        self.skipped = {k: int(v) for k, v in state.get("skipped", {}).items()}
+        self.surrogate.load_state_dict(state["surrogate"])
+
+
+class _CandidateBuilder:
+    """Builds and scores every candidate for one decision."""
+
+    def __init__(
+        self,
+        proposer: RuleInductionProposer,
+        pool: Pool,
+        layout: _Layout,
+        classes: dict[str, str],
+        current: int,
+        base: str,
+    ) -> None:
+        self.proposer = proposer
+        self.config = proposer.config
+        self.induction = proposer.config.induction()
+        self.pool = pool
+        self.layout = layout
+        self.classes = classes
+        self.current = current
+        self.base = base
+        self.everything = np.arange(pool.n)
+        self.rule_kinds: list[RuleKind] = [k for k in self.config.kinds if k != "examples"]
+
+    def _estimate(self, correct: int, tokens: int) -> float:
+        return (correct - self.current) / max(1, self.pool.n) - self.config.token_weight * tokens
+
+    def _candidate(
+        self,
+        *,
+        op: str,
+        kind: str,
+        key: str,
+        body: list[str],
+        new_lines: list[str],
+        correct: int,
+        rationale: str,
+    ) -> Candidate:
+        old_tokens = sum(estimate_tokens(line) for line in self.layout.lines)
+        tokens = sum(estimate_tokens(line) for line in new_lines) - old_tokens
+        all_lines = [*self._outside_before(), *new_lines, *self._outside_after()]
+        return Candidate(
+            edits=_directive(self.layout.target, body),
+            rationale=rationale,
+            prompt_tokens=tokens,
+            proposer=self.proposer.name,
+            kind=kind,
+            estimate=round(self._estimate(correct, tokens), 6),
+            meta={
+                "signature": f"{op}:{kind}:{key}",
+                "base": self.base,
+                "lines": all_lines,
+                "class": self.classes.get(key, key),
+            },
+        )
+
+    def _outside_before(self) -> list[str]:
+        return self.layout.all_lines[: self.layout.start]
+
+    def _outside_after(self) -> list[str]:
+        return self.layout.all_lines[self.layout.start + len(self.layout.lines) :]
+
+    # ------------------------------------------------------------------ helpers
+    def _rule(
+        self, kind: RuleKind, key: str, spot: Spot, start: Sequence[str] = ()
+    ) -> tuple[list[str], int]:
+        """Induce a rule on all memory, and its cross-validated correct count."""
+
+        def inducer(index: np.ndarray) -> list[str]:
+            return induce_rule(
+                kind, self.pool, key, self.classes[key], spot, index, self.induction, start
+            )
+
+        lines = inducer(self.everything)
+        if not lines:
+            return [], 0
+        return lines, cross_validated_correct(inducer, self.pool, spot, self.induction.folds)
+
+    def _rule_recall(self, key: str) -> float:
+        """Share of class ``key`` on which one of the prompt's rules for it fires."""
+        members = np.array(
+            [i for i in self.everything if self.pool.inputs.refs[i] == key], dtype=int
+        )
+        statements = self.layout.statements()
+        rules = [s for s in statements if s.is_rule]
+        rows = [i for i, s in enumerate(rules) if reply_key(s.reply) == key]
+        if not len(members) or not rows:
+            return 0.0
+        routes = self.pool.routes(statements, members)
+        return float(routes.rule_masks[rows].any(axis=0).mean())
+
+    def all(self) -> list[Candidate]:
+        """Return every candidate with its estimate."""
+        candidates: list[Candidate] = []
+        recall: dict[str, float] = {}
+        ruled = {reply_key(s.reply) for s in self.layout.statements() if s.is_rule}
+        insert = self.layout.rule_insert_line()
+        for key in self.classes:
+            if key in ruled:
+                recall[key] = self._rule_recall(key)
+                continue
+            best = 0.0
+            share = sum(1 for r in self.pool.inputs.refs if r == key) / max(1, self.pool.n)
+            for kind in self.rule_kinds:
+                made = self._add_rule(kind, key, insert)
+                if made is not None:
+                    candidates.append(made)
+                    best = max(best, (made.estimate or 0.0) / max(share, 1e-9))
+            recall[key] = best
+        if "examples" in self.config.kinds:
+            made = self._add_examples()
+            if made is not None:
+                candidates.append(made)
+        candidates += self._edits()
+        candidates += self._fallbacks(recall)
+        candidates += self._deletions()
+        return candidates
+
+    # ------------------------------------------------------------------ operations
+    def _add_rule(self, kind: RuleKind, key: str, line: int) -> Candidate | None:
+        spot = self.layout.spot(line)
+        new, correct = self._rule(kind, key, spot)
+        if not new:
+            return None
+        lines = list(self.layout.lines)
+        lines[line - 1 : line - 1] = new
+        what = "literal terms" if kind == "mentions" else "a description"
+        return self._candidate(
+            op="add",
+            kind=kind,
+            key=key,
+            body=[f"ADD {line}: {new[0]}"],
+            new_lines=lines,
+            correct=correct,
+            rationale=f"Route '{self.classes[key][:40]}' by {what} from {self.pool.n} examples.",
+        )
+
+    def _add_examples(self) -> Candidate | None:
+        line = self.layout.example_insert_line()
+        spot = self.layout.spot(line)
+
+        def inducer(index: np.ndarray) -> list[str]:
+            return induce_examples(self.pool, self.classes, spot, index, self.induction)
+
+        new = inducer(self.everything)
+        if not new:
+            return None
+        correct = cross_validated_correct(inducer, self.pool, spot, self.induction.folds)
+        lines = list(self.layout.lines)
+        lines[line - 1 : line - 1] = new
+        return self._candidate(
+            op="add",
+            kind="examples",
+            key="*",
+            body=[f"ADD {line}: {text}" for text in new],
+            new_lines=lines,
+            correct=correct,
+            rationale=f"Show {len(new)} representative examples (k-means medoids).",
+        )
+
+    def _edits(self) -> list[Candidate]:
+        made: list[Candidate] = []
+        for number, statement in self.layout.numbered:
+            if not statement.is_rule:
+                continue
+            key = reply_key(statement.reply)
+            if key not in self.classes:
+                continue
+            spot = self.layout.spot(number, skip=number)
+            tries: list[tuple[RuleKind, tuple[str, ...]]] = [(k, ()) for k in self.rule_kinds]
+            if statement.kind in self.rule_kinds:
+                kept = statement.terms if statement.kind == "mentions" else statement.facets[1:]
+                tries.append((statement.kind, kept))
+            for kind, start in tries:
+                new, correct = self._rule(kind, key, spot, start)
+                if not new or new[0] == self.layout.lines[number - 1].strip():
+                    continue
+                lines = list(self.layout.lines)
+                lines[number - 1] = new[0]
+                made.append(
+                    self._candidate(
+                        op=f"edit{number}{'+' if start else ''}",
+                        kind=kind,
+                        key=key,
+                        body=[f"EDIT: {number} -> {new[0]}"],
+                        new_lines=lines,
+                        correct=correct,
+                        rationale=(
+                            f"Extend rule {number} from {self.pool.n} examples."
+                            if start
+                            else f"Rewrite rule {number} as {kind} from {self.pool.n} examples."
+                        ),
+                    )
+                )
+        return made
+
+    def _fallbacks(self, recall: dict[str, float]) -> list[Candidate]:
+        if not recall:
+            return []
+        target = min(recall, key=lambda key: (recall[key], key))
+        existing = self.layout.else_line()
+        text = f'else: respond "{self.classes[target]}"'
+        if existing is None:
+            lines = [*self.layout.lines, text]
+            statements = [*self.layout.pre, *parsed(lines), *self.layout.post]
+            correct = int(self.pool.correct(statements, self.everything).sum())
+            return [
+                self._candidate(
+                    op="else",
+                    kind="else",
+                    key=target,
+                    body=[f"ADD: {text}"],
+                    new_lines=lines,
+                    correct=correct,
+                    rationale="Send what no rule matches to the reply the rules describe worst.",
+                )
+            ]
+        number, statement = existing
+        old = reply_key(statement.reply)
+        if old == target or old not in self.classes:
+            return []
+        if recall.get(old, 1.0) <= recall[target] + 0.1:
+            return []
+        made: list[Candidate] = []
+        new_else = statement_of(text)
+        if new_else is None:
+            return []
+        insert = self.layout.rule_insert_line()
+        spot = self.layout.spot(insert, replace={number: new_else})
+        for kind in self.rule_kinds:
+            rule, correct = self._rule(kind, old, spot)
+            if not rule:
+                continue
+            lines = list(self.layout.lines)
+            lines[number - 1] = text
+            lines[insert - 1 : insert - 1] = rule
+            made.append(
+                self._candidate(
+                    op="swap",
+                    kind="swap",
+                    key=f"{old}>{target}",
+                    body=[f"EDIT: {number} -> {text}", f"ADD {insert}: {rule[0]}"],
+                    new_lines=lines,
+                    correct=correct,
+                    rationale="Move the fallback to the worst-described reply; rule the old one.",
+                )
+            )
+        return made
+
+    def _deletions(self) -> list[Candidate]:
+        made: list[Candidate] = []
+        for number, statement in self.layout.numbered:
+            lines = [line for n, line in enumerate(self.layout.lines, 1) if n != number]
+            statements = [*self.layout.pre, *parsed(lines), *self.layout.post]
+            correct = int(self.pool.correct(statements, self.everything).sum())
+            made.append(
+                self._candidate(
+                    op=f"del{number}",
+                    kind="delete",
+                    key=reply_key(statement.reply),
+                    body=[f"DEL: {number}"],
+                    new_lines=lines,
+                    correct=correct,
+                    rationale=f"Line {number} does more harm than good.",
+                )
+            )
+        return made
+
+
+class RuleInductionCoach(BasePolicy):
+    """The offline coach: one induced rule edit per step, learning which kinds the target follows.
+
+    Args:
+        seed: the policy seed (the coach itself is deterministic given its memory).
+        embedder: sentence embedder for the surrogate (default: the shipped MiniLM).
+        **options: :class:`RuleInductionConfig` fields.
+
+    Example:
+        >>> coach = RuleInductionCoach(seed=0, folds=2)
+        >>> coach.config.folds
+        2
+    """
+
+    name = "rule_induction"
+
+    def __init__(self, seed: int | None = None, *, embedder: Any = None, **options: Any) -> None:
+        super().__init__(seed)
+        self.config = RuleInductionConfig.model_validate(options)
+        self.proposer = RuleInductionProposer(self.config, embedder=embedder)
+        self.change_log: list[dict[str, Any]] = []
+        self._pending: Candidate | None = None
+
+    def reset(self, observation: Observation, info: dict[str, Any]) -> None:
+        """Remember the start version's examples."""
+        self.proposer.remember(observation, info)
+        self._pending = None
+
+    def act(self, observation: Observation, info: dict[str, Any]) -> Any:
+        """Return the best-ranked candidate as an env action, or ``no_change``."""
+        base = str(info.get("current_version_id") or observation.get("version") or "") or None
+        proposals = self.proposer.propose(observation, info, k=1)
+        candidate = (
+            proposals[0]
+            if proposals
+            else no_change_candidate(self.name, "No candidate is estimated to help.")
+        )
+        self._pending = candidate
+        return candidate.to_action(base_version=base)
+
+    def update(self, transition: Transition) -> None:
+        """Log the tried change with its reward and let the proposer learn from it."""
+        candidate, self._pending = self._pending, None
+        if candidate is None:
+            return
+        info = transition.info
+        accepted = bool(info.get("accepted"))
+        self.change_log.append(
+            {
+                "step": info.get("step"),
+                "base": candidate.meta.get("base"),
+                "version": info.get("version_id"),
+                "kind": candidate.kind,
+                "directive": candidate.directive_text(),
+                "estimate": candidate.estimate,
+                "reward": float(transition.reward),
+                "accepted": accepted,
+            }
+        )
+        self.proposer.feedback(candidate, float(transition.reward), accepted, info)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the RNG state, the proposer's memory and the change log."""
+        return {
+            **super().state_dict(),
+            "proposer": self.proposer.state_dict(),
+            "change_log": [dict(entry) for entry in self.change_log],
+            "pending": self._pending.model_dump(mode="json") if self._pending else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved."""
+        super().load_state_dict(state)
+        self.proposer.load_state_dict(state["proposer"])
+        self.change_log = [dict(entry) for entry in state.get("change_log", [])]
+        pending = state.get("pending")
+        self._pending = Candidate.model_validate(pending) if pending else None

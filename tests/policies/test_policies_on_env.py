@@ -1,0 +1,100 @@
+"""Each policy drives a real PromptEnv on coffee/sports (simulated model, no key)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import gymnasium
+import pytest
+from scripted_server import ScriptedServer
+
+import envs
+from envs.prompt_env import PromptEnv
+from policies import make_policy
+from policies.base import Transition
+from policies.llm_coach import LLMCoachPolicy
+from policies.rule_induction import RuleInductionCoach
+
+COFFEE = "I see you are a person of taste! I like coffee, too."
+
+
+@pytest.fixture
+def env() -> Iterator[Any]:
+    made = gymnasium.make(
+        envs.ENV_ID,
+        data="coffee_sports",
+        model="sim-large",
+        minibatch_size=32,
+        max_steps=8,
+        target_score=None,
+    )
+    yield made
+    made.close()
+
+
+def _episode(env: Any, policy: Any, steps: int) -> list[dict[str, Any]]:
+    observation, info = env.reset(seed=0)
+    policy.reset(observation, info)
+    infos = []
+    for _ in range(steps):
+        action = policy.act(observation, info)
+        next_observation, reward, terminated, truncated, info = env.step(action)
+        policy.update(
+            Transition(observation, action, reward, next_observation, terminated, truncated, info)
+        )
+        observation = next_observation
+        infos.append({**info, "reward": reward})
+        if terminated or truncated:
+            break
+    return infos
+
+
+def test_rule_induction_reaches_high_holdout_in_a_handful_of_steps(env: Any) -> None:
+    coach = make_policy("rule_induction", seed=0)
+    infos = _episode(env, coach, steps=4)
+    base: PromptEnv = env.unwrapped
+    holdout, _ = base.score_version(base.current_version_id, "holdout")
+    assert holdout.aggregate >= 0.95, (holdout, coach.change_log)
+    accepted = [e for e in coach.change_log if e["accepted"]]
+    assert 1 <= len(accepted) <= 4 and all(e["reward"] > 0 for e in accepted)
+    assert all(i["invalid_edit"] is None for i in infos)
+    prompt = base.registry.build(base.current_version_id).state.render()
+    assert COFFEE in prompt and "else:" in prompt
+
+
+def test_a_restored_rule_coach_acts_identically_mid_episode(env: Any) -> None:
+    coach = RuleInductionCoach(seed=0)
+    observation, info = env.reset(seed=1)
+    coach.reset(observation, info)
+    action = coach.act(observation, info)
+    observation2, reward, terminated, truncated, info2 = env.step(action)
+    coach.update(
+        Transition(observation, action, reward, observation2, terminated, truncated, info2)
+    )
+    restored = RuleInductionCoach(seed=5)
+    restored.load_state_dict(json.loads(json.dumps(coach.state_dict())))
+    assert restored.act(observation2, info2) == coach.act(observation2, info2)
+
+
+def test_random_policy_runs_with_valid_edits_only(env: Any) -> None:
+    infos = _episode(env, make_policy("random", seed=3), steps=4)
+    assert len(infos) == 4
+    assert all(i["invalid_edit"] is None for i in infos)
+
+
+def test_llm_coach_edits_the_env_through_a_scripted_server(env: Any) -> None:
+    good = json.dumps(
+        {
+            "target_block": "sop",
+            "directives": [f'ADD: if input is about coffee or espresso: respond "{COFFEE}"'],
+            "rationale": "Route coffee.",
+        }
+    )
+    with ScriptedServer([good, "not json", "", "{}"]) as server:
+        coach = LLMCoachPolicy(seed=0, model="coach", base_url=server.base_url)
+        infos = _episode(env, coach, steps=2)
+    assert infos[0]["accepted"] and infos[0]["reward"] > 0.2
+    assert coach.failure_count == 1 and infos[1]["reward"] == 0.0
+    assert [e["accepted"] for e in coach.proposer.change_log] == [True]
