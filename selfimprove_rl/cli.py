@@ -201,7 +201,7 @@ def _iso_datetime(text: str, flag: str) -> datetime:
 
 
 def _run_fetch(args: argparse.Namespace) -> int:
-    from selfimprove_rl.telemetry import PhoenixSource, build_checkpoint
+    from selfimprove_rl.telemetry import PhoenixSource
 
     since = _iso_datetime(args.since, "--since")
     until = _iso_datetime(args.until, "--until") if args.until else None
@@ -213,17 +213,16 @@ def _run_fetch(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     frames = source.fetch(since=since, until=until)
-    print(source.summary)
     if args.frames:
         print(f"frames: {frames.save(args.frames)}")
-    checkpoint = build_checkpoint(frames, expect_single_prompt=not args.all_prompts)
-    skipped = checkpoint.provenance.skipped
+    try:
+        checkpoint = source.checkpoint(expect_single_prompt=not args.all_prompts)
+    finally:
+        print(source.summary)
     print(
         f"checkpoint: {len(checkpoint.samples)} samples, evals "
         f"{[c.name for c in checkpoint.eval_constants]}, model {checkpoint.action.model}"
     )
-    if skipped:
-        print("skipped while building: " + ", ".join(f"{k}: {v}" for k, v in skipped.items()))
     print(f"wrote {checkpoint.save(args.out)}")
     return 0
 

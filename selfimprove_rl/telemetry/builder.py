@@ -1,0 +1,635 @@
+"""Which logged calls can we learn from? Telemetry frames → a :class:`Checkpoint`.
+
+:func:`build_checkpoint` turns each usable LLM span into a :class:`Sample` (chat history as
+OpenAI messages after the system prompt, the assistant output, and per eval the score, label,
+explanation and recorded template variables), reads the :class:`Action` (system prompt,
+model and invocation parameters as logged) and the :class:`EvalConstants` recorded by the eval
+instrumentor, and says where it all came from (:class:`Provenance`, with the Phoenix prompt
+version the calls used when the spans carry one).
+
+A row it cannot use is skipped and counted by reason in ``provenance.skipped``:
+
+==========================  ===========================================================
+``error_status``            the call failed (span status ERROR)
+``malformed_input``         ``llm.input_messages`` is not a list of messages with roles
+``no_chat_history``         nothing after the system prompt
+``malformed_output``        ``llm.output_messages`` is not a list of messages
+``no_output``               no assistant message, or an empty one
+``tool_call_only``          the reply is tool calls with no text
+``malformed_parameters``    ``llm.invocation_parameters`` is not a JSON object
+``no_model``                no model name on the span
+``other_system_prompt``     a system prompt other than the majority one (single-prompt mode)
+``other_model``             a model other than the majority one (single-prompt mode)
+``other_eval_constants``    evaluated with another template / rails under the same eval name
+``missing_evals``           lacks a result for one of the checkpoint's evals
+``unscored_eval``           an eval result with neither a score nor a label that maps to one
+==========================  ===========================================================
+
+An eval that cannot be re-run is left out whole and counted as ``dropped_eval:<name>:<why>``
+(no recorded constants, rails without scores, no template variable receiving the output, or
+too few rows). When nothing usable remains, :class:`NoUsableSamplesError` says why.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import pandas as pd
+
+from selfimprove_rl.checkpoint import Action, Checkpoint, EvalConstants, Provenance, Sample
+from selfimprove_rl.errors import ConfigError, NoUsableSamplesError, unknown_name_message
+from selfimprove_rl.telemetry.frames import TelemetryFrames
+from selfimprove_rl.telemetry.instrument import META_CONSTANTS_ID, META_VARIABLES
+
+SYSTEM_ROLES = ("system", "developer")
+OUTPUT_VARIABLE_NAMES = ("output", "response", "answer", "completion", "generation")
+REFERENCE_VARIABLE_NAMES = (
+    "reference",
+    "expected",
+    "expected_output",
+    "reference_output",
+    "ground_truth",
+    "correct_answer",
+)
+_DROPPED_PARAMETERS = {"model", "messages", "stream", "stream_options"}
+PROMPT_METADATA_KEYS = {
+    "name": ("phoenix.prompt.name", "prompt_name"),
+    "version_id": ("phoenix.prompt.version_id", "prompt_version_id", "prompt_id"),
+    "tag": ("phoenix.prompt.tag", "prompt_tag"),
+}
+
+
+class _Skip(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class _Row:
+    span_id: str
+    trace_id: str | None
+    timestamp: datetime | None
+    system_prompt: str
+    history: list[dict[str, Any]]
+    output: dict[str, Any]
+    model: str
+    parameters: dict[str, Any]
+    prompt_ref: dict[str, str] | None
+    evals: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def build_checkpoint(
+    frames: TelemetryFrames,
+    *,
+    expect_single_prompt: bool = True,
+    evals: Sequence[str] | None = None,
+    min_eval_coverage: float = 0.5,
+    output_variables: Mapping[str, str] | None = None,
+    label_scores: Mapping[str, Mapping[str, float]] | None = None,
+    description: str | None = None,
+) -> Checkpoint:
+    """Build a checkpoint from telemetry frames (see the module docstring for skip reasons).
+
+    Args:
+        frames: from :class:`~selfimprove_rl.telemetry.source.PhoenixSource` or
+            :class:`~selfimprove_rl.telemetry.source.FileSource`.
+        expect_single_prompt: the traffic comes from one system prompt and model; rows with
+            another one are skipped (the majority is kept). With ``False`` every row is kept,
+            the action is the majority one, and a row's own prompt and model go to
+            ``sample.metadata``.
+        evals: eval names to use (default: every eval with recorded constants that covers at
+            least ``min_eval_coverage`` of the rows).
+        min_eval_coverage: share of usable rows an eval must cover to be kept by default.
+        output_variables: eval name → the template variable that receives the output, when
+            it cannot be inferred (the variable whose recorded value equals the logged output).
+        label_scores: eval name → label-to-score map, for evals whose rails carry no scores.
+        description: a line for ``provenance.description``.
+
+    Returns:
+        The checkpoint.
+
+    Raises:
+        NoUsableSamplesError: no row is usable; the message lists the skip reasons.
+        ConfigError: ``evals`` names an eval that was not recorded.
+    """
+    skipped: Counter[str] = Counter()
+    constants = _constants_by_name(frames.evals, frames.annotations)
+    if evals is not None:
+        for name in evals:
+            if name not in constants:
+                raise ConfigError(
+                    unknown_name_message("eval with recorded constants", name, constants)
+                )
+    annotations = _annotations_by_span(frames.annotations)
+
+    rows: list[_Row] = []
+    for record in frames.spans.to_dict("records"):
+        try:
+            rows.append(_parse_span(cast(dict[str, Any], record)))
+        except _Skip as skip:
+            skipped[skip.reason] += 1
+
+    prompt, model = _majority_action(rows)
+    if expect_single_prompt:
+        kept = []
+        for row in rows:
+            if row.system_prompt != prompt:
+                skipped["other_system_prompt"] += 1
+            elif row.model != model:
+                skipped["other_model"] += 1
+            else:
+                kept.append(row)
+        rows = kept
+
+    for row in rows:
+        row.evals = _row_evals(annotations.get(row.span_id, []), constants)
+
+    chosen = _choose_evals(
+        rows,
+        constants,
+        evals,
+        min_eval_coverage,
+        output_variables or {},
+        label_scores or {},
+        skipped,
+    )
+    samples = []
+    for row in rows:
+        try:
+            samples.append(_sample(row, chosen, prompt, model, expect_single_prompt))
+        except _Skip as skip:
+            skipped[skip.reason] += 1
+
+    if not samples:
+        raise NoUsableSamplesError(_nothing_usable_message(frames, skipped, constants))
+    kept_rows = {s.sample_id for s in samples}
+    action = _action(prompt, model, [r for r in rows if r.span_id in kept_rows])
+    info = frames.info
+    provenance = Provenance(
+        source="phoenix" if info.source == "phoenix" else "file",
+        description=description
+        or f"{len(samples)} samples from {len(frames.spans)} LLM spans "
+        f"({sum(v for k, v in skipped.items() if not k.startswith('dropped_eval:'))} skipped)",
+        data_path=info.data_path,
+        endpoint=info.endpoint,
+        project=info.project,
+        since=info.since,
+        until=info.until,
+        created_at=datetime.now(UTC),
+        phoenix_prompt=_majority_prompt_ref([r for r in rows if r.span_id in kept_rows]),
+        skipped=dict(sorted(skipped.items())),
+    )
+    return Checkpoint(
+        samples=samples,
+        action=action,
+        eval_constants=[spec.constants for spec in chosen.values()],
+        provenance=provenance,
+    )
+
+
+# -- spans -----------------------------------------------------------------------------------
+
+
+def _parse_span(record: Mapping[str, Any]) -> _Row:
+    attributes = record.get("attributes")
+    if not isinstance(attributes, Mapping):
+        raise _Skip("malformed_input")
+    if str(record.get("status_code") or "").upper() == "ERROR":
+        raise _Skip("error_status")
+    raw_inputs = attributes.get("llm.input_messages")
+    if raw_inputs is None:
+        raise _Skip("malformed_input")
+    messages = _messages(raw_inputs, "malformed_input")
+    system_prompt = ""
+    if messages and messages[0]["role"] in SYSTEM_ROLES:
+        system_prompt = _text(messages[0].get("content"))
+        messages = messages[1:]
+    if not messages:
+        raise _Skip("no_chat_history")
+    output = _output_message(attributes)
+    parameters = _parameters(attributes.get("llm.invocation_parameters"))
+    model = attributes.get("llm.model_name") or parameters.get("model")
+    if not isinstance(model, str) or not model:
+        raise _Skip("no_model")
+    timestamp = record.get("start_time")
+    return _Row(
+        span_id=str(record["span_id"]),
+        trace_id=str(record["trace_id"]) if record.get("trace_id") else None,
+        timestamp=timestamp.to_pydatetime() if isinstance(timestamp, pd.Timestamp) else None,
+        system_prompt=system_prompt,
+        history=messages,
+        output=output,
+        model=model,
+        parameters=parameters,
+        prompt_ref=_prompt_ref(attributes),
+    )
+
+
+def _messages(raw: Any, reason: str) -> list[dict[str, Any]]:
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise _Skip(reason) from exc
+    if not isinstance(raw, list | tuple) or any(not isinstance(m, Mapping) for m in raw):
+        raise _Skip(reason)
+    return [_openai_message(m, reason) for m in raw]
+
+
+def _openai_message(message: Mapping[str, Any], reason: str) -> dict[str, Any]:
+    """An OpenInference message (``message.role``...) as an OpenAI chat message."""
+    role = message.get("message.role", message.get("role"))
+    if not isinstance(role, str) or not role:
+        raise _Skip(reason)
+    out: dict[str, Any] = {"role": role}
+    content = message.get("message.content", message.get("content"))
+    parts = message.get("message.contents")
+    if content is None and isinstance(parts, list):
+        texts = [
+            str(p.get("message_content.text", ""))
+            for p in parts
+            if isinstance(p, Mapping) and p.get("message_content.type", "text") == "text"
+        ]
+        content = "".join(texts) if texts else None
+    if content is not None and not isinstance(content, str):
+        raise _Skip(reason)
+    out["content"] = content
+    calls = message.get("message.tool_calls")
+    if isinstance(calls, list) and calls:
+        out["tool_calls"] = [
+            {
+                "id": str(call.get("tool_call.id", "")),
+                "type": "function",
+                "function": {
+                    "name": str(call.get("tool_call.function.name", "")),
+                    "arguments": str(call.get("tool_call.function.arguments", "")),
+                },
+            }
+            for call in calls
+            if isinstance(call, Mapping)
+        ]
+    for source, target in (("message.tool_call_id", "tool_call_id"), ("message.name", "name")):
+        if isinstance(message.get(source), str):
+            out[target] = message[source]
+    return out
+
+
+def _output_message(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    raw = attributes.get("llm.output_messages")
+    if raw is None:
+        raw = _output_from_value(attributes.get("output.value"))
+        if raw is None:
+            raise _Skip("no_output")
+    messages = _messages(raw, "malformed_output")
+    assistant = [m for m in messages if m["role"] == "assistant"]
+    if not assistant:
+        raise _Skip("no_output")
+    message = assistant[0]
+    if not message.get("content"):
+        raise _Skip("tool_call_only" if message.get("tool_calls") else "no_output")
+    return {"role": "assistant", "content": message["content"]}
+
+
+def _output_from_value(value: Any) -> list[dict[str, Any]] | None:
+    """The assistant message of a raw chat completion in ``output.value``, when it is one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        body = json.loads(value)
+        message = body["choices"][0]["message"]
+    except (json.JSONDecodeError, KeyError, IndexError, TypeError):
+        return None
+    return [message] if isinstance(message, dict) else None
+
+
+def _parameters(raw: Any) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise _Skip("malformed_parameters") from exc
+    if not isinstance(raw, Mapping):
+        raise _Skip("malformed_parameters")
+    return dict(raw)
+
+
+def _text(content: Any) -> str:
+    return content if isinstance(content, str) else ""
+
+
+def _prompt_ref(attributes: Mapping[str, Any]) -> dict[str, str] | None:
+    """Which Phoenix prompt version a call used, from span attributes, when it says so."""
+    metadata = attributes.get("metadata")
+    if isinstance(metadata, str):
+        try:
+            metadata = json.loads(metadata)
+        except json.JSONDecodeError:
+            metadata = None
+    ref: dict[str, str] = {}
+    if isinstance(metadata, Mapping):
+        for field_name, keys in PROMPT_METADATA_KEYS.items():
+            value = next((metadata[k] for k in keys if metadata.get(k)), None)
+            if value is not None:
+                ref[field_name] = str(value)
+    if "version_id" not in ref:
+        for key in ("prompt.id", "llm.prompt_template.version"):
+            if attributes.get(key):
+                ref["version_id"] = str(attributes[key])
+                break
+    if attributes.get("prompt.vendor"):
+        ref["vendor"] = str(attributes["prompt.vendor"])
+    if attributes.get("prompt.url"):
+        ref["url"] = str(attributes["prompt.url"])
+    return ref or None
+
+
+def _majority_action(rows: Sequence[_Row]) -> tuple[str, str]:
+    """The most common (system prompt, model); ties go to the most recent."""
+    if not rows:
+        return "", ""
+    counts: Counter[tuple[str, str]] = Counter()
+    last: dict[tuple[str, str], int] = {}
+    prompts: Counter[str] = Counter()
+    for index, row in enumerate(rows):
+        prompts[row.system_prompt] += 1
+        counts[(row.system_prompt, row.model)] += 1
+        last[(row.system_prompt, row.model)] = index
+    prompt = max(prompts, key=lambda p: (prompts[p], max(last[k] for k in last if k[0] == p)))
+    model = max((k for k in counts if k[0] == prompt), key=lambda k: (counts[k], last[k]))[1]
+    return prompt, model
+
+
+def _majority_prompt_ref(rows: Sequence[_Row]) -> dict[str, str] | None:
+    refs = Counter(json.dumps(r.prompt_ref, sort_keys=True) for r in rows if r.prompt_ref)
+    if not refs:
+        return None
+    loaded: dict[str, str] = json.loads(refs.most_common(1)[0][0])
+    return loaded
+
+
+# -- evals -----------------------------------------------------------------------------------
+
+
+@dataclass
+class _EvalSpec:
+    constants: EvalConstants
+    constants_id: str
+
+
+def _constants_by_name(evals: pd.DataFrame, annotations: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Per eval name, the recorded constants most annotations refer to (with their id)."""
+    usage: Counter[str] = Counter()
+    if len(annotations):
+        for metadata in annotations["metadata"]:
+            if isinstance(metadata, Mapping) and isinstance(metadata.get(META_CONSTANTS_ID), str):
+                usage[metadata[META_CONSTANTS_ID]] += 1
+    best: dict[str, dict[str, Any]] = {}
+    for record in evals.to_dict("records"):
+        constants = record.get("constants")
+        if not isinstance(constants, Mapping):
+            continue
+        name = str(record["name"])
+        cid = str(record["constants_id"])
+        current = best.get(name)
+        if current is None or usage[cid] > usage[current["constants_id"]]:
+            best[name] = {"constants_id": cid, **constants}
+    return best
+
+
+def _annotations_by_span(annotations: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:
+    grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    if len(annotations):
+        for record in annotations.to_dict("records"):
+            grouped[str(record["span_id"])].append(cast(dict[str, Any], record))
+    return grouped
+
+
+def _row_evals(
+    annotations: Sequence[Mapping[str, Any]], constants: Mapping[str, Mapping[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    results: dict[str, dict[str, Any]] = {}
+    for annotation in annotations:
+        name = str(annotation.get("name"))
+        if name not in constants:
+            continue
+        metadata = annotation.get("metadata")
+        metadata = metadata if isinstance(metadata, Mapping) else {}
+        cid = metadata.get(META_CONSTANTS_ID)
+        if cid != constants[name]["constants_id"]:
+            results.setdefault(name, {"other_constants": True})
+            continue
+        variables = metadata.get(META_VARIABLES)
+        results[name] = {
+            "label": _none_if_nan(annotation.get("label")),
+            "score": _none_if_nan(annotation.get("score")),
+            "explanation": _none_if_nan(annotation.get("explanation")),
+            "variables": {str(k): str(v) for k, v in variables.items()}
+            if isinstance(variables, Mapping)
+            else {},
+        }
+    return results
+
+
+def _none_if_nan(value: Any) -> Any:
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+def _choose_evals(
+    rows: Sequence[_Row],
+    constants: Mapping[str, Mapping[str, Any]],
+    requested: Sequence[str] | None,
+    min_coverage: float,
+    output_variables: Mapping[str, str],
+    label_scores: Mapping[str, Mapping[str, float]],
+    skipped: Counter[str],
+) -> dict[str, _EvalSpec]:
+    coverage: Counter[str] = Counter()
+    for row in rows:
+        for name, result in row.evals.items():
+            if "other_constants" not in result:
+                coverage[name] += 1
+    names = list(requested) if requested is not None else sorted(constants)
+    chosen: dict[str, _EvalSpec] = {}
+    for name in names:
+        recorded = constants[name]
+        if requested is None and (not rows or coverage[name] < min_coverage * len(rows)):
+            if coverage[name]:
+                skipped[f"dropped_eval:{name}:low_coverage"] += coverage[name]
+            continue
+        choices = recorded.get("choices") or label_scores.get(name)
+        if not choices:
+            skipped[f"dropped_eval:{name}:no_label_scores"] += coverage[name]
+            _warn(f"Eval {name!r} has rails without scores; pass label_scores={{{name!r}: ...}}.")
+            continue
+        variables = list(recorded.get("template_variables") or [])
+        output_variable = output_variables.get(name) or _infer_output_variable(
+            name, variables, rows
+        )
+        if output_variable is None:
+            skipped[f"dropped_eval:{name}:no_output_variable"] += coverage[name]
+            _warn(
+                f"Eval {name!r}: no template variable ({', '.join(variables)}) received the "
+                f"logged output; pass output_variables={{{name!r}: '<variable>'}}."
+            )
+            continue
+        direction = recorded.get("direction")
+        chosen[name] = _EvalSpec(
+            EvalConstants(
+                name=name,
+                kind="classifier",
+                template=recorded.get("template"),
+                template_variables=variables,
+                choices={str(k): float(v) for k, v in dict(choices).items()},
+                output_variable=output_variable,
+                eval_model=recorded.get("eval_model"),
+                eval_provider=recorded.get("eval_provider"),
+                direction="minimize" if direction == "minimize" else "maximize",
+                template_format=recorded.get("template_format") or "string",
+                label_descriptions=recorded.get("label_descriptions") or {},
+                include_explanation=bool(recorded.get("include_explanation", True)),
+                eval_parameters=recorded.get("eval_parameters") or {},
+            ),
+            str(recorded["constants_id"]),
+        )
+    return chosen
+
+
+def _infer_output_variable(name: str, variables: Sequence[str], rows: Sequence[_Row]) -> str | None:
+    matches: Counter[str] = Counter()
+    seen = 0
+    for row in rows:
+        result = row.evals.get(name)
+        if not result or "variables" not in result:
+            continue
+        seen += 1
+        output = str(row.output.get("content") or "").strip()
+        for variable, value in result["variables"].items():
+            if variable in variables and value.strip() == output:
+                matches[variable] += 1
+    if matches:
+        variable, count = matches.most_common(1)[0]
+        if count * 2 >= seen:
+            return variable
+    return next((v for v in OUTPUT_VARIABLE_NAMES if v in variables), None)
+
+
+def _sample(
+    row: _Row,
+    chosen: Mapping[str, _EvalSpec],
+    prompt: str,
+    model: str,
+    single: bool,
+) -> Sample:
+    scores: dict[str, float] = {}
+    labels: dict[str, str] = {}
+    reasons: dict[str, str] = {}
+    variables: dict[str, dict[str, str]] = {}
+    for name, spec in chosen.items():
+        result = row.evals.get(name)
+        if result is None:
+            raise _Skip("missing_evals")
+        if "other_constants" in result:
+            raise _Skip("other_eval_constants")
+        score = result["score"]
+        label = result["label"]
+        if score is None and label is not None:
+            score = spec.constants.choices.get(str(label))
+        if score is None:
+            raise _Skip("unscored_eval")
+        scores[name] = float(score)
+        if label is not None:
+            labels[name] = str(label)
+        if result["explanation"] is not None:
+            reasons[name] = str(result["explanation"])
+        variables[name] = result["variables"]
+    if not chosen:
+        raise _Skip("missing_evals")
+    reference = next(
+        (
+            values[key]
+            for values in variables.values()
+            for key in REFERENCE_VARIABLE_NAMES
+            if key in values
+        ),
+        None,
+    )
+    metadata: dict[str, Any] = {}
+    if not single and (row.system_prompt != prompt or row.model != model):
+        metadata.update(system_prompt=row.system_prompt, model=row.model)
+    if row.prompt_ref:
+        metadata["phoenix_prompt"] = row.prompt_ref
+    return Sample(
+        sample_id=row.span_id,
+        chat_history=row.history,
+        output_generation=row.output,
+        eval_scores=scores,
+        eval_labels=labels,
+        eval_reasoning=reasons,
+        eval_variables=variables,
+        reference=reference,
+        span_id=row.span_id,
+        trace_id=row.trace_id,
+        timestamp=row.timestamp,
+        metadata=metadata,
+    )
+
+
+def _action(prompt: str, model: str, rows: Sequence[_Row]) -> Action:
+    """The action as logged: the majority prompt and model, the commonest parameters."""
+    own = [r for r in rows if r.system_prompt == prompt and r.model == model] or list(rows)
+    counted = Counter(json.dumps(r.parameters, sort_keys=True, default=str) for r in own)
+    parameters: dict[str, Any] = json.loads(counted.most_common(1)[0][0]) if counted else {}
+    extra = {k: v for k, v in parameters.items() if k not in _DROPPED_PARAMETERS}
+    return Action(
+        system_prompt=prompt,
+        model=model,
+        temperature=_number(extra.pop("temperature", None), float),
+        top_p=_number(extra.pop("top_p", None), float),
+        max_tokens=_number(extra.pop("max_tokens", None), int),
+        seed=_number(extra.pop("seed", None), int),
+        extra_parameters=extra,
+    )
+
+
+def _number(value: Any, kind: type[float] | type[int]) -> Any:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, UserWarning, stacklevel=3)
+
+
+def _nothing_usable_message(
+    frames: TelemetryFrames, skipped: Counter[str], constants: Mapping[str, Any]
+) -> str:
+    total = len(frames.spans)
+    if total == 0:
+        window = f"{frames.info.since} .. {frames.info.until or 'now'}"
+        return (
+            f"No LLM spans in project {frames.info.project!r} for {window}. Check the project "
+            "name and the window (times are UTC), and that the calls are traced."
+        )
+    reasons = ", ".join(f"{reason}: {count}" for reason, count in skipped.most_common())
+    hint = ""
+    if not constants:
+        hint = (
+            " No eval constants were recorded: score the calls with Phoenix evals under "
+            "selfimprove_rl.telemetry.instrument_evals(), naming the evaluated span."
+        )
+    return f"None of {total} LLM spans is usable ({reasons}).{hint}"

@@ -1,0 +1,190 @@
+"""PhoenixSource and FileSource against a real Phoenix server: windows, paging, zones, files."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from selfimprove_rl.errors import ConfigError, DataError, TelemetryError
+from selfimprove_rl.telemetry import FileSource, PhoenixSource, TelemetryFrames, TelemetrySource
+from selfimprove_rl.telemetry.instrument import META_CONSTANTS_ID, META_VARIABLES
+
+from .conftest import llm_span, log_spans
+
+pytestmark = pytest.mark.phoenix
+
+
+def ten_spans(t0: datetime) -> list[dict[str, Any]]:
+    return [llm_span(t0 + timedelta(seconds=i), user=f"q{i}") for i in range(10)]
+
+
+def test_spans_and_annotations_round_trip(
+    phoenix_server: Any, px_client: Any, project: str, t0: datetime
+) -> None:
+    spans = ten_spans(t0)
+    log_spans(px_client, project, spans)
+    px_client.spans.log_span_annotations(
+        span_annotations=[
+            {
+                "name": "tone",
+                "annotator_kind": "LLM",
+                "span_id": s["context"]["span_id"],
+                "result": {"label": "ok", "score": 0.5, "explanation": "fine"},
+                "metadata": {META_VARIABLES: {"output": "x"}},
+            }
+            for s in spans[:4]
+        ],
+        sync=True,
+    )
+    source = PhoenixSource(phoenix_server.url, project, progress=False)
+    assert isinstance(source, TelemetrySource)
+    frames = source.fetch(since=t0)
+    assert source.frames is frames
+    assert list(frames.spans["span_id"]) == [s["context"]["span_id"] for s in spans]
+    first = frames.spans.iloc[0]
+    assert first["start_time"] == t0
+    assert first["attributes"]["llm.input_messages"][1] == {
+        "message.role": "user",
+        "message.content": "q0",
+    }
+    assert first["attributes"]["llm.model_name"] == "sim-large"
+    notes = frames.annotations.sort_values("span_id")
+    assert len(notes) == 4
+    assert set(notes["name"]) == {"tone"}
+    assert list(notes["score"]) == [0.5] * 4
+    assert notes.iloc[0]["metadata"] == {META_VARIABLES: {"output": "x"}}
+    summary = source.summary
+    assert (summary.spans, summary.evaluated_spans, summary.annotations) == (10, 4, 4)
+    assert summary.evals_by_name == {"tone": 4}
+    assert summary.evals_without_constants == ["tone"]
+    assert "LLM spans:        10" in str(summary)
+
+
+def test_paging_walks_past_the_client_limit(
+    phoenix_server: Any, px_client: Any, project: str, t0: datetime
+) -> None:
+    spans = ten_spans(t0)
+    # three share one timestamp across a page boundary; two share another
+    for i in (4, 5, 6):
+        spans[i]["start_time"] = spans[4]["start_time"]
+    spans[9]["start_time"] = spans[8]["start_time"]
+    log_spans(px_client, project, spans)
+    limited = px_client.spans.get_spans_dataframe(project_identifier=project, limit=3)
+    assert len(limited) == 3  # what the client alone gives: the newest three
+    source = PhoenixSource(phoenix_server.url, project, page_size=2, progress=False)
+    frames = source.fetch(since=t0)
+    assert sorted(frames.spans["span_id"]) == sorted(s["context"]["span_id"] for s in spans)
+    assert frames.spans["span_id"].is_unique
+    assert frames.spans["start_time"].is_monotonic_increasing
+    assert source.summary.pages > 5
+
+
+def test_a_page_of_identical_timestamps_widens_instead_of_looping(
+    phoenix_server: Any, px_client: Any, project: str, t0: datetime
+) -> None:
+    spans = [llm_span(t0, user=f"same {i}") for i in range(7)]
+    log_spans(px_client, project, spans)
+    frames = PhoenixSource(phoenix_server.url, project, page_size=2, progress=False).fetch(since=t0)
+    assert len(frames.spans) == 7
+
+
+def test_start_and_end_filters(
+    phoenix_server: Any, px_client: Any, project: str, t0: datetime
+) -> None:
+    spans = ten_spans(t0)
+    log_spans(px_client, project, spans)
+    source = PhoenixSource(phoenix_server.url, project, progress=False)
+    later = source.fetch(since=t0 + timedelta(seconds=6))
+    assert list(later.spans["span_id"]) == [s["context"]["span_id"] for s in spans[6:]]
+    window = source.fetch(since=t0 + timedelta(seconds=2), until=t0 + timedelta(seconds=5))
+    assert list(window.spans["span_id"]) == [s["context"]["span_id"] for s in spans[2:5]]
+    assert source.summary.spans == 3
+    assert source.summary.since == t0 + timedelta(seconds=2)
+
+
+def test_aware_datetimes_in_other_zones_mean_the_same_instant(
+    phoenix_server: Any, px_client: Any, project: str, t0: datetime
+) -> None:
+    spans = ten_spans(t0)
+    log_spans(px_client, project, spans)
+    india = timezone(timedelta(hours=5, minutes=30))
+    chile = timezone(timedelta(hours=-3))
+    since = (t0 + timedelta(seconds=5)).astimezone(india)
+    until = (t0 + timedelta(seconds=8)).astimezone(chile)
+    assert since.hour == 5 and until.hour == 21  # written in local wall-clock time
+    frames = PhoenixSource(phoenix_server.url, project, progress=False).fetch(since, until)
+    assert list(frames.spans["span_id"]) == [s["context"]["span_id"] for s in spans[5:8]]
+    assert frames.info.since == t0 + timedelta(seconds=5)
+    assert frames.info.since.tzinfo == UTC
+
+
+def test_naive_and_inverted_windows_are_rejected(phoenix_server: Any, project: str) -> None:
+    source = PhoenixSource(phoenix_server.url, project, progress=False)
+    with pytest.raises(ConfigError, match=re.escape("Add a zone, e.g. 2026-01-01T00:00:00+00:00")):
+        source.fetch(since=datetime(2026, 1, 1))
+    with pytest.raises(ConfigError, match="since < until"):
+        source.fetch(since=datetime(2026, 1, 2, tzinfo=UTC), until=datetime(2026, 1, 1, tzinfo=UTC))
+    with pytest.raises(TelemetryError, match="Nothing fetched yet"):
+        _ = PhoenixSource(phoenix_server.url, project).summary
+
+
+def test_unknown_project_gives_empty_frames(phoenix_server: Any, t0: datetime) -> None:
+    source = PhoenixSource(phoenix_server.url, "no-such-project-here", progress=False)
+    frames = source.fetch(since=t0)
+    assert frames.spans.empty and frames.annotations.empty and frames.evals.empty
+    assert source.summary.spans == 0
+
+
+def test_unreachable_server_is_a_telemetry_error(t0: datetime) -> None:
+    source = PhoenixSource("http://127.0.0.1:9", "p", progress=False, timeout=2)
+    with pytest.raises(TelemetryError, match="Check the URL and that the server is running"):
+        source.fetch(since=t0)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_file_source_reads_what_frames_save(
+    phoenix_server: Any, px_client: Any, project: str, t0: datetime, tmp_path: Path, suffix: str
+) -> None:
+    spans = ten_spans(t0)
+    log_spans(px_client, project, spans)
+    px_client.spans.log_span_annotations(
+        span_annotations=[
+            {
+                "name": "tone",
+                "annotator_kind": "LLM",
+                "span_id": spans[7]["context"]["span_id"],
+                "result": {"label": "ok", "score": 1.0},
+                "metadata": {META_CONSTANTS_ID: "abc", META_VARIABLES: {"output": "y"}},
+            }
+        ],
+        sync=True,
+    )
+    source = PhoenixSource(phoenix_server.url, project, progress=False)
+    frames = source.fetch(since=t0)
+    path = frames.save(tmp_path / f"export{suffix}")
+    loaded = FileSource(path)
+    again = loaded.fetch()
+    assert list(again.spans["span_id"]) == list(frames.spans["span_id"])
+    assert list(again.spans["start_time"]) == list(frames.spans["start_time"])
+    assert list(again.spans["attributes"]) == list(frames.spans["attributes"])
+    assert again.annotations.iloc[0]["metadata"] == frames.annotations.iloc[0]["metadata"]
+    assert again.annotations.iloc[0]["score"] == 1.0
+    assert again.info.project == project and again.info.source == "file"
+    window = loaded.fetch(since=t0 + timedelta(seconds=7))
+    assert len(window.spans) == 3 and len(window.annotations) == 1
+    assert loaded.summary.evaluated_spans == 1
+
+
+def test_file_source_errors_teach(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="No telemetry export"):
+        FileSource(tmp_path / "missing.jsonl").fetch()
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"input": "x", "output": "y"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match="not a selfimprove-rl telemetry export"):
+        FileSource(other).fetch()
+    with pytest.raises(DataError, match=r"ending in \.jsonl or \.parquet"):
+        TelemetryFrames.empty().save(tmp_path / "x.csv")
