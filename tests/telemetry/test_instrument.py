@@ -33,7 +33,15 @@ def annotations_of(client: Any, project: str, rows: Any) -> Any:
 
 
 def spans_of_kind(client: Any, project: str, kind: str) -> list[Any]:
-    return client.spans.get_spans(project_identifier=project, span_kind=kind, limit=1000)
+    """Spans of one kind; none while Phoenix has not created the project yet (404)."""
+    import httpx
+
+    try:
+        return list(client.spans.get_spans(project_identifier=project, span_kind=kind, limit=1000))
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code == 404:
+            return []
+        raise
 
 
 def test_evaluate_records_evaluator_span_and_annotation(
@@ -77,6 +85,7 @@ def test_judge_calls_stay_out_of_the_traced_project(
     for row in rows.to_dict("records"):
         classifier.evaluate(row)
     assert recorder.flush()
+    wait_until(lambda: len(spans_of_kind(px_client, project, "EVALUATOR")) == len(INPUTS))
     llm_spans = spans_of_kind(px_client, project, "LLM")
     assert len(llm_spans) == len(INPUTS)  # no judge calls among them
     assert {s["attributes"]["llm.input_messages.0.message.role"] for s in llm_spans} == {"system"}
@@ -127,6 +136,7 @@ def test_async_path_records_with_the_context_manager(
     assert recorder.stats.linked == len(INPUTS) and recorder.stats.unlinked == 0
     notes = annotations_of(px_client, project, rows)
     assert sorted(notes.index) == sorted(rows["context.span_id"])
+    wait_until(lambda: len(spans_of_kind(px_client, project, "EVALUATOR")) == len(INPUTS))
     assert len(spans_of_kind(px_client, project, "LLM")) == len(INPUTS)
 
 

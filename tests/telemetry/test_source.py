@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -188,3 +189,84 @@ def test_file_source_errors_teach(tmp_path: Path) -> None:
         FileSource(other).fetch()
     with pytest.raises(DataError, match=r"ending in \.jsonl or \.parquet"):
         TelemetryFrames.empty().save(tmp_path / "x.csv")
+
+
+def test_malformed_spans_stored_in_phoenix_are_skipped_and_counted(
+    phoenix_server: Any, px_client: Any, project: str, t0: datetime
+) -> None:
+    from selfimprove_rl.telemetry.instrument import ATTR, constants_id
+
+    from .conftest import TEMPLATE
+
+    constants = {
+        "name": "match",
+        "template": TEMPLATE,
+        "template_format": "string",
+        "template_variables": ["output", "reference"],
+        "labels": ["correct", "incorrect"],
+        "choices": {"correct": 1.0, "incorrect": 0.0},
+        "eval_model": "judge",
+        "eval_provider": "openai",
+        "direction": "maximize",
+    }
+    cid = constants_id(constants)
+    at = [t0 + timedelta(seconds=i) for i in range(10)]
+    tool_reply = [
+        {
+            "message.role": "assistant",
+            "message.tool_calls": [
+                {"tool_call.function.name": "lookup", "tool_call.function.arguments": "{}"}
+            ],
+        }
+    ]
+    spans = {
+        "good-1": llm_span(at[0], user="q1", output="a1"),
+        "good-2": llm_span(at[1], user="q2", output="a2"),
+        "error_status": llm_span(at[2], status="ERROR"),
+        "malformed_parameters": llm_span(at[3], extra={"llm.invocation_parameters": "{oops"}),
+        "no_output": llm_span(at[4], output=None),
+        "tool_call_only": llm_span(at[5], output=None, extra={"llm.output_messages": tool_reply}),
+        "no_model": llm_span(at[6], model=None),
+        "malformed_input": llm_span(at[7], extra={"llm.input_messages": "not a list"}),
+        "missing_evals": llm_span(at[8]),
+    }
+    evaluator = {
+        "name": "match.classify",
+        "context": {"trace_id": "ab" * 16, "span_id": "cd" * 8},
+        "span_kind": "EVALUATOR",
+        "start_time": at[9].isoformat(),
+        "end_time": at[9].isoformat(),
+        "status_code": "OK",
+        "attributes": {
+            ATTR + "name": "match",
+            ATTR + "constants_id": cid,
+            ATTR + "constants": json.dumps(constants),
+        },
+    }
+    log_spans(px_client, project, [*spans.values(), evaluator])
+    px_client.spans.log_span_annotations(
+        span_annotations=[
+            {
+                "name": "match",
+                "annotator_kind": "LLM",
+                "span_id": span["context"]["span_id"],
+                "result": {"label": "correct", "score": 1.0},
+                "metadata": {
+                    META_CONSTANTS_ID: cid,
+                    META_VARIABLES: {"output": "a", "reference": "a"},
+                },
+            }
+            for key, span in spans.items()
+            if key != "missing_evals"
+        ],
+        sync=True,
+    )
+    source = PhoenixSource(phoenix_server.url, project, progress=False)
+    source.fetch(since=t0)
+    assert source.summary.spans == 9  # the evaluator span is not an LLM span
+    checkpoint = source.checkpoint()
+    assert sorted(s.input_text for s in checkpoint.samples) == ["q1", "q2"]
+    expected = {key: 1 for key in spans if not key.startswith("good")}
+    assert checkpoint.provenance.skipped == expected
+    assert source.summary.build_skipped == expected
+    assert "skipped while building:" in str(source.summary)

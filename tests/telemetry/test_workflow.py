@@ -162,6 +162,10 @@ def test_publish_promote_load_and_log_back(
         assert official.id == new.version_id
         with pytest.raises(TelemetryError, match="No tag 'nope'"):
             load_version(px, name, tag="nope")
+        with pytest.raises(TelemetryError, match="did not accept a version of prompt 'bad name!'"):
+            publish_version(px, "bad name!", better)
+        with pytest.raises(TelemetryError, match="Could not tag prompt version"):
+            promote_version(px, "UHJvbXB0VmVyc2lvbjo5OTk5")
 
         # an application loading its prompt by tag, traced: the checkpoint knows the version
         start = datetime.now(UTC) - timedelta(seconds=1)
@@ -222,6 +226,8 @@ def test_publish_promote_load_and_log_back(
             experiment_name=base.version_id,
         )
         assert again.dataset_id == logged.dataset_id  # one dataset, two experiments
+        with pytest.raises(TelemetryError, match="samples not given to log_experiment"):
+            log_experiment(px, dataset_name="x", samples=[], table=table, experiment_name="e")
 
 
 def _sample(sample_id: str, text: str) -> Any:
