@@ -14,6 +14,7 @@ Example:
 
 import gymnasium
 
+from envs.sb3 import CandidateActions, FeatureObservation, Featurizer, make_sb3_env
 from envs.spaces import EnvAction, PromptActionSpace
 
 ENV_ID = "selfimprove_rl/PromptEnv-v0"
@@ -31,4 +32,13 @@ if LLM_ENV_ID not in gymnasium.registry:
         kwargs={"backend": {"kind": "openai"}},
     )
 
-__all__ = ["ENV_ID", "LLM_ENV_ID", "EnvAction", "PromptActionSpace"]
+__all__ = [
+    "ENV_ID",
+    "LLM_ENV_ID",
+    "CandidateActions",
+    "EnvAction",
+    "FeatureObservation",
+    "Featurizer",
+    "PromptActionSpace",
+    "make_sb3_env",
+]

@@ -5,17 +5,28 @@ Shipped policies are resolved by name (see :data:`POLICIES`); a policy of your o
 shared by the coaches and by bandit and population policies.
 """
 
+from policies.bandits import SuccessiveHalvingPolicy, ThompsonPolicy, UCB1Policy
 from policies.base import BasePolicy, Policy, Transition
 from policies.coach_report import build_report
 from policies.llm_coach import CoachReply, LLMCoachConfig, LLMCoachPolicy, LLMCoachProposer
+from policies.population import PopulationPolicy
 from policies.proposers import OPERATOR_LIBRARY, Candidate, OperatorProposer, Proposer
 from policies.random_policy import RandomPolicy
-from policies.registry import POLICIES, make_policy, register_policy, resolve_policy
+from policies.registry import (
+    POLICIES,
+    PROPOSERS,
+    make_policy,
+    make_proposer,
+    register_policy,
+    resolve_policy,
+)
 from policies.rule_induction import RuleInductionCoach, RuleInductionConfig, RuleInductionProposer
+from policies.sb3_policy import SB3Policy
 
 __all__ = [
     "OPERATOR_LIBRARY",
     "POLICIES",
+    "PROPOSERS",
     "BasePolicy",
     "Candidate",
     "CoachReply",
@@ -24,14 +35,20 @@ __all__ = [
     "LLMCoachProposer",
     "OperatorProposer",
     "Policy",
+    "PopulationPolicy",
     "Proposer",
     "RandomPolicy",
     "RuleInductionCoach",
     "RuleInductionConfig",
     "RuleInductionProposer",
+    "SB3Policy",
+    "SuccessiveHalvingPolicy",
+    "ThompsonPolicy",
     "Transition",
+    "UCB1Policy",
     "build_report",
     "make_policy",
+    "make_proposer",
     "register_policy",
     "resolve_policy",
 ]

@@ -2,12 +2,14 @@
 
 The runner and CLI resolve policies through here, the way ``gymnasium.make`` resolves entry
 points: by registered name, or by a ``"package.module:ClassName"`` string for a user's own
-policy class.
+policy class. Proposers (the candidate-edit sources that bandit, population and SB3 policies
+share) are resolved the same way by :func:`make_proposer`.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any
 
 from selfimprove_rl.errors import PolicyError, unknown_name_message
@@ -16,7 +18,19 @@ POLICIES: dict[str, str] = {
     "random": "policies.random_policy:RandomPolicy",
     "rule_induction": "policies.rule_induction:RuleInductionCoach",
     "llm_coach": "policies.llm_coach:LLMCoachPolicy",
+    "ucb1": "policies.bandits:UCB1Policy",
+    "thompson": "policies.bandits:ThompsonPolicy",
+    "successive_halving": "policies.bandits:SuccessiveHalvingPolicy",
+    "population": "policies.population:PopulationPolicy",
+    "sb3": "policies.sb3_policy:SB3Policy",
 }
+
+PROPOSERS: dict[str, str] = {
+    "operators": "policies.proposers:OperatorProposer",
+    "rule_induction": "policies.rule_induction:RuleInductionProposer",
+    "llm_coach": "policies.llm_coach:LLMCoachProposer",
+}
+"""Proposer names → ``module:Class``; a proposer of your own is named ``module:Class``."""
 
 
 def register_policy(name: str, entry_point: str) -> None:
@@ -67,3 +81,74 @@ def make_policy(name: str, *, seed: int | None = None, **kwargs: Any) -> Any:
         raise PolicyError(
             f"Policy {name!r} rejected its arguments {sorted(kwargs)}: {exc}"
         ) from exc
+
+
+def _load_entry_point(entry_point: str, what: str) -> Any:
+    module_name, _, attribute = entry_point.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise PolicyError(f"Cannot import module {module_name!r} for {what}: {exc}") from exc
+    try:
+        return getattr(module, attribute)
+    except AttributeError as exc:
+        raise PolicyError(f"Module {module_name!r} has no attribute {attribute!r}.") from exc
+
+
+def default_proposer_name() -> str:
+    """Return ``rule_induction`` when its module imports, else ``operators``."""
+    try:
+        _load_entry_point(PROPOSERS["rule_induction"], "proposer 'rule_induction'")
+    except PolicyError:
+        return "operators"
+    return "rule_induction"
+
+
+def make_proposer(
+    spec: Any = None, *, seed: int | None = None, kwargs: dict[str, Any] | None = None
+) -> Any:
+    """Return a proposer from a name, a ``module:Class`` string, or an instance (as is).
+
+    Args:
+        spec: ``None`` (the default: rule induction when available, else operators), a name in
+            :data:`PROPOSERS`, ``"module:Class"``, or an object with a ``propose`` method.
+        seed: passed to proposers whose constructor takes ``seed``.
+        kwargs: constructor keyword arguments.
+
+    Raises:
+        PolicyError: unknown name, import failure, or the class rejects the arguments.
+
+    Example:
+        >>> make_proposer("operators", seed=0).name
+        'operators'
+    """
+    if spec is not None and not isinstance(spec, str):
+        if not callable(getattr(spec, "propose", None)):
+            raise PolicyError(
+                f"Expects a proposer with a propose() method, got {type(spec).__name__}."
+            )
+        return spec
+    name = spec or default_proposer_name()
+    entry_point = PROPOSERS.get(name, name)
+    if ":" not in entry_point:
+        raise PolicyError(
+            unknown_name_message("proposer", name, PROPOSERS)
+            + " A proposer of your own is named as 'package.module:ClassName'."
+        )
+    proposer_class = _load_entry_point(entry_point, f"proposer {name!r}")
+    options = dict(kwargs or {})
+    try:
+        parameters = set(inspect.signature(proposer_class).parameters)
+    except (TypeError, ValueError):
+        parameters = set()
+    if "seed" in parameters and "seed" not in options:
+        options["seed"] = seed
+    try:
+        proposer = proposer_class(**options)
+    except TypeError as exc:
+        raise PolicyError(
+            f"Proposer {name!r} rejected its arguments {sorted(options)}: {exc}"
+        ) from exc
+    if not callable(getattr(proposer, "propose", None)):
+        raise PolicyError(f"{entry_point} does not look like a proposer: it has no propose().")
+    return proposer

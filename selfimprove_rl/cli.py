@@ -227,11 +227,57 @@ def _run_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_compare(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "compare",
+        help="Run several policies over seeds on one checkpoint at an equal call budget.",
+        description="Run each policy once per seed on the same checkpoint and splits, every "
+        "run stopped at the same budget in model calls, and write compare.csv, compare.md and "
+        "compare.png to --out. Policies come from the config's [[compare.policies]] entries "
+        "or --policies (names or 'module:Class').",
+    )
+    parser.add_argument("config", help="Experiment config (TOML) with a [compare] table.")
+    parser.add_argument("--policies", help="Comma-separated policy names, labels or module:Class.")
+    parser.add_argument("--seeds", type=int, help="Runs per policy (seeds first_seed...).")
+    parser.add_argument("--out", help="Output folder (default: a new folder under out_dir).")
+    parser.add_argument("--jobs", type=int, help="Worker processes (1: run in this process).")
+    parser.add_argument("--budget-calls", type=int, help="Model calls each run may spend.")
+    parser.add_argument("--threshold", type=float, help="Test score for 'steps to threshold'.")
+    parser.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
+    parser.set_defaults(run=_run_compare)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from selfimprove_rl.compare import (
+        load_compare_config,
+        markdown_table,
+        parse_compare,
+        run_compare,
+    )
+
+    experiment, compare = load_compare_config(args.config)
+    overrides = {"seeds": args.seeds, "jobs": args.jobs, "budget_calls": args.budget_calls}
+    overrides["threshold"] = args.threshold
+    updated = {**compare.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
+    compare = parse_compare(updated, source="command line")
+    names = [n.strip() for n in args.policies.split(",") if n.strip()] if args.policies else None
+    result = run_compare(
+        experiment, compare, policies=names, out=args.out, progress=not args.no_progress
+    )
+    print(markdown_table(result.rows), end="")
+    for run in result.runs:
+        if run.error:
+            print(f"run {run.policy} seed {run.seed} failed: {run.error}", file=sys.stderr)
+    print(f"comparison: {result.out_dir}")
+    return 1 if any(run.error for run in result.runs) else 0
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _add_run,
     _add_demo,
     _add_serve_sim,
     _add_fetch,
+    _add_compare,
 ]
 
 

@@ -1,0 +1,562 @@
+"""Which policy is better here? Run several policies over seeds on one checkpoint, at equal budgets.
+
+``selfimprove-rl compare CONFIG --policies a,b,c --seeds N`` runs every policy on the same
+checkpoint and splits (the checkpoint is frozen once into the output folder; the splits come
+from the env's ``split_seed``), once per seed, each run stopped by the same budget in model
+calls (the env's ``max_calls``: every replay, gate and judge call counts). Runs go to worker
+processes when ``jobs`` > 1. The output folder holds:
+
+``compare.csv`` and ``compare.md`` (per policy: runs, mean and 95% interval of the final test
+and holdout scores, calls and tokens, and the steps and calls until the live build's test
+score first reached the threshold), ``compare.png`` (mean reward per step, and the live
+test score against model calls, each with its 95% band), ``runs.jsonl`` (one line per run),
+``checkpoint.json``, and each run's own directory under ``runs/<policy>/seed-<n>/``.
+
+The config is an experiment TOML (see :mod:`selfimprove_rl.config`) with a ``[compare]``
+table::
+
+    [compare]
+    seeds = 5
+    budget_calls = 1200       # the equal budget, in model calls
+    threshold = 0.85          # for "steps to threshold"
+
+    [[compare.policies]]
+    name = "random"
+
+    [[compare.policies]]
+    name = "ucb1"
+    label = "ucb1-6arms"      # optional column label
+    kwargs = { arms = 6 }
+
+A policy of your own is ``name = "package.module:ClassName"``.
+
+The 95% interval is Student's t: ``mean ± t(0.975, n-1) · sd / sqrt(n)`` (none for one run).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tomllib
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from selfimprove_rl.config import ExperimentConfig, parse_config
+from selfimprove_rl.errors import ConfigError
+from selfimprove_rl.fileio import atomic_write_text, read_jsonl
+
+COMPARE_COLUMNS = (
+    "policy",
+    "runs",
+    "failed",
+    "test_mean",
+    "test_ci95",
+    "holdout_mean",
+    "holdout_ci95",
+    "calls_mean",
+    "calls_ci95",
+    "tokens_mean",
+    "tokens_ci95",
+    "steps_mean",
+    "threshold",
+    "reached",
+    "steps_to_threshold_mean",
+    "calls_to_threshold_mean",
+)
+
+
+class PolicyEntry(BaseModel):
+    """One policy of a comparison: its name (or ``module:Class``), label and kwargs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="Registered policy name or 'module:Class'.")
+    label: str | None = Field(default=None, description="Label in tables and plots.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Constructor kwargs.")
+
+    @property
+    def title(self) -> str:
+        """The label, or the name."""
+        return self.label or self.name
+
+
+class CompareConfig(BaseModel):
+    """The ``[compare]`` table: policies, seeds, the equal call budget, the threshold."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policies: list[PolicyEntry] = Field(default_factory=list, description="Policies to compare.")
+    seeds: int = Field(default=3, ge=1, description="Runs per policy (seeds first_seed...).")
+    first_seed: int = Field(default=0, description="The first seed.")
+    budget_calls: int | None = Field(
+        default=None, ge=1, description="Model calls each run may spend (default: env.max_calls)."
+    )
+    threshold: float | None = Field(
+        default=None, description="Test score for 'steps to threshold' (default: stopping's)."
+    )
+    jobs: int | None = Field(
+        default=None, ge=1, description="Worker processes (1: this process; default: 2 or CPUs)."
+    )
+
+    @model_validator(mode="after")
+    def _labels_unique(self) -> CompareConfig:
+        labels = [p.title for p in self.policies]
+        duplicated = sorted({label for label in labels if labels.count(label) > 1})
+        if duplicated:
+            raise ValueError(f"policy labels must be unique; duplicated: {duplicated}")
+        return self
+
+
+class RunRecord(BaseModel):
+    """One finished (or failed) run of a comparison."""
+
+    model_config = ConfigDict(frozen=True)
+
+    policy: str
+    seed: int
+    run_dir: str
+    error: str | None = None
+    test: float | None = None
+    holdout: float | None = None
+    calls: int | None = None
+    tokens: int | None = None
+    steps: int | None = None
+    baseline_test: float | None = None
+    steps_to_threshold: int | None = None
+    calls_to_threshold: int | None = None
+    curve: list[tuple[int, float, int, float]] = Field(
+        default_factory=list, description="(step, reward, cumulative calls, live test) per step."
+    )
+
+
+class CompareResult(BaseModel):
+    """Where a comparison wrote its files, its per-policy rows, and every run."""
+
+    model_config = ConfigDict(frozen=True)
+
+    out_dir: Path
+    rows: list[dict[str, Any]]
+    runs: list[RunRecord]
+
+
+def load_compare_config(path: str | Path) -> tuple[ExperimentConfig, CompareConfig]:
+    """Read an experiment TOML with a ``[compare]`` table.
+
+    Raises:
+        ConfigError: missing file, invalid TOML, or an invalid field (named).
+    """
+    target = Path(path)
+    if not target.exists():
+        raise ConfigError(f"No config file at {target}; see experiments/configs/ for examples.")
+    try:
+        data = tomllib.loads(target.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{target} is not valid TOML: {exc}") from exc
+    section = data.pop("compare", {})
+    experiment = parse_config(data, source=str(target))
+    return experiment, parse_compare(section, source=str(target))
+
+
+def parse_compare(section: dict[str, Any], *, source: str = "compare") -> CompareConfig:
+    """Validate a ``[compare]`` mapping.
+
+    Raises:
+        ConfigError: listing every invalid field as ``compare.a.b: message``.
+    """
+    try:
+        return CompareConfig.model_validate(section)
+    except ValidationError as exc:
+        problems = "\n".join(
+            f"  compare.{'.'.join(str(p) for p in error['loc'])}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise ConfigError(f"Invalid [compare] section ({source}):\n{problems}") from exc
+
+
+def select_policies(compare: CompareConfig, names: Sequence[str] | None) -> list[PolicyEntry]:
+    """Return the entries for ``names`` (a config entry's kwargs when its label or name matches).
+
+    Raises:
+        ConfigError: no policy to compare.
+    """
+    if not names:
+        if not compare.policies:
+            raise ConfigError(
+                "No policies to compare: pass --policies a,b,c or add [[compare.policies]] "
+                "entries to the config."
+            )
+        return list(compare.policies)
+    by_label = {p.title: p for p in compare.policies}
+    by_name = {p.name: p for p in compare.policies}
+    chosen = [by_label.get(n) or by_name.get(n) or PolicyEntry(name=n) for n in names]
+    labels = [p.title for p in chosen]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"Expects distinct policies, got {list(names)}.")
+    return chosen
+
+
+# ---------------------------------------------------------------------- running
+def _one_torch_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def run_one(config_json: str, label: str, run_dir: str, threshold: float | None) -> RunRecord:
+    """Run one experiment and summarise it (the unit of work a worker process runs)."""
+    import traceback
+
+    from selfimprove_rl.runner import run_experiment
+
+    _one_torch_thread()
+    config = parse_config(json.loads(config_json), source="compare")
+    try:
+        result = run_experiment(config, out=run_dir, progress=False)
+    except Exception as exc:  # a failed run is recorded and counted, the others go on
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        return RunRecord(
+            policy=label,
+            seed=config.seed,
+            run_dir=run_dir,
+            error=f"{type(exc).__name__}: {exc} (at {Path(where.filename).name}:{where.lineno})",
+        )
+    return summarise_run(label, config.seed, Path(run_dir), result.summary, threshold)
+
+
+def summarise_run(
+    label: str, seed: int, run_dir: Path, summary: dict[str, Any], threshold: float | None
+) -> RunRecord:
+    """Build a run's record from its summary and ``steps.jsonl``."""
+    baseline_test = float(summary["baseline"]["test"])
+    live = baseline_test
+    curve: list[tuple[int, float, int, float]] = []
+    reached_step: int | None = 0 if threshold is not None and baseline_test >= threshold else None
+    reached_calls: int | None = 0 if reached_step == 0 else None
+    for line in read_jsonl(run_dir / "steps.jsonl"):
+        if line.get("live_test") is not None:
+            live = float(line["live_test"])
+        step, calls = int(line["step"]), int(line["cumulative_calls"])
+        curve.append((step, float(line["reward"]), calls, live))
+        if threshold is not None and reached_step is None and live >= threshold:
+            reached_step, reached_calls = step, calls
+    return RunRecord(
+        policy=label,
+        seed=seed,
+        run_dir=str(run_dir),
+        test=float(summary["test"]),
+        holdout=float(summary["holdout"]),
+        calls=int(summary["calls"]),
+        tokens=int(summary["tokens"]),
+        steps=int(summary["steps"]),
+        baseline_test=baseline_test,
+        steps_to_threshold=reached_step,
+        calls_to_threshold=reached_calls,
+        curve=curve,
+    )
+
+
+def _budget(experiment: ExperimentConfig, compare: CompareConfig) -> int:
+    budget = compare.budget_calls or experiment.env.get("max_calls")
+    if not budget:
+        raise ConfigError(
+            "A comparison needs an equal call budget for every run: set [compare] "
+            "budget_calls = N (or env.max_calls, or --budget-calls N)."
+        )
+    return int(budget)
+
+
+def run_compare(
+    experiment: ExperimentConfig,
+    compare: CompareConfig,
+    *,
+    policies: Sequence[str] | None = None,
+    out: str | Path | None = None,
+    progress: bool = True,
+) -> CompareResult:
+    """Run every policy over every seed at one call budget, then write the table and plot.
+
+    Args:
+        experiment: the shared experiment (data, target, env, gate, stopping).
+        compare: policies, seeds, budget, threshold, jobs.
+        policies: names (or labels) to run instead of the config's list.
+        out: the output folder (default: ``<out_dir>/compare-<name>-<UTC time>``); it must
+            not hold files yet.
+        progress: show a progress bar over runs.
+
+    Returns:
+        The folder, the table rows and every run's record.
+
+    Raises:
+        ConfigError: no policies, no budget, or a non-empty output folder.
+    """
+    entries = select_policies(compare, policies)
+    budget = _budget(experiment, compare)
+    threshold = compare.threshold
+    if threshold is None:
+        threshold = experiment.stopping.test_threshold
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out_dir = Path(out) if out else Path(experiment.out_dir) / f"compare-{experiment.name}-{stamp}"
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ConfigError(f"{out_dir} is not empty; choose another --out.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    from selfimprove_rl.runner import load_checkpoint_for
+
+    checkpoint_path = (out_dir / "checkpoint.json").resolve()
+    load_checkpoint_for(experiment).save(checkpoint_path)
+    shared = experiment.with_overrides(
+        **{"data.kind": "checkpoint", "data.path": str(checkpoint_path), "env.max_calls": budget}
+    )
+    jobs: list[tuple[str, str, str]] = []
+    for entry in entries:
+        for seed in range(compare.first_seed, compare.first_seed + compare.seeds):
+            config = shared.with_overrides(
+                **{"seed": seed, "policy.name": entry.name, "policy.kwargs": entry.kwargs}
+            )
+            run_dir = out_dir / "runs" / _safe(entry.title) / f"seed-{seed}"
+            jobs.append((config.model_dump_json(), entry.title, str(run_dir)))
+    records = _execute(jobs, threshold, compare.jobs or default_jobs(), progress)
+    order = {e.title: i for i, e in enumerate(entries)}
+    records.sort(key=lambda r: (order[r.policy], r.seed))
+    rows = table_rows(records, [e.title for e in entries], threshold)
+    write_outputs(out_dir, rows, records, title=f"{experiment.name}: {budget} calls per run")
+    return CompareResult(out_dir=out_dir, rows=rows, runs=records)
+
+
+def _safe(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in label)
+
+
+def _execute(
+    jobs: list[tuple[str, str, str]], threshold: float | None, workers: int, progress: bool
+) -> list[RunRecord]:
+    bar = _bar(len(jobs), progress)
+    records: list[RunRecord] = []
+    if workers <= 1 or len(jobs) <= 1:
+        for config_json, label, run_dir in jobs:
+            records.append(run_one(config_json, label, run_dir, threshold))
+            _tick(bar, label)
+    else:
+        import multiprocessing
+
+        # spawn: a fresh interpreter per worker (no forked event loops or torch threads).
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
+            futures = {
+                pool.submit(run_one, config_json, label, run_dir, threshold): label
+                for config_json, label, run_dir in jobs
+            }
+            for future in as_completed(futures):
+                records.append(future.result())
+                _tick(bar, futures[future])
+    if bar is not None:
+        bar.close()
+    return records
+
+
+def _bar(total: int, progress: bool) -> Any:
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="compare", unit="run")
+
+
+def _tick(bar: Any, label: str) -> None:
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix(last=label)
+
+
+# ---------------------------------------------------------------------- the table
+def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
+    """Return the mean and the half-width of its 95% Student-t interval (nan for n < 2).
+
+    Example:
+        >>> m, h = mean_ci95([0.8, 0.9, 1.0])
+        >>> round(m, 3), round(h, 3)
+        (0.9, 0.248)
+    """
+    if not values:
+        return math.nan, math.nan
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, math.nan
+    from scipy.stats import t
+
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, float(t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+
+
+def table_rows(
+    records: Sequence[RunRecord], labels: Sequence[str], threshold: float | None
+) -> list[dict[str, Any]]:
+    """Return one row per policy (see :data:`COMPARE_COLUMNS`)."""
+    rows = []
+    for label in labels:
+        runs = [r for r in records if r.policy == label]
+        done = [r for r in runs if r.error is None]
+        row: dict[str, Any] = {"policy": label, "runs": len(done), "failed": len(runs) - len(done)}
+        for key in ("test", "holdout", "calls", "tokens"):
+            mean, half = mean_ci95([float(getattr(r, key)) for r in done])
+            row[f"{key}_mean"], row[f"{key}_ci95"] = mean, half
+        row["steps_mean"] = mean_ci95([float(r.steps or 0) for r in done])[0]
+        reached = [r for r in done if r.steps_to_threshold is not None]
+        row["threshold"] = threshold
+        row["reached"] = len(reached)
+        row["steps_to_threshold_mean"] = mean_ci95(
+            [float(r.steps_to_threshold or 0) for r in reached]
+        )[0]
+        row["calls_to_threshold_mean"] = mean_ci95(
+            [float(r.calls_to_threshold or 0) for r in reached]
+        )[0]
+        rows.append(row)
+    return rows
+
+
+def _fmt(value: Any, digits: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Return the rows as a Markdown table (``mean ± 95% half-width``)."""
+    threshold = next((r["threshold"] for r in rows if r["threshold"] is not None), None)
+    reach = f"test ≥ {threshold:g}" if threshold is not None else "threshold"
+    header = (
+        f"| policy | runs | test | holdout | calls | tokens | steps | reached {reach} "
+        f"| steps to {reach} | calls to {reach} |"
+    )
+    lines = [header, "|" + "---|" * 10]
+    for row in rows:
+
+        def pm(key: str, digits: int, row: dict[str, Any] = row) -> str:
+            mean, half = row[f"{key}_mean"], row[f"{key}_ci95"]
+            return _fmt(mean, digits) + ("" if math.isnan(half) else f" ± {_fmt(half, digits)}")
+
+        runs = f"{row['runs']}" + (f" ({row['failed']} failed)" if row["failed"] else "")
+        lines.append(
+            f"| {row['policy']} | {runs} | {pm('test', 3)} | {pm('holdout', 3)} "
+            f"| {pm('calls', 0)} | {pm('tokens', 0)} | {_fmt(row['steps_mean'], 1)} "
+            f"| {row['reached']}/{row['runs']} | {_fmt(row['steps_to_threshold_mean'], 1)} "
+            f"| {_fmt(row['calls_to_threshold_mean'], 0)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(
+    out_dir: Path, rows: Sequence[dict[str, Any]], records: Sequence[RunRecord], *, title: str
+) -> list[Path]:
+    """Write ``compare.csv``, ``compare.md``, ``runs.jsonl`` and ``compare.png``."""
+    csv_path = out_dir / "compare.csv"
+    with open(csv_path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COMPARE_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if _missing(row[k]) else row[k] for k in COMPARE_COLUMNS})
+    md_path = atomic_write_text(out_dir / "compare.md", f"# {title}\n\n" + markdown_table(rows))
+    runs_path = atomic_write_text(
+        out_dir / "runs.jsonl",
+        "".join(r.model_dump_json(exclude={"curve"}) + "\n" for r in records),
+    )
+    png_path = plot_curves(
+        records, [str(r["policy"]) for r in rows], out_dir / "compare.png", title=title
+    )
+    return [csv_path, md_path, runs_path, png_path]
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+# ---------------------------------------------------------------------- the plot
+def _band(matrix: Any) -> tuple[Any, Any]:
+    import numpy as np
+
+    n = matrix.shape[0]
+    mean = np.nanmean(matrix, axis=0)
+    if n < 2:
+        return mean, np.zeros_like(mean)
+    from scipy.stats import t
+
+    sd = np.nanstd(matrix, axis=0, ddof=1)
+    return mean, t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+
+
+def plot_curves(
+    records: Sequence[RunRecord],
+    labels: Sequence[str],
+    path: Path,
+    *,
+    title: str = "",
+    window: int = 5,
+) -> Path:
+    """Draw every policy's reward per step and live test score against model calls.
+
+    Top: the reward per step, a trailing ``window``-step moving average, mean over seeds with
+    its 95% band. Bottom: the live build's test score against cumulative model calls (the
+    baseline's before the first gate; held after a run ends), mean with its 95% band.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7))
+    done = [r for r in records if r.error is None and r.curve]
+    max_calls = max((r.curve[-1][2] for r in done), default=1) or 1
+    grid = np.linspace(0, max_calls, 200)
+    for index, label in enumerate(labels):
+        runs = [r for r in done if r.policy == label]
+        if not runs:
+            continue
+        color = f"C{index % 10}"
+        length = max(len(r.curve) for r in runs)
+        rewards = np.full((len(runs), length), np.nan)
+        tests = np.empty((len(runs), grid.size))
+        for row, run in enumerate(runs):
+            values = np.asarray([c[1] for c in run.curve], dtype=float)
+            kernel = np.ones(window)
+            sums = np.convolve(values, kernel)[: len(values)]
+            counts = np.convolve(np.ones(len(values)), kernel)[: len(values)]
+            rewards[row, : len(values)] = sums / counts
+            calls = np.asarray([0, *(c[2] for c in run.curve)], dtype=float)
+            live = np.asarray([run.baseline_test or 0.0, *(c[3] for c in run.curve)], dtype=float)
+            tests[row] = live[np.searchsorted(calls, grid, side="right") - 1]
+        steps = np.arange(1, length + 1)
+        mean, half = _band(rewards)
+        top.plot(steps, mean, color=color, label=f"{label} (n={len(runs)})")
+        top.fill_between(steps, mean - half, mean + half, color=color, alpha=0.2)
+        mean, half = _band(tests)
+        bottom.plot(grid, mean, color=color, label=label)
+        bottom.fill_between(grid, mean - half, mean + half, color=color, alpha=0.2)
+    top.axhline(0.0, color="black", linewidth=0.8)
+    top.set_xlabel("env step")
+    top.set_ylabel(f"reward ({window}-step mean)")
+    top.set_title(title or "policy comparison")
+    top.legend(loc="upper right", fontsize="small")
+    bottom.set_xlabel("model calls")
+    bottom.set_ylabel("live build test score")
+    bottom.set_ylim(0.0, 1.05)
+    bottom.legend(loc="lower right", fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def default_jobs() -> int:
+    """Worker processes by default: the CPU count, at most 2."""
+    return max(1, min(2, os.cpu_count() or 1))
