@@ -101,7 +101,13 @@ def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _data_overrides(data: str | None) -> dict[str, object]:
     if data is None:
         return {}
-    kind = "checkpoint" if data.endswith(".json") else "mimic" if data.endswith(".jsonl") else "dataset"
+    kind = (
+        "checkpoint"
+        if data.endswith(".json")
+        else "mimic"
+        if data.endswith(".jsonl")
+        else "dataset"
+    )
     return {"data.kind": kind, "data.path": data}
 
 
@@ -119,16 +125,15 @@ def _run_run(args: argparse.Namespace) -> int:
             "stopping.max_total_steps": args.max_steps,
         },
     )
-    result = run_experiment(
-        config, out=args.out, resume=args.resume, progress=not args.no_progress
-    )
+    result = run_experiment(config, out=args.out, resume=args.resume, progress=not args.no_progress)
     _print_summary(result.summary)
     return 0
 
 
 def _print_summary(summary: dict[str, object]) -> None:
     print(
-        f"policy {summary['policy']} on {summary['backend']}: promoted {summary['promoted_version']} "
+        f"policy {summary['policy']} on {summary['backend']}: "
+        f"promoted {summary['promoted_version']} "
         f"(train {summary['train']:.3f}, test {summary['test']:.3f}, "
         f"holdout {summary['holdout']:.3f}; baseline holdout "
         f"{summary['baseline']['holdout']:.3f}) after {summary['steps']} steps, "  # type: ignore[index]
@@ -285,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
         prog="selfimprove-rl",
-        description="Self-improving LLM calls: optimize a traced call's prompt over an offline replay.",
+        description="Self-improving LLM calls: optimize a traced call's prompt over an "
+        "offline replay.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:

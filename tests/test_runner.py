@@ -30,7 +30,9 @@ def small_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _write_config(path: Path, data: Path, *, policy: str, steps: int, latency_ms: float = 0) -> Path:
+def _write_config(
+    path: Path, data: Path, *, policy: str, steps: int, latency_ms: float = 0
+) -> Path:
     faults = f"\n[backend.faults]\nlatency_ms = {latency_ms}\n" if latency_ms else ""
     path.write_text(
         f"""
@@ -120,12 +122,14 @@ def test_existing_run_dir_needs_resume(tmp_path: Path, small_jsonl: Path) -> Non
     run_experiment(config, out=tmp_path / "run", progress=False)
     with pytest.raises(ConfigError, match="pass --resume"):
         run_experiment(config, out=tmp_path / "run", progress=False)
-    with pytest.raises(ConfigError, match="holds no config.json"):
+    with pytest.raises(ConfigError, match=r"holds no config\.json"):
         run_experiment(config, out=tmp_path / "other", resume=True, progress=False)
 
 
 def test_resume_after_kill_loses_no_step_or_version(tmp_path: Path, small_jsonl: Path) -> None:
-    config = _write_config(tmp_path / "c.toml", small_jsonl, policy="random", steps=10, latency_ms=150)
+    config = _write_config(
+        tmp_path / "c.toml", small_jsonl, policy="random", steps=10, latency_ms=150
+    )
     out = tmp_path / "run"
     command = [sys.executable, "-m", "selfimprove_rl.cli", "run", str(config), "--out", str(out)]
     process = subprocess.Popen(
