@@ -16,19 +16,24 @@ reply ``c`` (its *class*) from remembered ``(input, reference)`` pairs, in three
     (the informative-prior log-odds of Monroe, Colaresi & Quinn 2008, on binary presence).
     The minimum document frequency keeps one-off training words out of the rules.
 ``about``
-    ``if input is about t1, t2 or t3: respond "c"``: the same candidate terms, used as facets
-    of a plain-language description; an input matches when its embedding is close enough to
-    a facet (the surrogate's fitted threshold), so the rule reaches inputs that share none of
-    the words.
+    ``if input is about t1, t2 or t3: respond "c"``: the terms become facets of a
+    plain-language description, and an input matches when its embedding is close enough to a
+    facet (the surrogate's fitted threshold), so the rule reaches inputs that share none of
+    the words. Candidate facets are the content words of ``c``'s inputs and of the reply
+    ``c`` itself; the same z-score and precision filters apply, with *semantic* document
+    frequencies (how many inputs of ``c`` and of the others are close to the term), and at
+    least ``min_gain_samples`` inputs of ``c`` must be close to it.
 ``examples``
-    ``example: "<input>" -> "c"`` lines: medoids of k-means clusters of ``c``'s inputs
-    (embeddings), answered by nearest neighbour.
+    ``example: "<input>" -> "c"`` lines, for any classes at once (a nearest-neighbour router
+    needs examples of every reply it should tell apart): candidates are the medoids of
+    k-means clusters of each class's inputs (embeddings), at most ``max_examples`` per class.
 
 Terms (and medoids) are chosen **greedily**: each step adds the candidate that most increases
 the number of remembered inputs the whole prompt would answer correctly (the surrogate of
 :mod:`policies.surrogate`, with every other statement in place), and stops when the best adds
 fewer than ``min_gain_samples`` correct inputs or its gain per input does not pay for its
-prompt tokens (``token_weight`` per token).
+prompt tokens (``token_weight`` per token). So a rule is as short as its gain allows: a term
+that answers nothing new is never added.
 
 A rule's worth is then its **cross-validated gain**: the remembered inputs are split into
 ``folds`` stratified folds (fixed by a hash of the sample id); the rule is induced on the
@@ -226,7 +231,8 @@ class Pool:
         return sims
 
     def routes(self, statements: Sequence[Statement], index: np.ndarray) -> Routes:
-        """Compile ``statements`` over the inputs at ``index``."""
+        """Compile the statements the target reads over the inputs at ``index``."""
+        statements = self.surrogate.readable(statements)
         rules = [s for s in statements if s.is_rule]
         examples = [s for s in statements if s.kind == "example"]
         fallback = next((s for s in statements if s.kind == "else"), None)

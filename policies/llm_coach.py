@@ -522,9 +522,14 @@ class LLMCoachPolicy(BasePolicy):
     def update(self, transition: Transition) -> None:
         """Record the trial's reward; a failed-coach no-op is not logged as a change."""
         candidate, self._pending = self._pending, None
-        if candidate is None:
-            return
         info = transition.info
+        if candidate is None:  # e.g. a resumed run replaying a step: keep it in the log
+            edits = getattr(transition.action, "edits", transition.action)
+            candidate = Candidate(
+                edits=edits if isinstance(edits, str | list) else [edits],
+                proposer=self.proposer.name,
+                kind="replayed",
+            )
         if candidate.kind == "coach_failure":
             self._close_round(transition.next_observation, info)
             return

@@ -5,11 +5,12 @@ No LLM is involved. The coach remembers every ``(input, reference)`` pair the en
 distinct reference reply as a class, and edits the SOP block in the simulated model's grammar
 (:mod:`selfimprove_rl.simulated.sop`), one small change per step:
 
-* **ADD** a rule for a class that has none, of one of three kinds (see
-  :mod:`policies.induction`): literal terms (``if input mentions ...``), a plain-language
-  description built from the terms that separate the class (``if input is about ...``), or a
-  few representative examples (``example: "..." -> "..."``, k-means medoids);
-* **EDIT** a rule into a better one (re-induced from a larger memory, or of another kind);
+* **ADD** a rule for a class that has none, of two kinds (see :mod:`policies.induction`):
+  literal terms (``if input mentions ...``) or a plain-language description built from the
+  terms that separate the class (``if input is about ...``); or **ADD** a few representative
+  examples (``example: "..." -> "..."``, k-means medoids) for the classes that need them;
+* **EDIT** a rule into a better one: extended with more terms, re-induced from a larger
+  memory, or of the other kind;
 * **ADD/EDIT** the ``else:`` fallback, given to the class the rules describe worst (the lowest
   estimated recall of its best rule); when the fallback should move to another class, one
   compound step adds a rule for the old fallback class and re-points the ``else``;
@@ -25,13 +26,17 @@ accuracy, minus ``token_weight`` per added prompt token. Accuracy is predicted b
 surrogate of :mod:`policies.surrogate`, using the same sentence embedder as the simulated model
 and thresholds fitted to what the target actually did. Candidates are ranked by that estimate
 times a kind weight learned from the env's rewards, ``2 (accepted + 1) / (tried + 2)`` per
-kind (1 before any evidence); only estimates above ``min_gain`` are proposed.
+kind (1 before any evidence); only estimates above ``min_gain`` are proposed. When none
+clears it, untried candidates estimated above ``-explore_margin`` are tried (exploration;
+default: small positive estimates only); when none is left, the coach answers ``no_change``.
 
 **Learning from reward.** Each tried candidate enters a change log with its reward. A change
 the env did not accept is banned on that base version (with every candidate of the same
 operation, kind and class), so the coach moves on to the next kind rather than repeating it;
 its per-sample scores also refine the surrogate's thresholds (a model that ignores ``is about``
-rules teaches the coach to stop writing them).
+rules teaches the coach to stop writing them). The current version's outputs refit both
+thresholds and how many leading statements the target reads (a small model that reads only
+the first lines teaches the coach that later lines are out of reach).
 """
 
 from __future__ import annotations
@@ -83,6 +88,11 @@ class RuleInductionConfig(BaseModel):
     folds: int = Field(default=3, ge=1, description="Cross-validation folds (1: in-sample).")
     token_weight: float = Field(default=2e-4, ge=0, description="Accuracy one prompt token costs.")
     min_gain: float = Field(default=0.01, description="Smallest estimated gain worth a step.")
+    explore_margin: float = Field(
+        default=0.0,
+        ge=0,
+        description="With nothing above min_gain, try untried candidates estimated above -margin.",
+    )
     semantic_prior: float = Field(default=0.3, description="Prior 'is about' cosine threshold.")
     example_prior: float = Field(default=0.35, description="Prior example cosine threshold.")
     correct_at: float = Field(default=0.99, description="Sample score that counts as correct.")
@@ -250,6 +260,9 @@ class RuleInductionProposer:
         self, lines: Sequence[str], rows: Sequence[tuple[str, str, str, str | None, bool]]
     ) -> None:
         statements = parsed(lines)
+        known = [r for r in rows if r[3] is not None]
+        if len(statements) > 1 and known:
+            self.surrogate.record(lines, [r[1] for r in known], [str(r[3]) for r in known])
         if not any(s.kind in ("about", "example") for s in statements):
             return
         texts = [r[1] for r in rows]
@@ -300,14 +313,22 @@ class RuleInductionProposer:
         current = int(pool.correct(layout.statements(), np.arange(pool.n)).sum())
         builder = _CandidateBuilder(self, pool, layout, classes, current, base)
         candidates = builder.all()
+        allowed = [c for c in candidates if f"{base}|{c.meta['signature']}" not in self.banned]
         ranked = sorted(
-            (c for c in candidates if (c.estimate or 0.0) > self.config.min_gain),
+            (c for c in allowed if (c.estimate or 0.0) > self.config.min_gain),
             key=lambda c: (-(c.estimate or 0.0) * self._weight(c.kind), c.prompt_tokens, c.key()),
         )
+        if not ranked:
+            ranked = sorted(
+                (
+                    c.model_copy(update={"meta": {**c.meta, "explore": True}})
+                    for c in allowed
+                    if (c.estimate or 0.0) > -self.config.explore_margin and c.kind != "delete"
+                ),
+                key=lambda c: (-(c.estimate or 0.0), c.prompt_tokens, c.key()),
+            )
         chosen: list[Candidate] = []
         for candidate in ranked:
-            if f"{base}|{candidate.meta['signature']}" in self.banned:
-                continue
             if any(c.directive_text() == candidate.directive_text() for c in chosen):
                 continue
             chosen.append(candidate)
@@ -629,6 +650,14 @@ class _CandidateBuilder:
         return made
 
 
+def _replayed(proposer: str, action: Any) -> Candidate:
+    """Return a candidate standing for an action this policy has no record of."""
+    edits = getattr(action, "edits", action)
+    if not isinstance(edits, str | list):
+        edits = [edits]
+    return Candidate(edits=edits, proposer=proposer, kind="replayed")
+
+
 class RuleInductionCoach(BasePolicy):
     """The offline coach: one induced rule edit per step, learning which kinds the target follows.
 
@@ -672,9 +701,9 @@ class RuleInductionCoach(BasePolicy):
     def update(self, transition: Transition) -> None:
         """Log the tried change with its reward and let the proposer learn from it."""
         candidate, self._pending = self._pending, None
-        if candidate is None:
-            return
         info = transition.info
+        if candidate is None:  # e.g. a resumed run replaying a step: log it, learn no bans
+            candidate = _replayed(self.name, transition.action)
         accepted = bool(info.get("accepted"))
         self.change_log.append(
             {
@@ -689,6 +718,7 @@ class RuleInductionCoach(BasePolicy):
             }
         )
         self.proposer.feedback(candidate, float(transition.reward), accepted, info)
+        self.proposer.remember(transition.next_observation, info)
 
     def state_dict(self) -> dict[str, Any]:
         """Return the RNG state, the proposer's memory and the change log."""

@@ -15,10 +15,12 @@ are fitted to evidence (:class:`ThresholdFit`): each time the coach sees which r
 target actually gave (or whether a candidate's reply was right), the cosine of the deciding
 statement is recorded with whether it fired, and the threshold is the cut with the fewest
 disagreements. A target that ignores ``is about`` rules (a literal-only model) ends up with
-a threshold above every observed cosine, so semantic rules stop looking useful.
+a threshold above every observed cosine, so semantic rules stop looking useful. Likewise the
+*reading limit* (how many leading statements the target follows at all; a small model may
+read only the first few) is the limit that best explains the outputs seen, and stays "all"
+unless a limit explains clearly more of them (:meth:`Surrogate.fit_limit`).
 
 Example:
-    >>> from selfimprove_rl.simulated.sop import parse_line
     >>> fit = ThresholdFit(prior=0.3)
     >>> for score, fired in [(0.2, False), (0.27, True), (0.5, True), (0.22, False)]:
     ...     fit.observe(score, fired)
@@ -167,6 +169,11 @@ class Routes:
         return np.asarray(self.rule_masks[:position].any(axis=0))
 
 
+def _agreement(predicted: np.ndarray, outputs: np.ndarray, generic: np.ndarray) -> int:
+    agree = (predicted == outputs) | (np.array([p is None for p in predicted]) & generic)
+    return int(agree.sum())
+
+
 class Surrogate:
     """Predicts an SOP-following model's replies with fitted thresholds.
 
@@ -180,6 +187,13 @@ class Surrogate:
         self.embedder = embedder
         self.semantic = ThresholdFit(semantic_prior)
         self.example = ThresholdFit(example_prior)
+        self.limit: int | None = None
+        self._prompts: dict[tuple[str, ...], int] = {}
+        self._evidence: list[tuple[int, str, str]] = []
+
+    def readable(self, statements: Sequence[Statement]) -> list[Statement]:
+        """Return the statements the target reads: the first ``limit`` (all when unknown)."""
+        return list(statements) if self.limit is None else list(statements)[: self.limit]
 
     # ------------------------------------------------------------------ parsing
     @staticmethod
@@ -204,7 +218,8 @@ class Surrogate:
         return self.about_scores(statement, inputs) >= self.semantic.value
 
     def compile(self, statements: Sequence[Statement], inputs: Inputs) -> Routes:
-        """Compile statements (in prompt order) over ``inputs``."""
+        """Compile the statements the target reads (in prompt order) over ``inputs``."""
+        statements = self.readable(statements)
         rules = [s for s in statements if s.is_rule]
         examples = [s for s in statements if s.kind == "example"]
         fallback = next((s for s in statements if s.kind == "else"), None)
@@ -253,6 +268,7 @@ class Surrogate:
         """
         if not len(inputs):
             return 0
+        statements = self.readable(statements)
         rules = [s for s in statements if s.is_rule]
         examples = [s for s in statements if s.kind == "example"]
         fallback = next((s for s in statements if s.kind == "else"), None)
@@ -307,11 +323,73 @@ class Surrogate:
             recorded += 1
         return recorded
 
+    def record(
+        self, lines: Sequence[str], texts: Sequence[str], outputs: Sequence[str], *, keep: int = 400
+    ) -> None:
+        """Keep what the target answered under ``lines`` and refit the reading limit.
+
+        The limit is the number of leading statements that best explains the outputs; it
+        stays unknown (all statements) unless a limit explains at least ``margin`` more
+        outputs than reading everything (see :meth:`fit_limit`).
+        """
+        key = tuple(lines)
+        index = self._prompts.setdefault(key, len(self._prompts))
+        self._evidence.extend((index, t, reply_key(o)) for t, o in zip(texts, outputs, strict=True))
+        if len(self._evidence) > keep:
+            del self._evidence[: len(self._evidence) - keep]
+            used = {i for i, _, _ in self._evidence}
+            self._prompts = {p: i for p, i in self._prompts.items() if i in used}
+        self.limit = self.fit_limit()
+
+    def fit_limit(self, margin: int = 3) -> int | None:
+        """Return the reading limit that best explains the recorded outputs (None: no limit).
+
+        A prediction of no canned reply agrees with any output that is none of the prompt's
+        replies (the target's own generic answer).
+        """
+        by_prompt: dict[int, list[tuple[str, str]]] = {}
+        for index, text, output in self._evidence:
+            by_prompt.setdefault(index, []).append((text, output))
+        lines_of = {i: p for p, i in self._prompts.items()}
+        groups = []
+        for index, rows in by_prompt.items():
+            statements = self.statements(lines_of[index])
+            texts = [t for t, _ in rows]
+            inputs = Inputs(texts, self.encode(texts), ["" for _ in rows])
+            outputs = np.array([o for _, o in rows], dtype=object)
+            canned = {reply_key(s.reply) for s in statements}
+            generic = np.array([o not in canned for o in outputs])
+            groups.append((statements, inputs, outputs, generic))
+        longest = max((len(g[0]) for g in groups), default=0)
+        saved, scores = self.limit, {}
+        try:
+            for limit in [None, *range(1, longest)]:
+                self.limit = limit
+                scores[limit] = sum(
+                    _agreement(self.compile(st, inputs).predict(), out, generic)
+                    for st, inputs, out, generic in groups
+                )
+        finally:
+            self.limit = saved
+        best = max((k for k in scores if k is not None), key=lambda k: (scores[k], k), default=None)
+        if best is not None and scores[best] >= scores[None] + margin:
+            return best
+        return None
+
     def state_dict(self) -> dict[str, Any]:
-        """Return both threshold fits (JSON-serialisable)."""
-        return {"semantic": self.semantic.state_dict(), "example": self.example.state_dict()}
+        """Return the threshold fits and the reading-limit evidence (JSON-serialisable)."""
+        return {
+            "semantic": self.semantic.state_dict(),
+            "example": self.example.state_dict(),
+            "limit": self.limit,
+            "prompts": [[list(p), i] for p, i in self._prompts.items()],
+            "evidence": [list(e) for e in self._evidence],
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore both threshold fits."""
+        """Restore what :meth:`state_dict` saved."""
         self.semantic.load_state_dict(state["semantic"])
         self.example.load_state_dict(state["example"])
+        self.limit = state.get("limit")
+        self._prompts = {tuple(p): int(i) for p, i in state.get("prompts", [])}
+        self._evidence = [(int(i), str(t), str(o)) for i, t, o in state.get("evidence", [])]

@@ -213,3 +213,38 @@ def test_induction_config_is_exposed_with_the_documented_knobs() -> None:
     knobs = RuleInductionProposer({"min_df": 3, "z_min": 1.5}).config.induction()
     assert isinstance(knobs, InductionConfig) and (knobs.min_df, knobs.z_min) == (3, 1.5)
     assert np.isfinite(log_odds_z(0, 5, 5, 5, 0.5))
+
+
+def test_surrogate_learns_that_the_target_reads_only_the_first_statements() -> None:
+    from policy_helpers import HashEmbedder
+
+    surrogate = Surrogate(HashEmbedder())
+    lines = [
+        'if input mentions tea: respond "Tea."',
+        'if input mentions cake: respond "Cake."',
+        'if input mentions soup: respond "Soup."',
+        'else: respond "Other."',
+    ]
+    texts = ["tea please", "cake now", "hot soup", "hello", "good morning", "what time", "hi there"]
+    outputs = ["Tea.", "Cake.", "Soup.", "Generic.", "Generic.", "Generic.", "Generic."]
+    surrogate.record(lines, texts, outputs)
+    assert surrogate.limit == 3
+    statements = surrogate.statements(lines)
+    inputs = Inputs(["hello"], surrogate.encode(["hello"]), [reply_key("Other.")])
+    assert surrogate.accuracy(statements, inputs) == 0.0, "the else line is out of reach"
+    restored = Surrogate(HashEmbedder())
+    restored.load_state_dict(json.loads(json.dumps(surrogate.state_dict())))
+    assert restored.limit == 3 and restored.fit_limit() == 3
+    surrogate.record(
+        lines, texts, ["Tea.", "Cake.", "Soup.", "Other.", "Other.", "Other.", "Other."]
+    )
+    assert surrogate.limit is None
+
+
+def test_an_update_without_a_pending_action_is_logged_as_replayed() -> None:
+    coach = RuleInductionCoach(seed=0)
+    obs, data = observation(), info(coffee_sports_rows())
+    action = EnvAction(edits=f'BLOCK: sop\nADD: else: respond "{SPORTS}"', base_version="v0")
+    coach.update(Transition(obs, action, 0.3, obs, False, False, {**data, "accepted": True}))
+    assert coach.change_log[-1]["kind"] == "replayed" and coach.change_log[-1]["reward"] == 0.3
+    assert len(coach.proposer.memory) == len(data["examples"])
