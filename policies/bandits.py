@@ -207,8 +207,8 @@ class BanditPolicy(BasePolicy):
 
     @property
     def round_pull_cap(self) -> int:
-        """Steps one round may take; pulls of cached versions cost no calls."""
-        return self.config.round_pulls or 4 * self.config.arms
+        """Steps one round may take (default: 4 per arm of the round); cached pulls are free."""
+        return self.config.round_pulls or 4 * (len(self.arms) or self.config.arms)
 
     def budget_left(self) -> bool:
         """Whether the policy may still spend calls."""

@@ -482,16 +482,19 @@ def _missing(value: Any) -> bool:
 
 # ---------------------------------------------------------------------- the plot
 def _band(matrix: Any) -> tuple[Any, Any]:
+    """Mean over runs and the 95% half-width, column by column (runs may end early: NaN)."""
     import numpy as np
-
-    n = matrix.shape[0]
-    mean = np.nanmean(matrix, axis=0)
-    if n < 2:
-        return mean, np.zeros_like(mean)
     from scipy.stats import t
 
-    sd = np.nanstd(matrix, axis=0, ddof=1)
-    return mean, t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+    counts = np.sum(~np.isnan(matrix), axis=0)
+    filled = np.where(np.isnan(matrix), 0.0, matrix)
+    mean = filled.sum(axis=0) / np.maximum(counts, 1)
+    squares = np.where(np.isnan(matrix), 0.0, (matrix - mean) ** 2).sum(axis=0)
+    several = counts >= 2
+    sd = np.sqrt(np.divide(squares, counts - 1, out=np.zeros_like(mean), where=several))
+    quantile = t.ppf(0.975, np.maximum(counts - 1, 1))
+    half = np.where(several, quantile * sd / np.sqrt(np.maximum(counts, 1)), 0.0)
+    return np.where(counts > 0, mean, np.nan), half
 
 
 def plot_curves(

@@ -186,3 +186,16 @@ def test_steps_to_threshold_follow_the_live_test_score(tmp_path: Path) -> None:
     assert [c[3] for c in record.curve] == [0.2, 0.6, 0.9, 0.95]
     assert summarise_run("p", 0, tmp_path, summary, threshold=0.99).steps_to_threshold is None
     assert summarise_run("p", 0, tmp_path, summary, threshold=0.1).steps_to_threshold == 0
+
+
+def test_band_handles_runs_of_different_lengths() -> None:
+    import numpy as np
+
+    from selfimprove_rl.compare import _band
+
+    matrix = np.array([[1.0, 2.0, np.nan], [3.0, 4.0, 5.0], [2.0, np.nan, np.nan]])
+    mean, half = _band(matrix)
+    assert mean.tolist() == [2.0, 3.0, 5.0]
+    assert half[0] == pytest.approx(4.302652729749464 / math.sqrt(3))
+    assert half[1] == pytest.approx(12.706204736174707)
+    assert half[2] == 0.0
