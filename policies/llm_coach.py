@@ -180,31 +180,34 @@ class LLMCoachProposer:
     """Asks an OpenAI-compatible coach model for edits (see the module docstring).
 
     Args:
-        config: options (a model or a plain dict; ``model`` is required).
-        backend: the server (default: OpenAI; a ``base_url`` makes it any compatible server).
+        config: options (a model or a plain dict; ``model`` is required somewhere).
+        backend: the server (default: OpenAI, or ``base_url`` when given).
         client: an ``openai.OpenAI`` client to use instead of one made from ``backend``.
         embedder: ``encode(texts)`` for clustering the report's examples.
+        base_url: an OpenAI-compatible server, when no ``backend`` is given.
+        api_key_env: the variable holding its key, when no ``backend`` is given.
+        **options: :class:`LLMCoachConfig` fields, merged over ``config``.
     """
 
     name = "llm_coach"
 
     def __init__(
         self,
-        config: LLMCoachConfig | Mapping[str, Any],
+        config: LLMCoachConfig | Mapping[str, Any] | None = None,
         *,
         backend: Backend | Mapping[str, Any] | None = None,
         client: Any = None,
         embedder: Any = None,
+        base_url: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        **options: Any,
     ) -> None:
-        self.config = (
-            config
-            if isinstance(config, LLMCoachConfig)
-            else LLMCoachConfig.model_validate(dict(config))
-        )
+        base = config.model_dump() if isinstance(config, LLMCoachConfig) else dict(config or {})
+        self.config = LLMCoachConfig.model_validate({**base, **options})
+        if backend is None:
+            backend = {"kind": "openai", "base_url": base_url, "api_key_env": api_key_env}
         self.backend = (
-            backend
-            if isinstance(backend, Backend)
-            else Backend.model_validate(dict(backend or {"kind": "openai"}))
+            backend if isinstance(backend, Backend) else Backend.model_validate(dict(backend))
         )
         self._client = client
         self.embedder = embedder
@@ -460,10 +463,13 @@ class LLMCoachPolicy(BasePolicy):
         super().__init__(seed)
         if trials < 1:
             raise ValueError(f"Expects trials >= 1, got {trials}.")
-        if backend is None:
-            backend = {"kind": "openai", "base_url": base_url, "api_key_env": api_key_env}
         self.proposer = LLMCoachProposer(
-            {"model": model, **options}, backend=backend, client=client, embedder=embedder
+            {"model": model, **options},
+            backend=backend,
+            client=client,
+            embedder=embedder,
+            base_url=base_url,
+            api_key_env=api_key_env,
         )
         self.trials = trials
         self.coach_failures: list[dict[str, Any]] = []

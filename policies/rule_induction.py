@@ -182,18 +182,22 @@ class RuleInductionProposer:
     Args:
         config: options (a model or a plain dict).
         embedder: sentence embedder (default: :func:`selfimprove_rl.embeddings.default_embedder`).
+        **options: :class:`RuleInductionConfig` fields, merged over ``config``.
     """
 
     name = "rule_induction"
 
     def __init__(
-        self, config: RuleInductionConfig | Mapping[str, Any] | None = None, *, embedder: Any = None
+        self,
+        config: RuleInductionConfig | Mapping[str, Any] | None = None,
+        *,
+        embedder: Any = None,
+        **options: Any,
     ) -> None:
-        self.config = (
-            config
-            if isinstance(config, RuleInductionConfig)
-            else RuleInductionConfig.model_validate(dict(config or {}))
+        base = (
+            config.model_dump() if isinstance(config, RuleInductionConfig) else dict(config or {})
         )
+        self.config = RuleInductionConfig.model_validate({**base, **options})
         self._embedder = embedder
         self.surrogate = Surrogate(self, self.config.semantic_prior, self.config.example_prior)
         self.memory: dict[str, tuple[str, str]] = {}

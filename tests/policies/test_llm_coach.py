@@ -245,3 +245,14 @@ def test_reply_parsing_helpers() -> None:
     assert extract_json('prose {"directives": []} more prose') == {"directives": []}
     assert parse_reply('{"directives": "ADD: a\\n\\nDEL: 2"}').lines() == ["ADD: a", "DEL: 2"]
     assert CoachReply(directives=[]).lines() == []
+
+
+def test_proposers_are_built_from_plain_keyword_arguments() -> None:
+    from policies.registry import make_proposer
+
+    coach = make_proposer("llm_coach", kwargs={"model": "m", "base_url": "http://127.0.0.1:9/v1"})
+    assert (
+        coach.config.model == "m" and coach.backend.describe() == "openai-compatible (127.0.0.1:9)"
+    )
+    rules = make_proposer("rule_induction", seed=0, kwargs={"min_df": 3, "folds": 2})
+    assert (rules.config.min_df, rules.config.folds) == (3, 2)
