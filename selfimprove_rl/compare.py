@@ -42,6 +42,7 @@ import os
 import tomllib
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -294,7 +295,9 @@ def run_compare(
         The folder, the table rows and every run's record.
 
     Raises:
-        ConfigError: no policies, no budget, or a non-empty output folder.
+        ConfigError: no policies, no budget, a non-empty output folder, or a worker process
+            that died (with ``jobs`` > 1 a calling script needs an
+            ``if __name__ == "__main__":`` guard: workers are spawned and re-import it).
     """
     entries = select_policies(compare, policies)
     budget = _budget(experiment, compare)
@@ -353,9 +356,17 @@ def _execute(
                 pool.submit(run_one, config_json, label, run_dir, threshold): label
                 for config_json, label, run_dir in jobs
             }
-            for future in as_completed(futures):
-                records.append(future.result())
-                _tick(bar, futures[future])
+            try:
+                for future in as_completed(futures):
+                    records.append(future.result())
+                    _tick(bar, futures[future])
+            except BrokenProcessPool as exc:
+                raise ConfigError(
+                    "A compare worker process died before finishing its run. Worker processes "
+                    "are spawned: they re-import the script that called run_compare, so from a "
+                    'script put the call under `if __name__ == "__main__":`, or use jobs=1 '
+                    "(--jobs 1) to run in this process."
+                ) from exc
     if bar is not None:
         bar.close()
     return records

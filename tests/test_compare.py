@@ -199,3 +199,23 @@ def test_band_handles_runs_of_different_lengths() -> None:
     assert half[0] == pytest.approx(4.302652729749464 / math.sqrt(3))
     assert half[1] == pytest.approx(12.706204736174707)
     assert half[2] == 0.0
+
+
+def test_a_worker_that_dies_is_explained(
+    config_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "crashing_policy.py").write_text(
+        "import os\n\n\nclass Crash:\n    def __init__(self, seed=None):\n        os._exit(3)\n\n"
+        "    def act(self, observation, info):\n        return 'no_change'\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))  # spawned workers inherit sys.path
+    experiment, compare = load_compare_config(config_path)
+    compare = compare.model_copy(update={"jobs": 2, "seeds": 2})
+    with pytest.raises(ConfigError, match="A compare worker process died"):
+        run_compare(
+            experiment,
+            compare,
+            policies=["crashing_policy:Crash"],
+            out=tmp_path / "o",
+            progress=False,
+        )
