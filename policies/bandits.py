@@ -200,10 +200,10 @@ class BanditPolicy(BasePolicy):
     # ------------------------------------------------------------------ budget
     @property
     def round_budget(self) -> int:
-        """Calls one round may spend."""
+        """Calls one round may spend (default: 4 fresh minibatches per arm of the round)."""
         if self.config.round_calls is not None:
             return self.config.round_calls
-        return 4 * self.config.arms * max(1, self.minibatch_size)
+        return 4 * (len(self.arms) or self.config.arms) * max(1, self.minibatch_size)
 
     @property
     def round_pull_cap(self) -> int:
