@@ -256,6 +256,19 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
         )
         return evaluation.split_score, evaluation.table
 
+    def evaluate_version(
+        self, version_id: str, split: SplitName
+    ) -> tuple[ReplayReport, ScoreTable]:
+        """Replay and score a version on a whole split, recording nothing.
+
+        For reports that need the per-sample outputs (results logged back to Phoenix); a
+        version already scored on the split replays from the cache at no cost.
+        """
+        self._require_open()
+        state = self.registry.build(version_id).state
+        evaluation = self._loop.run(self._evaluate(state, self.splits.by_name(split)))
+        return evaluation.report, evaluation.table
+
     def _minibatch(self) -> list[Sample]:
         train = self.splits.train
         size = self.config.minibatch_size

@@ -145,18 +145,67 @@ def _print_summary(summary: dict[str, object]) -> None:
 def _add_demo(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="The coffee/sports run on the simulated model (no API key needed).",
+        help="The whole loop on a local Phoenix and the simulated model (no API key needed).",
+        description="Start a local Phoenix server, send traced and scored coffee/sports "
+        "traffic, optimize the prompt from that telemetry, publish the new build as a Phoenix "
+        "prompt version, move its production tag and call the model with it. Without a "
+        "Phoenix server it runs the same optimization offline.",
     )
-    parser.add_argument("--out", help="Run directory (default: runs/demo-<time>).")
-    parser.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
+    parser.add_argument("--out", help="Demo folder (default: runs/demo-<time>).")
+    parser.add_argument("--traffic", type=int, help="Production calls to send (default: all 200).")
+    parser.add_argument("--max-steps", type=int, help="Env steps of the run (default: 20).")
+    parser.add_argument("--offline", action="store_true", help="Skip Phoenix.")
+    parser.add_argument("--endpoint", help="Use this running Phoenix instead of starting one.")
+    parser.add_argument(
+        "--serve", action="store_true", help="Keep the started Phoenix up until Ctrl-C."
+    )
+    parser.add_argument("--no-progress", action="store_true", help="Hide the progress bars.")
     parser.set_defaults(run=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from selfimprove_rl.demo import run_demo
 
-    summary = run_demo(out=args.out, progress=not args.no_progress)
-    _print_summary(summary)
+    for flag, value in (("--traffic", args.traffic), ("--max-steps", args.max_steps)):
+        if value is not None and value < 1:
+            from selfimprove_rl.errors import ConfigError
+
+            raise ConfigError(f"Expects {flag} to be a positive int, got {value}.")
+    result = run_demo(
+        out=args.out,
+        progress=not args.no_progress,
+        traffic=args.traffic,
+        max_steps=args.max_steps,
+        offline=args.offline,
+        endpoint=args.endpoint,
+        serve=args.serve,
+    )
+    _print_summary(result.summary)
+    return 0
+
+
+def _add_promote(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "promote",
+        help="Move a Phoenix prompt's 'production' tag to a run's build.",
+        description="Move the 'production' tag of the run's Phoenix prompt to its promoted "
+        "build (or --version), publishing the build first if the run did not. The endpoint and "
+        "prompt come from the run directory (phoenix.json, config.json) unless given.",
+    )
+    parser.add_argument("run_dir", help="The run directory of a finished run.")
+    parser.add_argument("--version", help="Build id from the run's registry (default: promoted).")
+    parser.add_argument("--endpoint", help="Phoenix base URL (default: the run's).")
+    parser.add_argument("--prompt", help="Phoenix prompt name (default: the run's).")
+    parser.set_defaults(run=_run_promote)
+
+
+def _run_promote(args: argparse.Namespace) -> int:
+    from selfimprove_rl.telemetry.callbacks import promote_run
+
+    result = promote_run(
+        args.run_dir, version=args.version, endpoint=args.endpoint, prompt_name=args.prompt
+    )
+    print(result.describe())
     return 0
 
 
@@ -282,6 +331,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], N
     _add_demo,
     _add_serve_sim,
     _add_fetch,
+    _add_promote,
     _add_compare,
 ]
 

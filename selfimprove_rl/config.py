@@ -127,12 +127,16 @@ class PhoenixRunConfig(BaseModel):
 
     model_config = _STRICT
 
+    endpoint: str | None = Field(
+        default=None,
+        description="Phoenix base URL for publishing, results and traces (default: data.endpoint).",
+    )
     publish_prompt: bool = Field(
         default=False, description="Publish each promoted build as a Phoenix prompt version."
     )
     prompt_name: str | None = Field(default=None, description="Phoenix prompt to publish under.")
     promote_production: bool = Field(
-        default=False, description="Move the 'production' tag to the final build."
+        default=False, description="Move the 'production' tag to the final build (publishes it)."
     )
     log_results: bool = Field(default=False, description="Log the run's scores back to Phoenix.")
     trace_optimizer: bool = Field(

@@ -50,7 +50,14 @@ RUN_FILES = (
 
 
 class RunCallback(Protocol):
-    """Hooks for side effects of a run (publishing to Phoenix, tracing the optimizer)."""
+    """Hooks for side effects of a run (publishing to Phoenix, tracing the optimizer).
+
+    Optional hooks, called when a callback defines them: ``on_start(run)`` (env and policy
+    built), ``on_episode_start(run, episode)`` (before the env resets), ``on_step_start(run,
+    step)`` (before the policy acts), ``on_step_end(run, line)`` (the step's log line written),
+    ``on_loop_end(run, reason)`` (before the final report), and ``on_close(run, error)``
+    (always, last; ``error`` is the exception ending the run).
+    """
 
     def on_promotion(self, run: ExperimentRunner, version_id: str, decision: GateDecision) -> None:
         """Called after the gate promotes a build."""
@@ -77,8 +84,8 @@ def run_dir_name(config: ExperimentConfig, now: datetime | None = None) -> str:
     return f"{config.name}-{policy}-s{config.seed}-{stamp}"
 
 
-def load_checkpoint_for(config: ExperimentConfig) -> Checkpoint:
-    """Load or fetch the checkpoint a config's data section names."""
+def load_checkpoint_for(config: ExperimentConfig, *, progress: bool = True) -> Checkpoint:
+    """Load or fetch the checkpoint a config's data section names (``progress``: fetch bars)."""
     data = config.data
     if data.kind == "checkpoint":
         return Checkpoint.load(data.path)
@@ -86,7 +93,7 @@ def load_checkpoint_for(config: ExperimentConfig) -> Checkpoint:
         from selfimprove_rl.telemetry import PhoenixSource, build_checkpoint
 
         assert data.endpoint and data.project and data.since
-        source = PhoenixSource(data.endpoint, data.project)
+        source = PhoenixSource(data.endpoint, data.project, progress=progress)
         frames = source.fetch(since=data.since, until=data.until)
         return build_checkpoint(frames)
     from selfimprove_rl.mimic import load_dataset, load_mimic_jsonl
@@ -148,7 +155,7 @@ class ExperimentRunner:
                 )
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(config_path, self.config.model_dump_json(indent=2))
-            self.checkpoint = load_checkpoint_for(self.config)
+            self.checkpoint = load_checkpoint_for(self.config, progress=self.progress)
             self.checkpoint.save(self.run_dir / "checkpoint.json")
 
     def _build_env(self) -> Any:
@@ -310,11 +317,13 @@ class ExperimentRunner:
         options: dict[str, Any] = {}
         if not start_fresh:
             options = {"version": self.steps[-1]["current_version"], "step": episode_step}
+        self._notify("on_episode_start", episode)
         observation, info = env.reset(seed=self._episode_seed(episode), options=options)
         self.policy.reset(observation, info)
         since_promotion = self._steps_since_promotion()
         bar = self._progress_bar()
         while not (reason := self._stop_reason(since_promotion)):
+            self._notify("on_step_start", len(self.steps) + 1)
             usage_before = unwrapped.usage
             action = self.policy.act(observation, info)
             next_observation, reward, terminated, truncated, info = env.step(action)
@@ -343,17 +352,27 @@ class ExperimentRunner:
                 )
             )
             self._save_policy_state(line["step"])
+            self._notify("on_step_end", line)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(reward=f"{reward:+.3f}", live=self.registry.live_id)
             observation = next_observation
             if terminated or truncated:
                 episode, episode_step = episode + 1, 0
+                self._notify("on_episode_start", episode)
                 observation, info = env.reset(seed=self._episode_seed(episode))
                 self.policy.reset(observation, info)
         if bar is not None:
             bar.close()
         self.stop_reason = reason
+        self._notify("on_loop_end", reason)
+
+    def _notify(self, hook: str, *args: Any) -> None:
+        """Call an optional hook (see :class:`RunCallback`) on the callbacks that define it."""
+        for callback in self.callbacks:
+            method = getattr(callback, hook, None)
+            if method is not None:
+                method(self, *args)
 
     def _steps_since_promotion(self) -> int:
         count = 0
@@ -485,8 +504,10 @@ class ExperimentRunner:
         """
         self._prepare()
         self.env = self._build_env()
+        error: BaseException | None = None
         try:
             self.policy = self._build_policy()
+            self._notify("on_start")
             if self.resume:
                 self._restore_policy()
                 for line in self.steps[-1:]:
@@ -494,8 +515,14 @@ class ExperimentRunner:
                         self._gate(line["version_id"])
             self._loop()
             summary = self._finish()
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
-            self.env.close()
+            try:
+                self._notify("on_close", error)
+            finally:
+                self.env.close()
         return RunResult(run_dir=self.run_dir, summary=summary)
 
 
@@ -522,7 +549,25 @@ def run_experiment(
     if resume and out is None:
         raise ConfigError("--resume needs --out: the run directory to continue.")
     run_dir = Path(out) if out is not None else Path(config.out_dir) / run_dir_name(config)
-    runner = ExperimentRunner(
-        config, run_dir, resume=resume, progress=progress, callbacks=callbacks
-    )
+    hooks = [*callbacks, *_phoenix_callbacks(config, run_dir, resume)]
+    runner = ExperimentRunner(config, run_dir, resume=resume, progress=progress, callbacks=hooks)
     return runner.run()
+
+
+def _phoenix_callbacks(config: ExperimentConfig, run_dir: Path, resume: bool) -> list[RunCallback]:
+    """The callbacks the ``[phoenix]`` section asks for (a resumed run keeps its own config)."""
+    saved = run_dir / "config.json"
+    if resume and saved.exists():
+        config = parse_config(json.loads(saved.read_text()), source=str(saved))
+    section = config.phoenix
+    wanted = (
+        section.publish_prompt,
+        section.promote_production,
+        section.log_results,
+        section.trace_optimizer,
+    )
+    if not any(wanted):
+        return []
+    from selfimprove_rl.telemetry.callbacks import build_callbacks
+
+    return build_callbacks(config)

@@ -15,9 +15,21 @@ The workflow, end to end::
     ...                                                   # optimize
     version = publish_version(url, "support-bot", new_action, scores=...)
     promote_version(url, version.version_id)              # only when asked
+
+A run does the last part itself when its config asks (``[phoenix]`` section:
+:class:`PhoenixReporter` publishes builds and logs results, :class:`OptimizerTracer` traces
+the optimizer into its own project); ``selfimprove-rl promote RUN_DIR`` (:func:`promote_run`)
+moves ``production`` afterwards.
 """
 
 from selfimprove_rl.telemetry.builder import build_checkpoint
+from selfimprove_rl.telemetry.callbacks import (
+    PhoenixReporter,
+    PhoenixRunRecord,
+    PromotionResult,
+    build_callbacks,
+    promote_run,
+)
 from selfimprove_rl.telemetry.frames import FetchInfo, FetchSummary, TelemetryFrames
 from selfimprove_rl.telemetry.instrument import (
     EvalRecorder,
@@ -28,6 +40,7 @@ from selfimprove_rl.telemetry.instrument import (
     is_instrumented,
     uninstrument_evals,
 )
+from selfimprove_rl.telemetry.optimizer_tracing import OptimizerTracer
 from selfimprove_rl.telemetry.publish import (
     CANDIDATE_TAG,
     PRODUCTION_TAG,
@@ -57,13 +70,18 @@ __all__ = [
     "FetchSummary",
     "FileSource",
     "LoggedExperiment",
+    "OptimizerTracer",
     "PhoenixPrompts",
+    "PhoenixReporter",
+    "PhoenixRunRecord",
     "PhoenixServer",
     "PhoenixSource",
+    "PromotionResult",
     "PublishedPrompt",
     "RecorderStats",
     "TelemetryFrames",
     "TelemetrySource",
+    "build_callbacks",
     "build_checkpoint",
     "evaluating",
     "find_phoenix_executable",
@@ -72,6 +90,7 @@ __all__ = [
     "is_instrumented",
     "load_version",
     "log_experiment",
+    "promote_run",
     "promote_version",
     "publish_version",
     "require_aware",
