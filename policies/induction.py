@@ -37,9 +37,10 @@ that answers nothing new is never added.
 
 A rule's worth is then its **cross-validated gain**: the remembered inputs are split into
 ``folds`` stratified folds (fixed by a hash of the sample id); the rule is induced on the
-other folds and scored on each held-out fold, and the held-out accuracy of the edited prompt
-minus the accuracy of the current prompt is the estimated gain. Induction that memorizes
-training words scores badly on held-out folds, so generalization is what is rewarded.
+other folds and answers each held-out fold, and those answers are compared, input by input,
+with the current prompt's (:func:`paired_gain`: a lower confidence bound of the paired
+difference). Induction that memorizes training words scores badly on held-out folds, so
+generalization is what is rewarded.
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ class InductionConfig:
     max_facets: int = 6
     max_examples: int = 3
     min_gain_samples: int = 2
-    token_weight: float = 2e-4
+    token_weight: float = 1e-4
     folds: int = 3
 
 
@@ -598,13 +599,13 @@ def parsed(lines: Sequence[str]) -> list[Statement]:
 
 def cross_validated_correct(
     inducer: Callable[[np.ndarray], list[str]], pool: Pool, spot: Spot, folds: int
-) -> int:
-    """Return how many remembered inputs the edited prompt answers correctly on held-out folds.
+) -> np.ndarray:
+    """Return, per remembered input, whether the edited prompt answers it on its held-out fold.
 
     For each fold, ``inducer(train_index)`` returns the new lines learnt from the other
-    folds; the prompt with them (at ``spot``) is scored on the fold; the counts are summed.
+    folds; the prompt with them (at ``spot``) answers the fold's inputs.
     """
-    total = 0
+    result = np.zeros(pool.n, dtype=bool)
     everything = np.arange(pool.n)
     for fold in range(max(1, folds)):
         held_out = everything[pool.folds == fold]
@@ -612,5 +613,23 @@ def cross_validated_correct(
         if not len(held_out):
             continue
         statements = [*spot.before, *parsed(inducer(train)), *spot.after]
-        total += int(pool.correct(statements, held_out).sum())
-    return total
+        result[held_out] = pool.correct(statements, held_out)
+    return result
+
+
+def paired_gain(new: np.ndarray, old: np.ndarray, confidence: float) -> float:
+    """Return a lower confidence bound of the accuracy gain of ``new`` over ``old`` answers.
+
+    With ``fixed`` inputs only ``new`` answers and ``broken`` only ``old`` answers, the bound
+    is ``(fixed - broken - confidence * sqrt(fixed + broken)) / n``: the paired (McNemar)
+    difference less ``confidence`` standard errors, so a gain resting on a few discordant
+    inputs counts for little.
+
+    Example:
+        >>> new = np.array([True] * 9 + [False]); old = np.array([False] * 3 + [True] * 7)
+        >>> round(paired_gain(new, old, 1.0), 3)
+        0.0
+    """
+    fixed = int(np.sum(new & ~old))
+    broken = int(np.sum(~new & old))
+    return (fixed - broken - confidence * math.sqrt(fixed + broken)) / max(1, len(new))
