@@ -140,6 +140,7 @@ class InductionConfig:
     min_gain_samples: int = 2
     token_weight: float = 1e-4
     folds: int = 3
+    confidence: float = 0.5
 
 
 @dataclass
