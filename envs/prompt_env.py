@@ -328,7 +328,7 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
             (sample id → the new version's weighted score), ``failures``
             (sample id → error), ``spend`` (replay requests and tokens), ``minibatch``
             (sample ids), ``examples`` (per-sample rows of the current version), ``step``,
-            ``budget_exhausted``.
+            ``budget_exhausted``, ``allowed_models`` (what a ``SetModel`` edit may choose).
 
         Raises:
             EnvError: ``step`` before ``reset``, after ``close``, or an unknown base version.
@@ -523,4 +523,5 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
             "minibatch": [s.sample_id for s in candidate.samples],
             "examples": self._examples(self._current_eval),
             "budget_exhausted": self.budget_exhausted(),
+            "allowed_models": list(self.models),
         }

@@ -98,3 +98,20 @@ def test_llm_coach_edits_the_env_through_a_scripted_server(env: Any) -> None:
     assert infos[0]["accepted"] and infos[0]["reward"] > 0.2
     assert coach.failure_count == 1 and infos[1]["reward"] == 0.0
     assert [e["accepted"] for e in coach.proposer.change_log] == [True]
+
+
+def test_random_policy_switches_among_the_models_the_env_allows() -> None:
+    env = gymnasium.make(
+        envs.ENV_ID,
+        data="coffee_sports",
+        model="sim-large",
+        minibatch_size=8,
+        allowed_models=("sim-large", "sim-small"),
+        target_score=None,
+    )
+    try:
+        infos = _episode(env, make_policy("random", seed=0, weights=(0.0, 0.0, 1.0)), steps=2)
+    finally:
+        env.close()
+    assert infos[0]["allowed_models"] == ["sim-large", "sim-small"]
+    assert all(i["invalid_edit"] is None and i["directive"] == "MODEL: sim-small" for i in infos)
