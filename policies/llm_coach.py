@@ -31,6 +31,7 @@ backend when the client is made, and never stored, logged or saved.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping, Sequence
 from string import Template
@@ -47,6 +48,7 @@ from selfimprove_rl.prompt import NoOp, apply, parse_directives
 
 ResponseFormat = Literal["auto", "json_schema", "json_object", "text"]
 _FORMAT_ORDER: tuple[ResponseFormat, ...] = ("json_schema", "json_object", "text")
+_KEY_PATTERN = re.compile(r"\b(?:sk|key)-[A-Za-z0-9*_\-]{6,}")
 _FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
 
 GUIDELINES = Template(
@@ -163,7 +165,11 @@ class LLMCoachConfig(BaseModel):
 
     model: str = Field(description="The coach model name, as the server knows it.")
     temperature: float = Field(default=0.7, ge=0, le=2, description="Sampling temperature.")
-    max_tokens: int | None = Field(default=1000, ge=1, description="Reply token limit.")
+    max_tokens: int | None = Field(
+        default=1000,
+        ge=1,
+        description="Reply token limit (None: not sent, e.g. for reasoning models).",
+    )
     max_retries: int = Field(default=2, ge=0, description="Asks after an invalid reply.")
     response_format: ResponseFormat = Field(
         default="auto", description="Structured-output mode (auto: best the server accepts)."
@@ -264,6 +270,13 @@ class LLMCoachProposer:
             return choices[0].message.content if choices else None
         return None
 
+    def _redact(self, text: str) -> str:
+        """Cut an error message to 200 characters with any API key (even masked) removed."""
+        secret = os.environ.get(self.backend.api_key_env)
+        if secret:
+            text = text.replace(secret, "[redacted]")
+        return _KEY_PATTERN.sub("[redacted]", text)[:200]
+
     # ------------------------------------------------------------------ validation
     def candidate_from(self, reply: CoachReply, observation: Observation) -> Candidate:
         """Turn a valid reply into a candidate, checking it parses and applies locally.
@@ -345,7 +358,7 @@ class LLMCoachProposer:
             try:
                 content = self._complete(messages)
             except openai.APIError as exc:
-                errors.append(f"request failed: {type(exc).__name__}: {str(exc)[:200]}")
+                errors.append(f"request failed: {type(exc).__name__}: {self._redact(str(exc))}")
                 continue
             try:
                 return self.candidate_from(parse_reply(content), observation)

@@ -256,3 +256,16 @@ def test_proposers_are_built_from_plain_keyword_arguments() -> None:
     )
     rules = make_proposer("rule_induction", seed=0, kwargs={"min_df": 3, "folds": 2})
     assert (rules.config.min_df, rules.config.folds) == (3, 2)
+
+
+def test_keys_echoed_in_server_errors_are_redacted(server: ScriptedServer, coach_key: str) -> None:
+    server.add(
+        HTTPError(401, f"Incorrect API key provided: {SECRET}."),
+        HTTPError(401, "Incorrect API key provided: sk-abc1***********wxyz."),
+        HTTPError(500, "overloaded"),
+    )
+    policy = _policy(server)
+    policy.act(observation(), info(coffee_sports_rows()))
+    saved = json.dumps(policy.state_dict())
+    assert "AuthenticationError" in saved and "[redacted]" in saved
+    assert SECRET not in saved and "sk-abc1" not in saved
