@@ -12,7 +12,10 @@ Invariants:
 * ``reward = score(new) - score(base)`` on one minibatch (``reward_mode="delta"``), optionally
   minus a prompt-token penalty (``"delta_minus_tokens"``);
 * an edit that cannot apply is not a crash: reward ``-invalid_edit_penalty``, state unchanged,
-  ``info["invalid_edit"]`` says why;
+  ``info["invalid_edit"]`` says why; neither it nor a no-op costs a model call;
+* with ``transition="if_improved"`` the episode moves to the new version only when it beats
+  the current one on the step's minibatch (a positive reward against its base, and, for a
+  branch from another base, a higher score than the current version);
 * a sample whose replay fails scores 0 and is listed in ``info["failures"]``;
 * ``info`` holds no wall-clock figures, and its ``spend`` counts replay *requests* (cache hits
   included) so equal seeds and actions give equal info; money actually sent is ``env.usage``.
@@ -363,8 +366,17 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
         except InvalidEdit as exc:
             invalid = exc
             new_state = base.state
-        samples = self._minibatch()
-        base_eval, new_eval = self._loop.run(self._evaluate_pair(base.state, new_state, samples))
+        unchanged = invalid is not None or new_state == base.state
+        if unchanged and base_id == self._current_id:
+            # Nothing to compare: a no-op or invalid edit costs no model call.
+            base_eval = new_eval = self._current_eval
+        elif unchanged:
+            base_eval = new_eval = self._loop.run(self._evaluate(base.state, self._minibatch()))
+        else:
+            samples = self._minibatch()
+            base_eval, new_eval = self._loop.run(
+                self._evaluate_pair(base.state, new_state, samples)
+            )
         if invalid is not None:
             reward = -self.config.invalid_edit_penalty
             version_id = base_id
@@ -376,10 +388,13 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
             if self.config.reward_mode == "delta_minus_tokens":
                 extra = new_eval.mean_prompt_tokens - base_eval.mean_prompt_tokens
                 reward -= self.config.token_penalty * extra / 1000.0
-            self.registry.record_scores(
-                version_id, "minibatch", new_eval.split_score, tokens=new_eval.tokens
+            if not unchanged:
+                self.registry.record_scores(
+                    version_id, "minibatch", new_eval.split_score, tokens=new_eval.tokens
+                )
+            accepted = version_id != self._current_id and self._improves_current(
+                version_id, base_id, reward, new_eval
             )
-            accepted = version_id != base_id and (self.config.transition == "always" or reward > 0)
         if accepted:
             self._current_id, self._current_eval = version_id, new_eval
         elif base_id == self._current_id:
@@ -399,6 +414,27 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
             invalid=invalid,
         )
         return self._observation(), float(reward), bool(terminated), bool(truncated), info
+
+    def _improves_current(
+        self, version_id: str, base_id: str, reward: float, new_eval: _Evaluation
+    ) -> bool:
+        """Whether the new version replaces the current one (``transition`` option).
+
+        With ``if_improved``, a version branched from the current one must have a positive
+        reward; one branched from another base must also beat the current version on the
+        same minibatch (replayed here; usually cached), so a branch never drags the episode
+        back to a worse prompt.
+        """
+        if self.config.transition == "always":
+            return True
+        if reward <= 0:
+            return False
+        if base_id == self._current_id:
+            return True
+        assert self._current_id is not None
+        current_state = self.registry.build(self._current_id).state
+        current_eval = self._loop.run(self._evaluate(current_state, new_eval.samples))
+        return new_eval.table.aggregate() > current_eval.table.aggregate()
 
     def render(self) -> str | None:
         """Return the current prompt, model and scores as text (``render_mode="ansi"``)."""

@@ -299,3 +299,31 @@ def test_unicode_prompts_are_observable() -> None:
         assert env.observation_space.contains(observation)
     finally:
         env.close()
+
+
+def test_no_change_costs_no_model_call(env: PromptEnv) -> None:
+    env.reset(seed=0)
+    env.step(f"ADD: {COFFEE_RULE}")
+    sent = env.usage["calls"]
+    _, reward, _, _, info = env.step(NoOp())
+    _, _, _, _, invalid = env.step("DEL: 99")
+    assert reward == 0.0 and info["invalid_edit"] is None
+    assert invalid["invalid_edit"]["reason"] == "line_out_of_range"
+    assert env.usage["calls"] == sent
+
+
+def test_a_branch_worse_than_current_is_not_accepted() -> None:
+    env = _env(minibatch_size=None)
+    try:
+        env.reset(seed=0)
+        env.step(f"ADD: {COFFEE_RULE}\nADD: {ELSE_RULE}")
+        best = env.current_version_id
+        # Better than its base (the placeholder), worse than the current version.
+        _, reward, _, _, info = env.step(
+            EnvAction(edits=f"ADD: {COFFEE_RULE}", base_version="v0000")
+        )
+        assert reward > 0
+        assert info["accepted"] is False
+        assert env.current_version_id == best
+    finally:
+        env.close()
