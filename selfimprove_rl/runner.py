@@ -56,7 +56,8 @@ class RunCallback(Protocol):
     built), ``on_episode_start(run, episode)`` (before the env resets), ``on_step_start(run,
     step)`` (before the policy acts), ``on_step_end(run, line)`` (the step's log line written),
     ``on_loop_end(run, reason)`` (before the final report), and ``on_close(run, error)``
-    (always, last; ``error`` is the exception ending the run).
+    (always, last; ``error`` is the exception ending the run); ``should_stop(run) -> str``
+    ends the run early when it returns a non-empty reason.
     """
 
     def on_promotion(self, run: ExperimentRunner, version_id: str, decision: GateDecision) -> None:
@@ -299,6 +300,11 @@ class ExperimentRunner:
             return f"live build test score {live.scores['test'].aggregate:.4f} >= {threshold}"
         if self.env.unwrapped.budget_exhausted():
             return "call/token budget spent"
+        for callback in self.callbacks:
+            asked = getattr(callback, "should_stop", None)
+            reason = asked(self) if asked is not None else ""
+            if reason:
+                return str(reason)
         return ""
 
     def _episode_seed(self, episode: int) -> int:
