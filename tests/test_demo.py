@@ -36,11 +36,11 @@ def test_phoenix_demo_from_traffic_to_a_new_production_prompt(tmp_path: Path) ->
     assert summary["data"]["phoenix_prompt"]["version_id"] == result.deployed_version
     assert summary["baseline"]["holdout"] == 0.0  # the placeholder prompt never matches
     record = PhoenixRunRecord.load(result.run_dir)
-    if summary["promoted_version"] != summary["baseline_version"]:
-        assert record.production is not None
-        assert result.production_version == record.production.phoenix_version_id
-        assert result.production_version == record.published[-1].phoenix_version_id
-        assert result.production_version != result.deployed_version
+    assert summary["promoted_version"] != summary["baseline_version"]  # else-rule: test 0 -> 0.5
+    assert record.production is not None
+    assert result.production_version == record.production.phoenix_version_id
+    assert result.production_version == record.published[-1].phoenix_version_id
+    assert result.production_version != result.deployed_version
     assert {(r.split, r.role) for r in record.experiments} >= {("holdout", "baseline")}
     assert record.optimizer is not None and record.optimizer.spans > 0
     assert [text for text, _ in result.replies] == list(NEW_INPUTS)
