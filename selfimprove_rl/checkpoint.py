@@ -17,6 +17,7 @@ Conventions:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections import Counter, defaultdict
@@ -322,8 +323,10 @@ class Checkpoint(BaseModel):
     ) -> Splits:
         """Split samples into train / test / holdout, reproducibly for a seed.
 
-        Samples are ordered by id before shuffling, so the split does not depend on the order
-        they were loaded in. With ``stratify`` and references present, each reference output
+        Samples are ordered by a hash of their content (conversation and reference), then id,
+        before shuffling, so the split depends neither on the order they were loaded in nor on
+        the ids a re-fetch gives them (Phoenix span ids differ between exports of the same
+        traffic). With ``stratify`` and references present, each reference output
         is divided in the same proportions, as closely as whole numbers allow, while the
         split sizes stay those of the whole (largest-remainder rounding of the total, so
         small strata cannot bias them); when references are nearly all distinct (more
@@ -355,7 +358,7 @@ class Checkpoint(BaseModel):
                 f"Expects at least {wanted} samples to split, got {len(self.samples)}"
             )
         rng = np.random.default_rng(seed)
-        ordered = sorted(self.samples, key=lambda s: s.sample_id)
+        ordered = sorted(self.samples, key=_content_order)
         groups: dict[str, list[Sample]] = defaultdict(list)
         references = [s.reference for s in ordered]
         use_strata = stratify and all(r is not None for r in references)
@@ -405,6 +408,12 @@ def _stratified_counts(sizes: list[int], fractions: tuple[float, float, float]) 
             counts[g][s] += 1
             room[s] -= 1
     return counts
+
+
+def _content_order(sample: Sample) -> tuple[str, str]:
+    """Sort key of a sample by content: a hash of its conversation and reference, then id."""
+    content = json.dumps([sample.chat_history, sample.reference], sort_keys=True, default=str)
+    return hashlib.sha256(content.encode("utf-8", "surrogatepass")).hexdigest(), sample.sample_id
 
 
 def _largest_remainder(total: int, fractions: tuple[float, float, float]) -> list[int]:

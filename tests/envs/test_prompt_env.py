@@ -259,14 +259,16 @@ def test_same_seed_and_actions_give_same_episode() -> None:
 def test_resume_options_restore_version_and_minibatch_sequence(env: PromptEnv) -> None:
     env.reset(seed=5)
     env.step(f"ADD: {COFFEE_RULE}")
+    before_second = env.current_version_id
     _, _, _, _, second = env.step(f"ADD: {ELSE_RULE}")
     version = env.current_version_id
 
     resumed = _env()
     try:
         resumed.registry = env.registry
-        observation, _ = resumed.reset(seed=5, options={"version": "v0001", "step": 1})
-        assert observation["version"] == "v0001"
+        options = {"version": before_second, "step": 1}
+        observation, _ = resumed.reset(seed=5, options=options)
+        assert observation["version"] == before_second
         _, _, _, _, info = resumed.step(f"ADD: {ELSE_RULE}")
         assert info["minibatch"] == second["minibatch"]
         assert resumed.current_version_id == version
