@@ -71,10 +71,23 @@ def test_config_errors_teach(tmp_path: Path) -> None:
         parse_config({"data": {"kind": "phoenix"}})
 
 
-def test_shipped_experiment_config_is_valid() -> None:
-    config = load_config(REPO / "experiments" / "configs" / "coffee_sports.toml")
-    assert config.policy.name == "rule_induction"
-    assert config.data.path == "coffee_sports"
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "experiments" / "configs").glob("*.toml")), ids=lambda p: p.name
+)
+def test_shipped_experiment_configs_are_valid(path: Path) -> None:
+    from selfimprove_rl.compare import load_compare_config
+
+    config = load_compare_config(path)[0] if "[compare]" in path.read_text() else load_config(path)
+    assert config.policy.name
+
+
+def test_demo_config_matches_the_shipped_experiment() -> None:
+    from selfimprove_rl.demo import demo_config
+
+    shipped = load_config(REPO / "experiments" / "configs" / "coffee_sports.toml")
+    demo = demo_config()
+    for section in ("data", "target", "policy", "env", "stopping"):
+        assert getattr(demo, section) == getattr(shipped, section), section
 
 
 def test_run_from_cli_flags_writes_every_file(tmp_path: Path, small_jsonl: Path, capsys) -> None:
