@@ -49,7 +49,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from selfimprove_rl.config import ExperimentConfig, parse_config
+from selfimprove_rl.config import ExperimentConfig, parse_config, validation_problems
 from selfimprove_rl.errors import ConfigError
 from selfimprove_rl.fileio import atomic_write_text, read_jsonl
 
@@ -174,10 +174,7 @@ def parse_compare(section: dict[str, Any], *, source: str = "compare") -> Compar
     try:
         return CompareConfig.model_validate(section)
     except ValidationError as exc:
-        problems = "\n".join(
-            f"  compare.{'.'.join(str(p) for p in error['loc'])}: {error['msg']}"
-            for error in exc.errors()
-        )
+        problems = validation_problems(exc, prefix="compare.")
         raise ConfigError(f"Invalid [compare] section ({source}):\n{problems}") from exc
 
 

@@ -185,6 +185,14 @@ class ExperimentConfig(BaseModel):
         return parse_config(data, source="overrides")
 
 
+def validation_problems(exc: ValidationError, *, prefix: str = "") -> str:
+    """Return one indented ``a.b: message`` line per invalid field of a pydantic error."""
+    return "\n".join(
+        f"  {prefix}{'.'.join(str(p) for p in error['loc']) or '<root>'}: {error['msg']}"
+        for error in exc.errors()
+    )
+
+
 def parse_config(data: dict[str, Any], *, source: str = "config") -> ExperimentConfig:
     """Validate a config mapping.
 
@@ -194,10 +202,7 @@ def parse_config(data: dict[str, Any], *, source: str = "config") -> ExperimentC
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "\n".join(
-            f"  {'.'.join(str(p) for p in error['loc']) or '<root>'}: {error['msg']}"
-            for error in exc.errors()
-        )
+        problems = validation_problems(exc)
         raise ConfigError(f"Invalid experiment config ({source}):\n{problems}") from exc
 
 
