@@ -176,3 +176,34 @@ def test_resume_after_kill_loses_no_step_or_version(tmp_path: Path, small_jsonl:
     assert summary["steps"] == 10
     state = json.loads((out / "policy_state.json").read_text())
     assert state["step"] == 10
+
+
+def test_api_key_never_reaches_the_run_directory(
+    tmp_path: Path, small_jsonl: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from selfimprove_rl.simulated.server import running_server
+
+    secret = "sk-test-" + "9" * 40
+    monkeypatch.setenv("SELFIMPROVE_TEST_KEY", secret)
+    with running_server() as base_url:
+        config = parse_config(
+            {
+                "name": "secret",
+                "data": {"kind": "mimic", "path": str(small_jsonl)},
+                "backend": {
+                    "kind": "openai",
+                    "base_url": base_url,
+                    "api_key_env": "SELFIMPROVE_TEST_KEY",
+                },
+                "target": {"model": "sim-keyword"},
+                "policy": {"name": "rule_induction"},
+                "env": {"minibatch_size": 8},
+                "stopping": {"max_total_steps": 3},
+            }
+        )
+        result = run_experiment(config, out=tmp_path / "run", progress=False)
+    assert result.summary["backend"].startswith("openai-compatible")
+    assert result.summary["calls"] > 0
+    for path in result.run_dir.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path.name
