@@ -26,14 +26,20 @@ reply ``c`` (its *class*) from remembered ``(input, reference)`` pairs, in three
 ``examples``
     ``example: "<input>" -> "c"`` lines, for any classes at once (a nearest-neighbour router
     needs examples of every reply it should tell apart): candidates are the medoids of
-    k-means clusters of each class's inputs (embeddings), at most ``max_examples`` per class.
+    k-means clusters of each class's inputs (embeddings) and the inputs the prompt gets
+    wrong; first a *balanced* set (the ``k`` biggest medoids of every class), then single
+    additions, at most ``max_examples`` per class.
 
-Terms (and medoids) are chosen **greedily**: each step adds the candidate that most increases
+Terms (and examples) are chosen **greedily**: each step adds the candidate that most increases
 the number of remembered inputs the whole prompt would answer correctly (the surrogate of
 :mod:`policies.surrogate`, with every other statement in place), and stops when the best adds
 fewer than ``min_gain_samples`` correct inputs or its gain per input does not pay for its
 prompt tokens (``token_weight`` per token). So a rule is as short as its gain allows: a term
-that answers nothing new is never added.
+that answers nothing new is never added. The gain is counted **leave-one-out**: a term is not
+credited for fixing an input it would not have been a candidate without (a word found in one
+input only cannot earn its place by fixing that input; :func:`source_credit`), and an example
+is not credited for answering its own input. A memorized training word has to reach *other*
+inputs to be chosen.
 
 A rule's worth is then its **cross-validated gain**: the remembered inputs are split into
 ``folds`` stratified folds (fixed by a hash of the sample id); the rule is induced on the
@@ -61,7 +67,7 @@ from selfimprove_rl.simulated.tokens import count_tokens
 
 RuleKind = Literal["mentions", "about", "examples"]
 
-_TOKEN = re.compile(r"[a-z0-9]+(?:['’-][a-z0-9]+)*")
+_TOKEN = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*")
 
 
 @lru_cache(maxsize=1)
@@ -136,9 +142,9 @@ class InductionConfig:
     min_precision: float = 0.7
     max_terms: int = 8
     max_facets: int = 6
-    max_examples: int = 3
+    max_examples: int = 5
     min_gain_samples: int = 2
-    token_weight: float = 1e-4
+    token_weight: float = 2e-5
     folds: int = 3
     confidence: float = 0.5
 
@@ -164,6 +170,7 @@ class Pool:
     folds: np.ndarray
     _masks: dict[str, np.ndarray] = field(default_factory=dict)
     _sims: dict[str, np.ndarray] = field(default_factory=dict)
+    _medoids: dict[tuple[int, ...], list[int]] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -225,10 +232,18 @@ class Pool:
         return mask
 
     def _example_sims(self, statement: Statement) -> np.ndarray:
+        """Cosine of each input with an example's input; an example's own input gets -2.
+
+        Leaving the example out of its own input's answer (leave-one-out) keeps a prompt
+        from being credited for reciting its training inputs, whether the example is in the
+        current prompt or a candidate.
+        """
         sims = self._sims.get(statement.example_input)
         if sims is None:
             vector = self.surrogate.encode([statement.example_input])[0]
-            sims = np.asarray(self.inputs.vectors @ vector)
+            sims = np.asarray(self.inputs.vectors @ vector).copy()
+            own = " ".join(statement.example_input.split())
+            sims[[" ".join(t.split()) == own for t in self.inputs.texts]] = -2.0
             self._sims[statement.example_input] = sims
         return sims
 
@@ -361,24 +376,30 @@ def _greedy_masks(
     limit: int,
     config: InductionConfig,
     seed: np.ndarray | None = None,
+    credit: np.ndarray | None = None,
 ) -> list[int]:
     """Pick rows of ``masks`` whose union (with ``seed``), as one rule, answers the most inputs.
 
     Each step adds the row with the largest gain in correct answers; it stops at ``limit``
     rows, or when the best gain is under ``min_gain_samples`` or does not pay its tokens.
+    ``credit`` (rows × inputs) says which inputs a row may be credited for fixing (see
+    :func:`source_credit`); an input it breaks always counts against it.
     """
     upstream, up_correct, down_correct = context
     chosen: list[int] = []
     current = np.zeros(masks.shape[1], dtype=bool) if seed is None else seed.copy()
     n = max(1, masks.shape[1])
 
-    def score(mask: np.ndarray) -> np.ndarray:
+    def correct(mask: np.ndarray) -> np.ndarray:
         fires = mask & ~upstream
-        return np.where(upstream, up_correct, np.where(fires, is_class, down_correct)).sum(axis=-1)
+        return np.where(upstream, up_correct, np.where(fires, is_class, down_correct))
 
-    base = int(score(current))
+    base = correct(current)
     while len(chosen) < limit and masks.shape[0]:
-        gains = score(masks | current) - base
+        delta = correct(masks | current).astype(int) - base.astype(int)
+        if credit is not None:
+            delta = np.where((delta > 0) & ~credit, 0, delta)
+        gains = delta.sum(axis=1)
         gains[chosen] = -1
         best = int(np.argmax(gains))
         gain = int(gains[best])
@@ -386,8 +407,35 @@ def _greedy_masks(
             break
         chosen.append(best)
         current |= masks[best]
-        base += gain
+        base = correct(current)
     return chosen
+
+
+def source_credit(
+    kind: Literal["mentions", "about"],
+    pool: Pool,
+    rows: Sequence[int],
+    index: np.ndarray,
+    is_class: np.ndarray,
+    reply_words: set[str],
+    config: InductionConfig,
+) -> np.ndarray:
+    """Return which inputs (columns) each term (row) may be credited for fixing.
+
+    A leave-one-out rule: a term is credited for an input only if it would have been a
+    candidate without that input, i.e. the class's *other* inputs still hold it at least
+    ``min_df`` times (``mentions``) or at least once (``about``; a word of the reply needs
+    no input). So a word found in one input cannot earn its place by fixing that very input
+    (the way a memorized training word fits the sample it came from); it has to reach others.
+    """
+    need = config.min_df if kind == "mentions" else 1
+    source = pool.mention_masks if kind == "mentions" else pool.presence
+    own = source[np.asarray(rows, dtype=int)][:, index] & is_class
+    support = own.sum(axis=1, keepdims=True)
+    credit = (support - own) >= need
+    if kind == "about":
+        credit |= np.array([[pool.vocabulary[r] in reply_words] for r in rows], dtype=bool)
+    return credit
 
 
 def _join_terms(terms: Sequence[str]) -> str:
@@ -474,8 +522,9 @@ def induce_rule(
     seed = np.zeros(len(index), dtype=bool)
     for mask in initial:
         seed |= mask
+    credit = source_credit(kind, pool, rows, index, is_class, set(content_terms(key)), config)
     picked = _greedy_masks(
-        masks, costs, context, is_class, max(0, limit - len(start)), config, seed
+        masks, costs, context, is_class, max(0, limit - len(start)), config, seed, credit
     )
     if not picked:
         return []
@@ -483,9 +532,13 @@ def induce_rule(
 
 
 def medoids(pool: Pool, members: np.ndarray, count: int, seed: int = 0) -> list[int]:
-    """Return pool indices of k-means medoids of ``members``, biggest cluster first."""
+    """Return pool indices of k-means medoids of ``members``, biggest cluster first (cached)."""
     if len(members) <= count:
         return [int(m) for m in members]
+    key = (count, seed, *(int(m) for m in members))
+    cached = pool._medoids.get(key)
+    if cached is not None:
+        return list(cached)
     from sklearn.cluster import KMeans
 
     vectors = pool.inputs.vectors[members]
@@ -498,7 +551,9 @@ def medoids(pool: Pool, members: np.ndarray, count: int, seed: int = 0) -> list[
         centre = model.cluster_centers_[cluster]
         best = inside[int(np.argmax(vectors[inside] @ centre))]
         picked.append((-len(inside), int(members[best])))
-    return [m for _, m in sorted(picked)]
+    result = [m for _, m in sorted(picked)]
+    pool._medoids[key] = result
+    return list(result)
 
 
 def induce_examples(
@@ -510,9 +565,15 @@ def induce_examples(
 ) -> list[str]:
     """Induce ``example`` lines for any classes from the inputs at ``index``.
 
-    Candidates are k-means medoids of each class's inputs (``max_examples + 2`` clusters);
-    the greedy adds the one that most increases the correct answers (nearest example above
-    the surrogate's threshold, after the rules), at most ``max_examples`` per class.
+    Candidates are the k-means medoids of each class's inputs (``max_examples + 2``
+    clusters, biggest first) and the inputs the prompt (``spot``) answers wrongly. A
+    nearest-example router needs every reply it must tell apart, so the first choice is a
+    *balanced* set: the ``k`` biggest medoids of every class, for the ``k`` that answers the
+    most inputs (one example of a single class would capture the other classes' inputs
+    too). Then the greedy adds single candidates while they increase the correct answers,
+    at most ``max_examples`` per class in all. Answers are the surrogate's (nearest example
+    above its threshold, after the rules). As with terms (:func:`source_credit`), an example
+    is never credited for answering its own input: it must reach other inputs.
 
     Args:
         pool: the remembered inputs.
@@ -526,7 +587,12 @@ def induce_examples(
     """
     statements = [*spot.before, *spot.after]
     shown = {s.example_input for s in statements if s.kind == "example"}
+    routes = pool.routes(statements, index)
+    refs = np.array([pool.inputs.refs[i] for i in index], dtype=object)
+    predicted = routes.predict()
+    wrong = set(index[predicted != refs].tolist())
     candidates: list[tuple[int, str]] = []
+    ranks: list[int] = []
     for key in replies:
         members = [
             i
@@ -536,60 +602,78 @@ def induce_examples(
             and "\n" not in pool.inputs.texts[i]
             and " ".join(pool.inputs.texts[i].split()) not in shown
         ]
-        if members:
-            picked = medoids(
-                pool, np.array(members, dtype=int), min(len(members), config.max_examples + 2)
-            )
-            candidates += [(m, key) for m in picked]
+        if not members:
+            continue
+        picked = medoids(
+            pool, np.array(members, dtype=int), min(len(members), config.max_examples + 2)
+        )
+        extra = [m for m in members if m in wrong and m not in picked]
+        candidates += [(m, key) for m in [*picked, *extra]]
+        ranks += [*range(len(picked)), *([len(index)] * len(extra))]
     if not candidates:
         return []
-    routes = pool.routes(statements, index)
-    refs = np.array([pool.inputs.refs[i] for i in index], dtype=object)
-    answered = (
-        routes.rule_masks.any(axis=0) if routes.rule_masks.shape[0] else np.zeros(len(index), bool)
-    )
-    rule_correct = routes.predict() == refs
+    answered = routes.taken_before(routes.rule_masks.shape[0])
     if routes.example_sims.shape[0]:
-        best_sim = routes.example_sims.max(axis=0)
-        best_reply = np.array(routes.example_replies, dtype=object)[
+        old_sim = routes.example_sims.max(axis=0)
+        old_reply = np.array(routes.example_replies, dtype=object)[
             routes.example_sims.argmax(axis=0)
         ]
     else:
-        best_sim = np.full(len(index), -2.0)
-        best_reply = np.array([None] * len(index), dtype=object)
+        old_sim = np.full(len(index), -2.0)
+        old_reply = np.array([None] * len(index), dtype=object)
     threshold = pool.surrogate.example.value
     sims = np.stack([pool.inputs.vectors[index] @ pool.inputs.vectors[m] for m, _ in candidates])
+    own = np.array([index == m for m, _ in candidates], dtype=bool)
     lines = [example_line(pool.inputs.texts[m], replies[key]) for m, key in candidates]
-    costs = [count_tokens(line) for line in lines]
+    costs = np.array([count_tokens(line) for line in lines])
     keys = np.array([key for _, key in candidates], dtype=object)
+    fallback = np.array([routes.fallback] * len(index), dtype=object)
+    base = predicted == refs
 
-    def correct(sim: np.ndarray, said: np.ndarray) -> np.ndarray:
-        fallback = np.array([routes.fallback] * len(index), dtype=object)
+    def answers(rows: Sequence[int]) -> np.ndarray:
+        """Correct answers with the candidate ``rows`` added (as an example set)."""
+        if not rows:
+            return base
+        block = sims[list(rows)]
+        sim = np.maximum(block.max(axis=0), old_sim)
+        said = np.where(
+            block.max(axis=0) > old_sim, keys[list(rows)][block.argmax(axis=0)], old_reply
+        )
         reply = np.where(sim >= threshold, said, fallback)
-        return np.where(answered, rule_correct, reply == refs)
+        return np.where(answered, base, reply == refs)
 
-    per_class: dict[str, int] = {}
+    def credited(rows: Sequence[int], correct: np.ndarray) -> int:
+        delta = correct.astype(int) - base.astype(int)
+        mine = own[list(rows)].any(axis=0) if rows else np.zeros(len(index), dtype=bool)
+        return int(np.where((delta > 0) & mine, 0, delta).sum())
+
+    n = max(1, len(index))
+
+    def pays(gain: int, tokens: int) -> bool:
+        return gain >= config.min_gain_samples and gain / n > config.token_weight * tokens
+
     chosen: list[int] = []
-    base = int(correct(best_sim, best_reply).sum())
+    best_value = 0.0
+    for k in range(1, config.max_examples + 1):
+        rows = [row for row, rank in enumerate(ranks) if rank < k]
+        gain = credited(rows, answers(rows))
+        tokens = int(costs[rows].sum())
+        value = gain / n - config.token_weight * tokens
+        if pays(gain, tokens) and value > best_value:
+            chosen, best_value = rows, value
+    per_class = {key: sum(1 for row in chosen if keys[row] == key) for key in replies}
+    gained = credited(chosen, answers(chosen))
     while True:
-        better = sims > best_sim
-        new_sim = np.where(better, sims, best_sim)
-        new_reply = np.where(better, keys[:, None], best_reply)
-        gains = correct(new_sim, new_reply).sum(axis=1) - base
-        for row, (_, key) in enumerate(candidates):
-            if row in chosen or per_class.get(key, 0) >= config.max_examples:
-                gains[row] = -1
+        gains = np.full(len(candidates), -1)
+        for row in range(len(candidates)):
+            if row not in chosen and per_class.get(str(keys[row]), 0) < config.max_examples:
+                gains[row] = credited([*chosen, row], answers([*chosen, row])) - gained
         best = int(np.argmax(gains))
-        gain = int(gains[best])
-        if (
-            gain < config.min_gain_samples
-            or gain / max(1, len(index)) <= config.token_weight * costs[best]
-        ):
+        if not pays(int(gains[best]), int(costs[best])):
             break
         chosen.append(best)
-        per_class[candidates[best][1]] = per_class.get(candidates[best][1], 0) + 1
-        best_sim, best_reply = new_sim[best], new_reply[best]
-        base += gain
+        per_class[str(keys[best])] = per_class.get(str(keys[best]), 0) + 1
+        gained += int(gains[best])
     return [lines[row] for row in chosen]
 
 

@@ -5,9 +5,11 @@
 (:func:`policies.induction.paired_gain` over cross-validated answers, minus the prompt-token
 cost):
 
-* add a ``mentions`` or ``is about`` rule for a class no rule routes yet (after the block's
-  last rule, before its examples and ``else``);
-* add representative examples for any classes (one step, several lines);
+* add a ``mentions`` or ``is about`` rule for any class: after the block's last rule (before
+  its examples and ``else``), or before its first rule, where a precise rule answers first
+  (e.g. literal terms ahead of a broad description of the same class, or of another class);
+* add representative examples for any classes (one step, several lines), or replace all
+  example lines with a set re-induced from the whole memory;
 * edit a rule: extend it with more terms, re-induce it, or switch its kind;
 * add the ``else`` fallback for the class the rules describe worst (lowest estimated recall),
   or, in one compound step, move the fallback there and add a rule for the old one;
@@ -20,7 +22,7 @@ version and the block lines it would produce.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Literal
 
 import numpy as np
@@ -82,12 +84,21 @@ class SopLayout:
         return [*self.pre, *(s for _, s in self.numbered), *self.post]
 
     def spot(
-        self, line: int, *, skip: int | None = None, replace: dict[int, Statement] | None = None
+        self,
+        line: int,
+        *,
+        skip: int | Collection[int] = (),
+        replace: dict[int, Statement] | None = None,
     ) -> Spot:
-        """Statements around a new line inserted at ``line`` (1-based, before the old one)."""
+        """Statements around a new line inserted at ``line`` (1-based, before the old one).
+
+        ``skip`` names block lines left out (being replaced); ``replace`` swaps statements.
+        """
         replace = replace or {}
-        before = [replace.get(n, s) for n, s in self.numbered if n < line and n != skip]
-        after = [replace.get(n, s) for n, s in self.numbered if n >= line and n != skip]
+        skipped = {skip} if isinstance(skip, int) else set(skip)
+        kept = [(n, replace.get(n, s)) for n, s in self.numbered if n not in skipped]
+        before = [s for n, s in kept if n < line]
+        after = [s for n, s in kept if n >= line]
         return Spot(before=(*self.pre, *before), after=(*after, *self.post))
 
     def rule_insert_line(self) -> int:
@@ -97,6 +108,10 @@ class SopLayout:
             return rules[-1] + 1
         rest = [n for n, s in self.numbered if not s.is_rule]
         return rest[0] if rest else len(self.lines) + 1
+
+    def first_rule_line(self) -> int | None:
+        """Return the line of the block's first rule (``None``: the block has no rule)."""
+        return next((n for n, s in self.numbered if s.is_rule), None)
 
     def example_insert_line(self) -> int:
         """Return where new examples go: after the last example, else before the ``else``."""
@@ -147,8 +162,8 @@ class CandidateBuilder:
         self.everything = np.arange(pool.n)
         self.rule_kinds: list[RuleKind] = [k for k in ("mentions", "about") if k in self.kinds]
 
-    def _estimate(self, correct: np.ndarray, tokens: int) -> float:
-        gain = paired_gain(correct, self.current, self.induction.confidence)
+    def _estimate(self, correct: np.ndarray, tokens: int, confidence: float) -> float:
+        gain = paired_gain(correct, self.current, confidence)
         return gain - self.induction.token_weight * tokens
 
     def _candidate(
@@ -171,8 +186,9 @@ class CandidateBuilder:
             prompt_tokens=tokens,
             proposer=self.proposer,
             kind=kind,
-            estimate=round(self._estimate(correct, tokens), 6),
+            estimate=round(self._estimate(correct, tokens, self.induction.confidence), 6),
             meta={
+                "point": round(self._estimate(correct, tokens, 0.0), 6),
                 "signature": f"{op}:{kind}:{key}",
                 "base": self.base,
                 "lines": all_lines,
@@ -207,7 +223,7 @@ class CandidateBuilder:
         members = np.array(
             [i for i in self.everything if self.pool.inputs.refs[i] == key], dtype=int
         )
-        statements = self.layout.statements()
+        statements = self.pool.surrogate.readable(self.layout.statements())
         rules = [s for s in statements if s.is_rule]
         rows = [i for i, s in enumerate(rules) if reply_key(s.reply) == key]
         if not len(members) or not rows:
@@ -221,29 +237,31 @@ class CandidateBuilder:
         recall: dict[str, float] = {}
         ruled = {reply_key(s.reply) for s in self.layout.statements() if s.is_rule}
         insert = self.layout.rule_insert_line()
+        first = self.layout.first_rule_line()
         for key in self.classes:
-            if key in ruled:
-                recall[key] = self._rule_recall(key)
-                continue
             best = 0.0
             share = sum(1 for r in self.pool.inputs.refs if r == key) / max(1, self.pool.n)
             for kind in self.rule_kinds:
-                made = self._add_rule(kind, key, insert)
+                made = self._add_rule(kind, key, insert, op="add" if key not in ruled else "add+")
                 if made is not None:
                     candidates.append(made)
                     best = max(best, (made.estimate or 0.0) / max(share, 1e-9))
-            recall[key] = best
+                if first is not None:
+                    made = self._add_rule(kind, key, first, op="add^")
+                    if made is not None:
+                        candidates.append(made)
+            recall[key] = self._rule_recall(key) if key in ruled else best
         if "examples" in self.kinds:
-            made = self._add_examples()
-            if made is not None:
-                candidates.append(made)
+            for made in (self._add_examples(), self._redo_examples()):
+                if made is not None:
+                    candidates.append(made)
         candidates += self._edits()
         candidates += self._fallbacks(recall)
         candidates += self._deletions()
         return candidates
 
     # ------------------------------------------------------------------ operations
-    def _add_rule(self, kind: RuleKind, key: str, line: int) -> Candidate | None:
+    def _add_rule(self, kind: RuleKind, key: str, line: int, op: str = "add") -> Candidate | None:
         spot = self.layout.spot(line)
         new, correct = self._rule(kind, key, spot)
         if not new:
@@ -251,14 +269,16 @@ class CandidateBuilder:
         lines = list(self.layout.lines)
         lines[line - 1 : line - 1] = new
         what = "literal terms" if kind == "mentions" else "a description"
+        where = {"add": "", "add+": " after the other rules", "add^": " before the other rules"}
         return self._candidate(
-            op="add",
+            op=op,
             kind=kind,
             key=key,
             body=[f"ADD {line}: {new[0]}"],
             new_lines=lines,
             correct=correct,
-            rationale=f"Route '{self.classes[key][:40]}' by {what} from {self.pool.n} examples.",
+            rationale=f"Route '{self.classes[key][:40]}' by {what}{where[op]} "
+            f"from {self.pool.n} examples.",
         )
 
     def _add_examples(self) -> Candidate | None:
@@ -282,6 +302,35 @@ class CandidateBuilder:
             new_lines=lines,
             correct=correct,
             rationale=f"Show {len(new)} representative examples (k-means medoids).",
+        )
+
+    def _redo_examples(self) -> Candidate | None:
+        """Replace every example line with a set induced afresh from the whole memory."""
+        shown = [n for n, s in self.layout.numbered if s.kind == "example"]
+        if not shown:
+            return None
+        line = shown[0]
+        spot = self.layout.spot(line, skip=shown)
+
+        def inducer(index: np.ndarray) -> list[str]:
+            return induce_examples(self.pool, self.classes, spot, index, self.induction)
+
+        new = inducer(self.everything)
+        old = {self.layout.lines[n - 1].strip() for n in shown}
+        if not new or set(new) == old:
+            return None
+        correct = cross_validated_correct(inducer, self.pool, spot, self.induction.folds)
+        lines = [text for n, text in enumerate(self.layout.lines, 1) if n not in shown]
+        at = line - 1 - sum(1 for n in shown if n < line)
+        lines[at:at] = new
+        return self._candidate(
+            op="redo",
+            kind="examples",
+            key="*",
+            body=[*(f"DEL: {n}" for n in shown), *(f"ADD {line}: {text}" for text in new)],
+            new_lines=lines,
+            correct=correct,
+            rationale=f"Re-pick the examples from {self.pool.n} remembered inputs.",
         )
 
     def _edits(self) -> list[Candidate]:

@@ -3,22 +3,22 @@
 No LLM is involved. The coach remembers every ``(input, reference)`` pair the env shows it
 (``info["examples"]``, the current version's rows on each minibatch, worst first), treats each
 distinct reference reply as a class, and edits the SOP block in the simulated model's grammar
-(:mod:`selfimprove_rl.simulated.sop`), one small change per step (the candidates are built in
+(:mod:`selfimprove_rl.simulated.sop`), one change per step (the candidates are built in
 :mod:`policies.rule_edits`):
 
-* **ADD** a rule for a class that has none, of two kinds (see :mod:`policies.induction`):
-  literal terms (``if input mentions ...``) or a plain-language description built from the
-  terms that separate the class (``if input is about ...``); or **ADD** a few representative
-  examples (``example: "..." -> "..."``, k-means medoids) for the classes that need them;
+* **ADD** a rule for any class, of two kinds (see :mod:`policies.induction`): literal terms
+  (``if input mentions ...``) or a plain-language description built from the terms that
+  separate the class (``if input is about ...``), after the block's last rule (a catch-all)
+  or before its first rule (a precise rule that answers before the others do); so rule kinds
+  combine instead of replacing each other;
+* **ADD** representative examples (``example: "..." -> "..."``, k-means medoids, every class
+  at once), or **re-pick** all examples from the larger memory;
 * **EDIT** a rule into a better one: extended with more terms, re-induced from a larger
   memory, or of the other kind;
 * **ADD/EDIT** the ``else:`` fallback, given to the class the rules describe worst (the lowest
   estimated recall of its best rule); when the fallback should move to another class, one
   compound step adds a rule for the old fallback class and re-points the ``else``;
 * **DEL** a statement whose removal makes the prompt more accurate.
-
-New rules go after the block's last rule and before its examples and ``else`` (the model reads
-``if``/``else if`` rules first-match, then examples, then ``else``).
 
 **The statistic.** Every candidate gets an estimated gain: the remembered inputs the edited
 prompt answers correctly on *held-out folds* (the rule is induced on the other folds;
@@ -27,25 +27,34 @@ answers, and the gain is the paired (McNemar) difference less ``confidence`` sta
 ``(fixed - broken - confidence * sqrt(fixed + broken)) / n``
 (:func:`policies.induction.paired_gain`), minus ``token_weight`` per added prompt token.
 Answers are predicted by the surrogate of :mod:`policies.surrogate`, using the same sentence
-embedder as the simulated model and thresholds fitted to what the target actually did.
-Candidates are ranked by that estimate
-times a kind weight learned from the env's rewards, ``2 (accepted + 1) / (tried + 2)`` per
-kind (1 before any evidence); only estimates above ``min_gain`` are proposed. When none
-clears it, the coach answers ``no_change`` (or, with ``explore_margin`` set, tries untried
-candidates estimated above ``-explore_margin``: small edits accepted on one minibatch did not
-improve holdout scores in our runs, so exploration is off by default).
+embedder as the simulated model and thresholds fitted to what the target actually did; an
+example never answers its own input (leave-one-out), in the current prompt as in a candidate.
+Candidates are ranked by that estimate times a kind weight learned from the env's rewards,
+``2 (accepted + 1) / (tried + 2)`` per kind (1 before any evidence); only estimates above
+``min_gain`` are proposed.
+
+**Exploring.** A no-op step teaches the coach nothing (the env replays nothing for it), while
+a tried edit brings the current version's outputs on a fresh minibatch into memory. So when no
+estimate clears ``min_gain``, the coach tries the candidate with the best *point* estimate
+(the paired difference without the confidence margin) if that is above ``-explore_margin``
+and the prompt it would produce was never tried; only when nothing qualifies does it answer
+``no_change``. The env accepts an edit only if it beats the current version on the minibatch
+and the runner promotes only on a test-split gain, so an exploratory edit costs calls, not
+quality.
 
 **Learning from reward.** Each tried candidate enters a change log with its reward. A change
 the env did not accept is banned on that base version (with every candidate of the same
-operation, kind and class), so the coach moves on to the next kind rather than repeating it;
-its per-sample scores also refine the surrogate's thresholds (a model that ignores ``is about``
-rules teaches the coach to stop writing them). The current version's outputs refit both
-thresholds and how many leading statements the target reads (a small model that reads only
-the first lines teaches the coach that later lines are out of reach).
+operation, kind and class) until ``retry_after`` new inputs have been remembered, so the coach
+moves on to the next kind rather than repeating it, and may come back to it once a larger
+memory re-induces it; its per-sample scores also refine the surrogate's thresholds (a model
+that ignores ``is about`` rules teaches the coach to stop writing them). The current version's
+outputs refit both thresholds and how many leading statements the target reads (a small model
+that reads only the first lines teaches the coach that later lines are out of reach).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -77,22 +86,28 @@ class RuleInductionConfig(BaseModel):
     min_precision: float = Field(default=0.7, ge=0, le=1, description="Minimum term precision.")
     max_terms: int = Field(default=8, ge=1, description="Terms per 'mentions' rule.")
     max_facets: int = Field(default=6, ge=1, description="Facets per 'is about' rule.")
-    max_examples: int = Field(default=3, ge=1, description="Examples per class.")
+    max_examples: int = Field(default=5, ge=1, description="Examples per class and step.")
     min_gain_samples: int = Field(default=2, ge=1, description="Inputs a term must newly fix.")
     folds: int = Field(default=3, ge=1, description="Cross-validation folds (1: in-sample).")
-    token_weight: float = Field(default=1e-4, ge=0, description="Accuracy one prompt token costs.")
+    token_weight: float = Field(default=2e-5, ge=0, description="Accuracy one prompt token costs.")
     confidence: float = Field(
         default=0.5, ge=0, description="Standard errors the paired gain estimate is lowered by."
     )
     min_gain: float = Field(default=0.01, description="Smallest estimated gain worth a step.")
-    explore_margin: float | None = Field(
-        default=None,
-        ge=0,
-        description="With nothing above min_gain, try untried candidates estimated above "
-        "-margin (None: never).",
+    retry_after: int = Field(
+        default=16,
+        ge=1,
+        description="New remembered inputs after which a change rejected on a base may be "
+        "proposed on it again (re-induced from the larger memory).",
     )
-    semantic_prior: float = Field(default=0.3, description="Prior 'is about' cosine threshold.")
-    example_prior: float = Field(default=0.35, description="Prior example cosine threshold.")
+    explore_margin: float | None = Field(
+        default=0.02,
+        ge=0,
+        description="With nothing above min_gain, try the untried prompt with the best point "
+        "estimate if above -margin (a no-op teaches nothing; None: never explore).",
+    )
+    semantic_prior: float = Field(default=0.25, description="Prior 'is about' cosine threshold.")
+    example_prior: float = Field(default=0.2, description="Prior example cosine threshold.")
     correct_at: float = Field(default=0.99, description="Sample score that counts as correct.")
     max_memory: int = Field(default=1000, ge=8, description="Remembered (input, reference) pairs.")
 
@@ -141,7 +156,9 @@ class RuleInductionProposer:
         self.replies: dict[str, str] = {}
         self.seen: dict[str, None] = {}
         self.stats: dict[str, list[int]] = {}
-        self.banned: set[str] = set()
+        self.banned: dict[str, int] = {}
+        self.remembered = 0
+        self.tried: dict[str, int] = {}
         self.skipped: dict[str, int] = {}
 
     # ------------------------------------------------------------------ memory
@@ -173,7 +190,8 @@ class RuleInductionProposer:
             if not isinstance(reference, str) or not reference.strip():
                 self._skip("row_without_reference")
                 continue
-            self.memory.pop(sample_id, None)
+            if self.memory.pop(sample_id, None) is None:
+                self.remembered += 1
             self.memory[sample_id] = (text, reference)
             self.replies.setdefault(reply_key(reference), reference.strip())
             evidence = f"{version}:{sample_id}"
@@ -228,6 +246,11 @@ class RuleInductionProposer:
         return result
 
     # ------------------------------------------------------------------ proposing
+    def _is_banned(self, key: str) -> bool:
+        """Whether a change was rejected on a base with no new inputs remembered since."""
+        at = self.banned.get(key)
+        return at is not None and self.remembered < at + self.config.retry_after
+
     def _weight(self, kind: str) -> float:
         accepted, tried = self.stats.get(kind, [0, 0])
         return 2.0 * (accepted + 1) / (tried + 2)
@@ -263,20 +286,20 @@ class RuleInductionProposer:
             base,
         )
         candidates = builder.all()
-        allowed = [c for c in candidates if f"{base}|{c.meta['signature']}" not in self.banned]
+        allowed = [c for c in candidates if not self._is_banned(f"{base}|{c.meta['signature']}")]
         ranked = sorted(
             (c for c in allowed if (c.estimate or 0.0) > self.config.min_gain),
             key=lambda c: (-(c.estimate or 0.0) * self._weight(c.kind), c.prompt_tokens, c.key()),
         )
         if not ranked and self.config.explore_margin is not None:
-            margin = self.config.explore_margin
+            floor = -self.config.explore_margin
             ranked = sorted(
                 (
                     c.model_copy(update={"meta": {**c.meta, "explore": True}})
                     for c in allowed
-                    if (c.estimate or 0.0) > -margin and c.kind != "delete"
+                    if c.meta["point"] > floor and _prompt_key(c) not in self.tried
                 ),
-                key=lambda c: (-(c.estimate or 0.0), c.prompt_tokens, c.key()),
+                key=lambda c: (-c.meta["point"], c.prompt_tokens, c.key()),
             )
         chosen: list[Candidate] = []
         for candidate in ranked:
@@ -295,9 +318,11 @@ class RuleInductionProposer:
             return
         accepted_count, tried = self.stats.get(candidate.kind, [0, 0])
         self.stats[candidate.kind] = [accepted_count + int(accepted), tried + 1]
+        prompt = _prompt_key(candidate)
+        self.tried[prompt] = self.tried.get(prompt, 0) + 1
         if accepted:
             return
-        self.banned.add(f"{candidate.meta['base']}|{candidate.meta['signature']}")
+        self.banned[f"{candidate.meta['base']}|{candidate.meta['signature']}"] = self.remembered
         if info.get("invalid_edit"):
             return
         scores = info.get("sample_scores") or {}
@@ -317,7 +342,9 @@ class RuleInductionProposer:
             "replies": dict(self.replies),
             "seen": list(self.seen),
             "stats": {kind: list(v) for kind, v in self.stats.items()},
-            "banned": sorted(self.banned),
+            "banned": dict(self.banned),
+            "remembered": self.remembered,
+            "tried": dict(self.tried),
             "skipped": dict(self.skipped),
             "surrogate": self.surrogate.state_dict(),
         }
@@ -328,9 +355,17 @@ class RuleInductionProposer:
         self.replies = dict(state["replies"])
         self.seen = dict.fromkeys(state["seen"])
         self.stats = {kind: [int(a), int(b)] for kind, (a, b) in state["stats"].items()}
-        self.banned = set(state["banned"])
+        self.banned = {k: int(v) for k, v in state["banned"].items()}
+        self.remembered = int(state.get("remembered", len(self.memory)))
+        self.tried = {k: int(v) for k, v in state.get("tried", {}).items()}
         self.skipped = {k: int(v) for k, v in state.get("skipped", {}).items()}
         self.surrogate.load_state_dict(state["surrogate"])
+
+
+def _prompt_key(candidate: Candidate) -> str:
+    """Return a short digest of the prompt lines a candidate would produce."""
+    text = "\n".join(str(line) for line in candidate.meta.get("lines") or ())
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 def _replayed(proposer: str, action: Any) -> Candidate:

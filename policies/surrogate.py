@@ -183,7 +183,7 @@ class Surrogate:
         example_prior: prior cosine the nearest ``example`` needs.
     """
 
-    def __init__(self, embedder: Any, semantic_prior: float = 0.3, example_prior: float = 0.35):
+    def __init__(self, embedder: Any, semantic_prior: float = 0.25, example_prior: float = 0.2):
         self.embedder = embedder
         self.semantic = ThresholdFit(semantic_prior)
         self.example = ThresholdFit(example_prior)

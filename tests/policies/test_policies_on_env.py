@@ -61,7 +61,7 @@ def test_rule_induction_reaches_high_holdout_in_a_handful_of_steps(env: Any) -> 
     assert 1 <= len(accepted) <= 4 and all(e["reward"] > 0 for e in accepted)
     assert all(i["invalid_edit"] is None for i in infos)
     prompt = base.registry.build(base.current_version_id).state.render()
-    assert COFFEE in prompt and "else:" in prompt
+    assert COFFEE in prompt
 
 
 def test_a_restored_rule_coach_acts_identically_mid_episode(env: Any) -> None:
