@@ -36,9 +36,10 @@ Candidates are ranked by that estimate times a kind weight learned from the env'
 **Exploring.** A no-op step teaches the coach nothing (the env replays nothing for it), while
 a tried edit brings the current version's outputs on a fresh minibatch into memory. So when no
 estimate clears ``min_gain``, the coach tries the candidate with the best *point* estimate
-(the paired difference without the confidence margin) if that is above ``-explore_margin``
-and the prompt it would produce was never tried; only when nothing qualifies does it answer
-``no_change``. The env accepts an edit only if it beats the current version on the minibatch
+(the paired difference without the confidence margin) if that is above ``-explore_margin``,
+the prompt it would produce was never tried and it is predicted to change at least one answer
+(an edit that only saves tokens cannot win a reward); only when nothing qualifies does it
+answer ``no_change``. The env accepts an edit only if it beats the current version on the minibatch
 and the runner promotes only on a test-split gain, so an exploratory edit costs calls, not
 quality.
 
@@ -297,7 +298,9 @@ class RuleInductionProposer:
                 (
                     c.model_copy(update={"meta": {**c.meta, "explore": True}})
                     for c in allowed
-                    if c.meta["point"] > floor and _prompt_key(c) not in self.tried
+                    if c.meta["point"] > floor
+                    and c.meta["changes"] > 0
+                    and _prompt_key(c) not in self.tried
                 ),
                 key=lambda c: (-c.meta["point"], c.prompt_tokens, c.key()),
             )

@@ -18,7 +18,14 @@ from policy_helpers import (
 
 from envs.spaces import EnvAction
 from policies.base import Transition
-from policies.induction import InductionConfig, content_terms, log_odds_z
+from policies.induction import (
+    InductionConfig,
+    Pool,
+    content_terms,
+    log_odds_z,
+    parsed,
+    source_credit,
+)
 from policies.proposers import state_from_observation
 from policies.rule_induction import RuleInductionCoach, RuleInductionProposer
 from policies.surrogate import Inputs, Surrogate, ThresholdFit, reply_key
@@ -248,3 +255,100 @@ def test_an_update_without_a_pending_action_is_logged_as_replayed() -> None:
     coach.update(Transition(obs, action, 0.3, obs, False, False, {**data, "accepted": True}))
     assert coach.change_log[-1]["kind"] == "replayed" and coach.change_log[-1]["reward"] == 0.3
     assert len(coach.proposer.memory) == len(data["examples"])
+
+
+def _pool(rows: list[dict], proposer: RuleInductionProposer | None = None) -> Pool:
+    proposer = proposer or RuleInductionProposer()
+    proposer.remember(observation(), info(rows))
+    ids = list(proposer.memory)
+    return Pool.build(
+        proposer.surrogate,
+        ids,
+        [proposer.memory[i][0] for i in ids],
+        [proposer.memory[i][1] for i in ids],
+        proposer.config.induction(),
+    )
+
+
+def test_a_term_is_not_credited_for_fixing_the_one_input_it_came_from() -> None:
+    pool = _pool(coffee_sports_rows())
+    config = InductionConfig()
+    is_class = np.array([r == reply_key(COFFEE) for r in pool.inputs.refs])
+    rows = [pool.vocabulary.index(t) for t in ("espresso", "gooseneck")]
+    credit = source_credit("about", pool, rows, np.arange(pool.n), is_class, set(), config)
+    gooseneck_input = pool.inputs.texts.index("Pour-over coffee needs a gooseneck kettle.")
+    assert credit[0].all(), "espresso occurs in many coffee inputs: credited everywhere"
+    assert not credit[1, gooseneck_input] and credit[1].sum() == pool.n - 1
+
+
+def test_an_example_never_answers_its_own_input() -> None:
+    pool = _pool(coffee_sports_rows())
+    own = COFFEE_INPUTS[0]
+    statements = parsed([f'example: "{own}" -> "{COFFEE}"'])
+    at = np.array([pool.inputs.texts.index(own)])
+    assert not pool.correct(statements, at)[0]
+    assert pool.correct(statements, np.arange(pool.n)).sum() > 1, "it still answers others"
+
+
+def test_examples_come_as_a_balanced_set_of_every_class() -> None:
+    proposer = RuleInductionProposer({"kinds": ("examples",)})
+    candidates = proposer.propose(observation(), info(coffee_sports_rows()), 50)
+    (candidate,) = [c for c in candidates if c.kind == "examples"]
+    replies = [parse_line(line, 1).reply for line in _added_lines(candidate.directive_text())]
+    assert COFFEE in replies and SPORTS in replies
+
+
+def test_examples_are_re_picked_from_memory() -> None:
+    sop = (
+        f'example: "The weather is nice today." -> "{COFFEE}"\n'
+        f'example: "I am reading a long novel." -> "{SPORTS}"\n'
+        f'else: respond "{SPORTS}"'
+    )
+    state = state_from_observation(observation(sop))
+    proposer = RuleInductionProposer({"kinds": ("examples",)})
+    candidates = proposer.propose(observation(sop), info(coffee_sports_rows()), k=50)
+    (redo,) = [c for c in candidates if c.meta["signature"] == "redo:examples:*"]
+    new_state = apply(state, parse_directives(redo.edits))
+    lines = list(new_state.block("sop").lines)
+    assert lines == redo.meta["lines"][-len(lines) :]
+    assert not any("weather" in line or "novel" in line for line in lines)
+    assert lines[-1].startswith("else:") and sum(line.startswith("example:") for line in lines) > 1
+
+
+def test_a_second_rule_can_go_before_the_first() -> None:
+    sop = f'if input is about sports: respond "{SPORTS}"\nelse: respond "{COFFEE}"'
+    candidates = RuleInductionProposer().propose(observation(sop), info(coffee_sports_rows()), 50)
+    ahead = [c for c in candidates if c.meta["signature"].startswith("add^:")]
+    assert ahead and all("ADD 1:" in c.directive_text() for c in ahead)
+
+
+def test_with_nothing_worth_a_step_the_coach_explores_once_per_prompt() -> None:
+    options = {"min_gain": 1.0, "explore_margin": 0.5}
+    obs, data = observation(), info(coffee_sports_rows())
+    assert RuleInductionProposer({**options, "explore_margin": None}).propose(obs, data, 1) == []
+    proposer = RuleInductionProposer(options)
+    (first,) = proposer.propose(obs, data, k=1)
+    assert first.meta["explore"] is True
+    proposer.feedback(first, 0.0, False, {**data, "sample_scores": {}})
+    proposer.banned.clear()
+    again = proposer.propose(obs, data, k=50)
+    assert all(c.meta["lines"] != first.meta["lines"] for c in again)
+
+
+def test_a_ban_lifts_once_enough_new_inputs_are_remembered() -> None:
+    rows = coffee_sports_rows()
+    proposer = RuleInductionProposer({"retry_after": 4})
+    obs, data = observation(), info(rows[:8] + rows[12:20])
+    first = proposer.propose(obs, data, k=1)[0]
+    proposer.feedback(first, 0.0, False, {**data, "sample_scores": {}})
+    signatures = {c.meta["signature"] for c in proposer.propose(obs, data, k=50)}
+    assert first.meta["signature"] not in signatures
+    signatures = {c.meta["signature"] for c in proposer.propose(obs, info(rows), k=50)}
+    assert first.meta["signature"] in signatures
+
+
+def test_candidates_respect_a_learned_reading_limit() -> None:
+    proposer = RuleInductionProposer()
+    proposer.surrogate.limit = 1
+    sop = f'if input is about sports: respond "{SPORTS}"\nif input mentions coffee: respond "{COFFEE}"'
+    assert proposer.propose(observation(sop), info(coffee_sports_rows()), k=50)
