@@ -572,8 +572,15 @@ def induce_examples(
     most inputs (one example of a single class would capture the other classes' inputs
     too). Then the greedy adds single candidates while they increase the correct answers,
     at most ``max_examples`` per class in all. Answers are the surrogate's (nearest example
-    above its threshold, after the rules). As with terms (:func:`source_credit`), an example
-    is never credited for answering its own input: it must reach other inputs.
+    above its threshold, after the rules), leave-one-out: an example's own input is answered
+    as if that example were absent (as with terms, :func:`source_credit`), so an example must
+    reach other inputs to earn its place.
+
+    When the prompt has no ``else`` line, one is added after the examples: an input no
+    example reaches would get the target's generic reply, which is never a reference, so a
+    fallback can only turn wrong answers into right ones on inputs memory has not shown yet.
+    It goes to the class most of the unreached inputs belong to, else to the class the
+    examples reach least (the lowest mean nearest-example cosine).
 
     Args:
         pool: the remembered inputs.
@@ -583,7 +590,7 @@ def induce_examples(
         config: the statistic's knobs.
 
     Returns:
-        Example lines, in the order they were chosen.
+        Example lines, in the order they were chosen (and the ``else`` line, if added).
     """
     statements = [*spot.before, *spot.after]
     shown = {s.example_input for s in statements if s.kind == "example"}
@@ -623,7 +630,10 @@ def induce_examples(
         old_reply = np.array([None] * len(index), dtype=object)
     threshold = pool.surrogate.example.value
     sims = np.stack([pool.inputs.vectors[index] @ pool.inputs.vectors[m] for m, _ in candidates])
-    own = np.array([index == m for m, _ in candidates], dtype=bool)
+    texts = [" ".join(pool.inputs.texts[i].split()) for i in index]
+    for row, (m, _) in enumerate(candidates):
+        own = " ".join(pool.inputs.texts[m].split())
+        sims[row, [t == own for t in texts]] = -2.0  # leave-one-out: not its own answer
     lines = [example_line(pool.inputs.texts[m], replies[key]) for m, key in candidates]
     costs = np.array([count_tokens(line) for line in lines])
     keys = np.array([key for _, key in candidates], dtype=object)
@@ -643,9 +653,7 @@ def induce_examples(
         return np.where(answered, base, reply == refs)
 
     def credited(rows: Sequence[int], correct: np.ndarray) -> int:
-        delta = correct.astype(int) - base.astype(int)
-        mine = own[list(rows)].any(axis=0) if rows else np.zeros(len(index), dtype=bool)
-        return int(np.where((delta > 0) & mine, 0, delta).sum())
+        return int(correct.sum()) - int(base.sum())
 
     n = max(1, len(index))
 
@@ -674,7 +682,23 @@ def induce_examples(
         chosen.append(best)
         per_class[str(keys[best])] = per_class.get(str(keys[best]), 0) + 1
         gained += int(gains[best])
-    return [lines[row] for row in chosen]
+    if not chosen or routes.fallback is not None:
+        return [lines[row] for row in chosen]
+    reach = np.maximum(sims[chosen].max(axis=0), old_sim)[~answered]
+    classes = refs[~answered]
+    missed = [str(c) for c in classes[reach < threshold]]
+    keys_present = [key for key in replies if (classes == key).any()] or list(replies)
+    if missed:
+        spare = max(replies, key=lambda key: (missed.count(key), key))
+    else:
+        spare = min(
+            keys_present,
+            key=lambda key: (
+                float(reach[classes == key].mean()) if (classes == key).any() else 2.0,
+                key,
+            ),
+        )
+    return [*(lines[row] for row in chosen), f'else: respond "{replies[spare]}"']
 
 
 def parsed(lines: Sequence[str]) -> list[Statement]:

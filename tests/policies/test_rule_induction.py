@@ -352,3 +352,14 @@ def test_candidates_respect_a_learned_reading_limit() -> None:
     proposer.surrogate.limit = 1
     sop = f'if input is about sports: respond "{SPORTS}"\nif input mentions coffee: respond "{COFFEE}"'
     assert proposer.propose(observation(sop), info(coffee_sports_rows()), k=50)
+
+
+def test_examples_bring_an_else_when_the_prompt_has_none() -> None:
+    proposer = RuleInductionProposer({"kinds": ("examples",)})
+    candidates = proposer.propose(observation(), info(coffee_sports_rows()), 50)
+    (made,) = [c for c in candidates if c.kind == "examples"]
+    assert _added_lines(made.directive_text())[-1].startswith("else: respond")
+    sop = f'else: respond "{SPORTS}"'
+    candidates = proposer.propose(observation(sop), info(coffee_sports_rows()), 50)
+    for candidate in (c for c in candidates if c.kind == "examples"):
+        assert not any(line.startswith("else") for line in _added_lines(candidate.directive_text()))
