@@ -12,7 +12,8 @@ distinct reference reply as a class, and edits the SOP block in the simulated mo
   or before its first rule (a precise rule that answers before the others do); so rule kinds
   combine instead of replacing each other;
 * **ADD** representative examples (``example: "..." -> "..."``, k-means medoids, every class
-  at once), or **re-pick** all examples from the larger memory;
+  at once, with an ``else`` line when the block has none), or **re-pick** all examples from
+  the larger memory;
 * **EDIT** a rule into a better one: extended with more terms, re-induced from a larger
   memory, or of the other kind;
 * **ADD/EDIT** the ``else:`` fallback, given to the class the rules describe worst (the lowest
@@ -358,8 +359,11 @@ class RuleInductionProposer:
         self.replies = dict(state["replies"])
         self.seen = dict.fromkeys(state["seen"])
         self.stats = {kind: [int(a), int(b)] for kind, (a, b) in state["stats"].items()}
-        self.banned = {k: int(v) for k, v in state["banned"].items()}
         self.remembered = int(state.get("remembered", len(self.memory)))
+        banned = state["banned"]
+        if isinstance(banned, list):  # an older state: its bans count from now
+            banned = dict.fromkeys(banned, self.remembered)
+        self.banned = {k: int(v) for k, v in banned.items()}
         self.tried = {k: int(v) for k, v in state.get("tried", {}).items()}
         self.skipped = {k: int(v) for k, v in state.get("skipped", {}).items()}
         self.surrogate.load_state_dict(state["surrogate"])
