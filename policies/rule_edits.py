@@ -12,7 +12,9 @@ cost):
   example lines with a set re-induced from the whole memory;
 * edit a rule: extend it with more terms, re-induce it, or switch its kind;
 * add the ``else`` fallback for the class the rules describe worst (lowest estimated recall),
-  or, in one compound step, move the fallback there and add a rule for the old one;
+  or, in one compound step, move the fallback there and add a rule for the old one; when the
+  target reads only its first statements (a learned reading limit), move an ``else`` it
+  never reaches to the last place it reads, dropping the unread lines in between;
 * delete any understood statement.
 
 Each candidate carries its directive text, the estimate, the prompt-token change and, in
@@ -258,6 +260,9 @@ class CandidateBuilder:
                     candidates.append(made)
         candidates += self._edits()
         candidates += self._fallbacks(recall)
+        made = self._else_into_reach()
+        if made is not None:
+            candidates.append(made)
         candidates += self._deletions()
         return candidates
 
@@ -369,6 +374,41 @@ class CandidateBuilder:
                     )
                 )
         return made
+
+    def _else_into_reach(self) -> Candidate | None:
+        """Move an ``else`` the target never reads to the last line it does read.
+
+        A target that reads only its first statements (the surrogate's learned reading
+        limit) never reaches a fallback below them; the statements between the limit and the
+        ``else`` are not read either, so they are dropped and the ``else`` takes the last
+        read place.
+        """
+        limit = self.pool.surrogate.limit
+        reach = None if limit is None else limit - len(self.layout.pre)
+        fallback = self.layout.else_line()
+        if reach is None or reach < 1 or fallback is None:
+            return None
+        order = [n for n, _ in self.layout.numbered]
+        if order.index(fallback[0]) < reach:
+            return None
+        kept = set(order[: reach - 1])
+        dropped = [n for n in order if n not in kept]
+        lines = [
+            text
+            for n, text in enumerate(self.layout.lines, 1)
+            if n not in dropped or statement_of(text) is None
+        ]
+        lines.append(fallback[1].text)
+        statements = [*self.layout.pre, *parsed(lines), *self.layout.post]
+        return self._candidate(
+            op="reach",
+            kind="else",
+            key=reply_key(fallback[1].reply),
+            body=[*(f"DEL: {n}" for n in dropped), f"ADD: {fallback[1].text}"],
+            new_lines=lines,
+            correct=self.pool.correct(statements, self.everything),
+            rationale=f"The target reads {limit} statements: bring the else within reach.",
+        )
 
     def _fallbacks(self, recall: dict[str, float]) -> list[Candidate]:
         if not recall:

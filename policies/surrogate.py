@@ -18,7 +18,8 @@ disagreements. A target that ignores ``is about`` rules (a literal-only model) e
 a threshold above every observed cosine, so semantic rules stop looking useful. Likewise the
 *reading limit* (how many leading statements the target follows at all; a small model may
 read only the first few) is the limit that best explains the outputs seen, and stays "all"
-unless a limit explains clearly more of them (:meth:`Surrogate.fit_limit`).
+unless a limit explains clearly more of them, and then the largest limit that explains them
+about as well as the best one (:meth:`Surrogate.fit_limit`).
 
 Example:
     >>> fit = ThresholdFit(prior=0.3)
@@ -342,10 +343,13 @@ class Surrogate:
         self.limit = self.fit_limit()
 
     def fit_limit(self, margin: int = 3) -> int | None:
-        """Return the reading limit that best explains the recorded outputs (None: no limit).
+        """Return the reading limit that explains the recorded outputs (None: no limit).
 
-        A prediction of no canned reply agrees with any output that is none of the prompt's
-        replies (the target's own generic answer).
+        A limit is assumed only when it explains at least ``margin`` more outputs than
+        reading everything; then it is the *largest* limit within ``margin`` of the best one
+        (a slightly misfitted threshold should not make the target look more limited than
+        it is). A prediction of no canned reply agrees with any output that is none of the
+        prompt's replies (the target's own generic answer).
         """
         by_prompt: dict[int, list[tuple[str, str]]] = {}
         for index, text, output in self._evidence:
@@ -371,10 +375,13 @@ class Surrogate:
                 )
         finally:
             self.limit = saved
-        best = max((k for k in scores if k is not None), key=lambda k: (scores[k], k), default=None)
-        if best is not None and scores[best] >= scores[None] + margin:
-            return best
-        return None
+        top = max(scores.values())
+        eligible = [
+            k
+            for k, score in scores.items()
+            if k is not None and score >= scores[None] + margin and score > top - margin
+        ]
+        return max(eligible, default=None)
 
     def state_dict(self) -> dict[str, Any]:
         """Return the threshold fits and the reading-limit evidence (JSON-serialisable)."""

@@ -363,3 +363,41 @@ def test_examples_bring_an_else_when_the_prompt_has_none() -> None:
     candidates = proposer.propose(observation(sop), info(coffee_sports_rows()), 50)
     for candidate in (c for c in candidates if c.kind == "examples"):
         assert not any(line.startswith("else") for line in _added_lines(candidate.directive_text()))
+
+
+def test_an_unread_else_moves_within_the_learned_reading_limit() -> None:
+    sop = "\n".join(
+        [
+            f'if input mentions espresso: respond "{COFFEE}"',
+            f'example: "{SPORTS_INPUTS[0]}" -> "{SPORTS}"',
+            f'example: "{SPORTS_INPUTS[1]}" -> "{SPORTS}"',
+            f'else: respond "{SPORTS}"',
+        ]
+    )
+    proposer = RuleInductionProposer({"min_gain": -1.0})
+    data = info(coffee_sports_rows())
+    proposer.remember(observation(sop), data)
+    proposer.surrogate.limit = 2  # as if learned: the target reads the first two statements
+    candidates = proposer.propose(observation(sop), data, k=100)
+    (reach,) = [c for c in candidates if c.meta["signature"].startswith("reach:")]
+    state = apply(state_from_observation(observation(sop)), parse_directives(reach.edits))
+    statements = parse_sop("\n".join(state.block("sop").lines)).statements
+    assert [s.kind for s in statements] == ["mentions", "else"]
+    assert (reach.estimate or 0) > 0
+
+
+def test_the_reading_limit_is_the_largest_that_explains_the_outputs() -> None:
+    from policy_helpers import HashEmbedder
+
+    surrogate = Surrogate(HashEmbedder())
+    lines = [
+        'if input mentions tea: respond "Tea."',
+        'if input mentions cake: respond "Cake."',
+        'if input mentions soup: respond "Soup."',
+        'if input mentions jam: respond "Jam."',
+        'else: respond "Other."',
+    ]
+    texts = ["tea please", "cake now", "hot soup", "hello", "good morning", "what time"]
+    outputs = ["Tea.", "Cake.", "Soup.", "Generic.", "Generic.", "Generic."]
+    surrogate.record(lines, texts, outputs)
+    assert surrogate.limit == 4, "limits 3 and 4 explain the outputs alike: the larger wins"
