@@ -350,7 +350,10 @@ def test_a_ban_lifts_once_enough_new_inputs_are_remembered() -> None:
 def test_candidates_respect_a_learned_reading_limit() -> None:
     proposer = RuleInductionProposer()
     proposer.surrogate.limit = 1
-    sop = f'if input is about sports: respond "{SPORTS}"\nif input mentions coffee: respond "{COFFEE}"'
+    sop = (
+        f'if input is about sports: respond "{SPORTS}"\n'
+        f'if input mentions coffee: respond "{COFFEE}"'
+    )
     assert proposer.propose(observation(sop), info(coffee_sports_rows()), k=50)
 
 
