@@ -44,9 +44,9 @@ inputs to be chosen.
 A rule's worth is then its **cross-validated gain**: the remembered inputs are split into
 ``folds`` stratified folds (fixed by a hash of the input text, so identical inputs share a
 fold); the rule is induced on the other folds and answers each held-out fold, and those
-answers are compared, input by input, with the current prompt's (:func:`paired_gain`: a lower confidence bound of the paired
-difference). Induction that memorizes training words scores badly on held-out folds, so
-generalization is what is rewarded.
+answers are compared, input by input, with the current prompt's (:func:`paired_gain`: a
+lower confidence bound of the paired difference). Induction that memorizes training words
+scores badly on held-out folds, so generalization is what is rewarded.
 """
 
 from __future__ import annotations
