@@ -42,11 +42,11 @@ is not credited for answering its own input. A memorized training word has to re
 inputs to be chosen.
 
 A rule's worth is then its **cross-validated gain**: the remembered inputs are split into
-``folds`` stratified folds (fixed by a hash of the input text, so identical inputs share a
-fold); the rule is induced on the other folds and answers each held-out fold, and those
-answers are compared, input by input, with the current prompt's (:func:`paired_gain`: a
-lower confidence bound of the paired difference). Induction that memorizes training words
-scores badly on held-out folds, so generalization is what is rewarded.
+``folds`` stratified folds (fixed by a hash of the sample id); the rule is induced on the
+other folds and answers each held-out fold, and those answers are compared, input by input,
+with the current prompt's (:func:`paired_gain`: a lower confidence bound of the paired
+difference). Induction that memorizes training words scores badly on held-out folds, so
+generalization is what is rewarded.
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ class Pool:
             presence=presence,
             mention_masks=mentions,
             term_cosines=cosines,
-            folds=stratified_folds(inputs.texts, inputs.refs, config.folds),
+            folds=stratified_folds(ids, inputs.refs, config.folds),
         )
 
     @property
@@ -274,25 +274,20 @@ class Pool:
         return np.asarray(predicted == np.array([self.inputs.refs[i] for i in index], dtype=object))
 
 
-def stratified_folds(keys: Sequence[str], labels: Sequence[str], folds: int) -> np.ndarray:
-    """Assign each input a fold: per label, distinct keys ordered by hash are dealt round-robin.
+def stratified_folds(ids: Sequence[str], labels: Sequence[str], folds: int) -> np.ndarray:
+    """Assign each id a fold: within each label, ids ordered by hash are dealt round-robin.
 
-    The keys are the input texts (whitespace-normalized), so identical inputs share a fold
-    (a duplicate never sits on both sides of a split) and the assignment depends only on
-    the data, not on sample ids: the same traffic fetched again is split the same way.
-
-    Example:
-        >>> stratified_folds(["a", "b", "a ", "c"], ["x", "x", "x", "y"], 2).tolist()
-        [0, 1, 0, 0]
+    The assignment of an id depends only on the ids sharing its label, so it is stable
+    across runs and processes.
     """
-    result = np.zeros(len(keys), dtype=int)
-    by_label: dict[str, dict[str, list[int]]] = {}
-    for i, (key, label) in enumerate(zip(keys, labels, strict=True)):
-        by_label.setdefault(label, {}).setdefault(" ".join(key.split()), []).append(i)
-    for groups in by_label.values():
-        ordered = sorted(groups, key=lambda key: hashlib.sha1(key.encode()).hexdigest())
-        for rank, key in enumerate(ordered):
-            result[groups[key]] = rank % max(1, folds)
+    result = np.zeros(len(ids), dtype=int)
+    by_label: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_label.setdefault(label, []).append(i)
+    for members in by_label.values():
+        ordered = sorted(members, key=lambda i: hashlib.sha1(ids[i].encode()).hexdigest())
+        for rank, i in enumerate(ordered):
+            result[i] = rank % max(1, folds)
     return result
 
 
@@ -737,7 +732,7 @@ def paired_gain(new: np.ndarray, old: np.ndarray, confidence: float) -> float:
     With ``fixed`` inputs only ``new`` answers and ``broken`` only ``old`` answers, the bound
     is ``(fixed - broken - confidence * sqrt(fixed + broken)) / n``: the paired (McNemar)
     difference less ``confidence`` standard errors, so a gain resting on a few discordant
-    inputs counts for little.
+    inputs counts for little (a negative ``confidence`` gives the upper bound instead).
 
     Example:
         >>> new = np.array([True] * 9 + [False]); old = np.array([False] * 3 + [True] * 7)

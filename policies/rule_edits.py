@@ -191,6 +191,7 @@ class CandidateBuilder:
             estimate=round(self._estimate(correct, tokens, self.induction.confidence), 6),
             meta={
                 "point": round(self._estimate(correct, tokens, 0.0), 6),
+                "upper": round(self._estimate(correct, tokens, -self.induction.confidence), 6),
                 "changes": int(np.sum(correct != self.current)),
                 "signature": f"{op}:{kind}:{key}",
                 "base": self.base,

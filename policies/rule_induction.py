@@ -36,13 +36,15 @@ Candidates are ranked by that estimate times a kind weight learned from the env'
 
 **Exploring.** A no-op step teaches the coach nothing (the env replays nothing for it), while
 a tried edit brings the current version's outputs on a fresh minibatch into memory. So when no
-estimate clears ``min_gain``, the coach tries the candidate with the best *point* estimate
-(the paired difference without the confidence margin) if that is above ``-explore_margin``,
-the prompt it would produce was never tried and it is predicted to change at least one answer
-(an edit that only saves tokens cannot win a reward); only when nothing qualifies does it
-answer ``no_change``. The env accepts an edit only if it beats the current version on the minibatch
-and the runner promotes only on a test-split gain, so an exploratory edit costs calls, not
-quality.
+estimate clears ``min_gain``, the coach explores: among the candidates whose *point* estimate
+(the paired difference without the confidence margin) is above ``-explore_margin``, whose
+prompt was never tried and which are predicted to change at least one answer (an edit that
+only saves tokens cannot win a reward), it tries the one with the best *upper* bound (the
+paired difference plus ``confidence`` standard errors: optimism in the face of
+uncertainty, so a change with much at stake is tried before a near-certain no-op); only
+when nothing qualifies does it answer ``no_change``. The env accepts an edit only if it
+beats the current version on the minibatch and the runner promotes only on a test-split
+gain, so an exploratory edit costs calls, not quality.
 
 **Learning from reward.** Each tried candidate enters a change log with its reward. A change
 the env did not accept is banned on that base version (with every candidate of the same
@@ -303,7 +305,7 @@ class RuleInductionProposer:
                     and c.meta["changes"] > 0
                     and _prompt_key(c) not in self.tried
                 ),
-                key=lambda c: (-c.meta["point"], c.prompt_tokens, c.key()),
+                key=lambda c: (-c.meta["upper"], c.prompt_tokens, c.key()),
             )
         chosen: list[Candidate] = []
         for candidate in ranked:
