@@ -292,13 +292,8 @@ class Surrogate:
                         decided = False
                         break
                     continue
-                if output is not None:
-                    fired = output == key
-                elif correct[i]:
-                    fired = reference == key
-                elif reference == key:
-                    fired = False
-                else:
+                fired = _fired(key, output, reference, correct[i])
+                if fired is None:
                     decided = False
                     break
                 self.semantic.observe(float(about[id(rule)][i]), fired)
@@ -312,13 +307,8 @@ class Surrogate:
             best_key = reply_key(examples[best].reply)
             if best_key == fallback_key:
                 continue
-            if output is not None:
-                fired = output == best_key
-            elif correct[i]:
-                fired = reference == best_key
-            elif reference == best_key:
-                fired = False
-            else:
+            fired = _fired(best_key, output, reference, correct[i])
+            if fired is None:
                 continue
             self.example.observe(float(sims[best, i]), fired)
             recorded += 1
@@ -400,3 +390,16 @@ class Surrogate:
         self.limit = state.get("limit")
         self._prompts = {tuple(p): int(i) for p, i in state.get("prompts", [])}
         self._evidence = [(int(i), str(t), str(o)) for i, t, o in state.get("evidence", [])]
+
+
+def _fired(key: str, output: str | None, reference: str, correct: bool) -> bool | None:
+    """Did the statement answering ``key`` fire? ``None`` when the evidence cannot tell.
+
+    Read from the output when it is known; else a correct answer fired exactly when the
+    reference is ``key``, and a wrong one did not fire when the reference is ``key``.
+    """
+    if output is not None:
+        return output == key
+    if correct:
+        return reference == key
+    return False if reference == key else None
