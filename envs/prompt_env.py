@@ -12,7 +12,8 @@ Invariants:
 * ``reward = score(new) - score(base)`` on one minibatch (``reward_mode="delta"``), optionally
   minus a prompt-token penalty (``"delta_minus_tokens"``);
 * an edit that cannot apply is not a crash: reward ``-invalid_edit_penalty``, state unchanged,
-  ``info["invalid_edit"]`` says why; neither it nor a no-op costs a model call;
+  ``info["invalid_edit"]`` says why; neither it nor a no-op costs a model call (unless
+  ``observe_on_no_op``: then a no-op shows the current version on a fresh minibatch);
 * with ``transition="if_improved"`` the episode moves to the new version only when it beats
   the current one on the step's minibatch (a positive reward against its base, and, for a
   branch from another base, a higher score than the current version);
@@ -74,6 +75,11 @@ class PromptEnvConfig(BaseModel):
     )
     invalid_edit_penalty: float = Field(
         default=0.0, ge=0.0, description="Reward subtracted for an edit that cannot apply."
+    )
+    observe_on_no_op: bool = Field(
+        default=False,
+        description="A no-op on the current version replays it on the step's fresh minibatch "
+        "(cached samples are free), so a policy out of ideas sees more data; off: no call.",
     )
     max_steps: int = Field(default=20, ge=1, description="Steps per episode before truncation.")
     target_score: float | None = Field(
@@ -367,7 +373,8 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
             invalid = exc
             new_state = base.state
         unchanged = invalid is not None or new_state == base.state
-        if unchanged and base_id == self._current_id:
+        observe = self.config.observe_on_no_op and invalid is None
+        if unchanged and base_id == self._current_id and not observe:
             # Nothing to compare: a no-op or invalid edit costs no model call.
             base_eval = new_eval = self._current_eval
         elif unchanged:

@@ -76,7 +76,7 @@ NEW_INPUTS = (
     "My grinder broke, so today it's instant, sadly.",
 )
 
-_ENV = {"minibatch_size": 32, "max_steps": 10, "target_score": 0.99}
+_ENV = {"minibatch_size": 32, "max_steps": 10, "target_score": 0.99, "observe_on_no_op": True}
 _STOPPING = {"max_total_steps": 20, "stagnation_steps": 8, "test_threshold": 0.98}
 DEMO_CONFIG: dict[str, Any] = {
     "name": "demo-coffee_sports",

@@ -314,6 +314,25 @@ def test_no_change_costs_no_model_call(env: PromptEnv) -> None:
     assert env.usage["calls"] == sent
 
 
+def test_observe_on_no_op_shows_the_current_version_on_a_fresh_minibatch() -> None:
+    env = _env(observe_on_no_op=True)
+    try:
+        env.reset(seed=0)
+        _, _, _, _, first = env.step(f"ADD: {COFFEE_RULE}")
+        current, sent = env.current_version_id, env.usage["calls"]
+        _, reward, _, _, info = env.step(NoOp())
+        assert reward == 0.0 and env.current_version_id == current
+        assert info["minibatch"] != first["minibatch"]
+        assert {row["sample_id"] for row in info["examples"]} == set(info["minibatch"])
+        assert 0 < env.usage["calls"] - sent <= len(info["minibatch"])
+        sent = env.usage["calls"]
+        _, _, _, _, invalid = env.step("DEL: 99")
+        assert invalid["invalid_edit"]["reason"] == "line_out_of_range"
+        assert env.usage["calls"] == sent
+    finally:
+        env.close()
+
+
 def test_a_branch_worse_than_current_is_not_accepted() -> None:
     env = _env(minibatch_size=None)
     try:
