@@ -86,7 +86,7 @@ def run_policy(policy: str, seed: int, threshold: float, workdir: Path) -> dict[
             "data": {"kind": "dataset", "path": "coffee_sports"},
             "target": {"model": MODEL},
             "policy": {"name": policy},
-            "env": {"minibatch_size": 24, "max_steps": 10},
+            "env": {"minibatch_size": 24, "max_steps": 10, "observe_on_no_op": True},
             "stopping": {"max_total_steps": 40, "stagnation_steps": 40},
         }
     )
