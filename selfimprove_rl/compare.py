@@ -39,7 +39,6 @@ import csv
 import json
 import math
 import os
-import tomllib
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -49,7 +48,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from selfimprove_rl.config import ExperimentConfig, parse_config, validation_problems
+from selfimprove_rl.config import (
+    ExperimentConfig,
+    parse_config,
+    read_toml,
+    validation_problems,
+)
 from selfimprove_rl.errors import ConfigError
 from selfimprove_rl.fileio import atomic_write_text, read_jsonl
 
@@ -153,16 +157,10 @@ def load_compare_config(path: str | Path) -> tuple[ExperimentConfig, CompareConf
     Raises:
         ConfigError: missing file, invalid TOML, or an invalid field (named).
     """
-    target = Path(path)
-    if not target.exists():
-        raise ConfigError(f"No config file at {target}; see experiments/configs/ for examples.")
-    try:
-        data = tomllib.loads(target.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{target} is not valid TOML: {exc}") from exc
+    data = read_toml(path)
     section = data.pop("compare", {})
-    experiment = parse_config(data, source=str(target))
-    return experiment, parse_compare(section, source=str(target))
+    experiment = parse_config(data, source=str(path))
+    return experiment, parse_compare(section, source=str(path))
 
 
 def parse_compare(section: dict[str, Any], *, source: str = "compare") -> CompareConfig:

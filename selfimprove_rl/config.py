@@ -206,17 +206,25 @@ def parse_config(data: dict[str, Any], *, source: str = "config") -> ExperimentC
         raise ConfigError(f"Invalid experiment config ({source}):\n{problems}") from exc
 
 
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Return a config file's TOML tables as a dict (not validated).
+
+    Raises:
+        ConfigError: the file is missing or not TOML.
+    """
+    target = Path(path)
+    if not target.exists():
+        raise ConfigError(f"No config file at {target}; see experiments/configs/ for examples.")
+    try:
+        return tomllib.loads(target.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{target} is not valid TOML: {exc}") from exc
+
+
 def load_config(path: str | Path) -> ExperimentConfig:
     """Read and validate a TOML experiment config.
 
     Raises:
         ConfigError: the file is missing, not TOML, or invalid.
     """
-    target = Path(path)
-    if not target.exists():
-        raise ConfigError(f"No config file at {target}; see experiments/configs/ for examples.")
-    try:
-        data = tomllib.loads(target.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{target} is not valid TOML: {exc}") from exc
-    return parse_config(data, source=str(target))
+    return parse_config(read_toml(path), source=str(path))
