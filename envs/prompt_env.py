@@ -36,6 +36,7 @@ import gymnasium
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from envs.observation import build_observation
 from envs.spaces import EnvAction, PromptActionSpace, observation_space
 from selfimprove_rl.aio import BackgroundLoop
 from selfimprove_rl.cache import ResponseCache
@@ -186,7 +187,7 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
         self.replayer = Replayer(client, cache=cache or ResponseCache(), config=replay_config)
         target_model = model or checkpoint.action.model
         self.models: tuple[str, ...] = self.config.allowed_models or (target_model,)
-        initial = PromptState.from_text(checkpoint.action.system_prompt, model=target_model)
+        initial = PromptState.from_action(checkpoint.action, model=target_model)
         initial = initial.with_frozen(self.config.frozen_blocks)
         self.registry = registry if registry is not None else Registry()
         if len(self.registry) == 0:
@@ -495,13 +496,7 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
         table = self._current_eval.table
         per_eval = table.per_eval()
         scores = [table.aggregate(), *(per_eval[e.name] for e in self.evaluators)]
-        return {
-            "prompt": state.render(),
-            "blocks": {b.name: "\n".join(b.lines) for b in state.blocks},
-            "model": state.model,
-            "version": self._current_id,
-            "scores": np.clip(np.asarray(scores, dtype=np.float32), 0.0, 1.0),
-        }
+        return build_observation(state, self._current_id, scores)
 
     def _examples(self, evaluation: _Evaluation) -> list[dict[str, Any]]:
         table = evaluation.table

@@ -78,13 +78,15 @@ def observation_space(block_names: Sequence[str], eval_names: Sequence[str]) -> 
     """Return the observation space for a prompt with these blocks and evals.
 
     Keys: ``prompt`` (rendered system message), ``blocks`` (each block's lines joined by
-    newlines), ``model``, ``version`` (the version id), ``scores`` (aggregate then each eval,
-    in [0, 1], on the latest minibatch).
+    newlines), ``demos`` (a tuple of ``(input, output)`` demonstration pairs), ``model``,
+    ``version`` (the version id), ``scores`` (aggregate then each eval, in [0, 1], on the
+    latest minibatch).
     """
     return spaces.Dict(
         {
             "prompt": text_space(),
             "blocks": spaces.Dict({name: text_space() for name in block_names}),
+            "demos": spaces.Sequence(spaces.Tuple((text_space(), text_space())), stack=False),
             "model": text_space(256),
             "version": text_space(64),
             "scores": spaces.Box(0.0, 1.0, shape=(1 + len(eval_names),), dtype=np.float32),

@@ -32,6 +32,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from envs.spaces import EnvAction
+from selfimprove_rl.checkpoint import Demo
 from selfimprove_rl.prompt import (
     AddLine,
     Block,
@@ -117,7 +118,7 @@ def state_from_observation(observation: Observation, *, frozen: Sequence[str] = 
     """Rebuild the prompt state a policy sees: block names, lines and the model.
 
     Headings are not part of the observation, so the rebuilt blocks have no titles; line
-    numbers, block names and the model, which is what edits refer to, are exact.
+    numbers, block names, demos and the model, which is what edits refer to, are exact.
 
     Args:
         observation: a PromptEnv observation (``blocks``: name → lines joined by newlines).
@@ -132,7 +133,8 @@ def state_from_observation(observation: Observation, *, frozen: Sequence[str] = 
     )
     if not blocks:
         blocks = (Block(name="sop"),)
-    return PromptState(blocks=blocks, model=str(observation.get("model") or "unknown"))
+    demos = tuple(Demo(input=str(i), output=str(o)) for i, o in observation.get("demos") or ())
+    return PromptState(blocks=blocks, model=str(observation.get("model") or "unknown"), demos=demos)
 
 
 def numbered_blocks(observation: Observation) -> str:

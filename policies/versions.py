@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from envs.observation import build_observation
 from envs.spaces import EnvAction
 from policies.proposers import state_from_observation
 from selfimprove_rl.errors import InvalidEdit, PolicyError
@@ -188,13 +189,7 @@ class VersionView:
         state = self.state(version_id)
         scores = self.eval_scores.get(version_id, {})
         values = [float(np.mean(v)) for v in scores.values()] or [0.0]
-        return {
-            "prompt": state.render(),
-            "blocks": {b.name: "\n".join(b.lines) for b in state.blocks},
-            "model": state.model,
-            "version": version_id,
-            "scores": np.clip(np.asarray(values, dtype=np.float32), 0.0, 1.0),
-        }
+        return build_observation(state, version_id, values)
 
     def info_for(self, version_id: str, latest: Mapping[str, Any]) -> dict[str, Any]:
         """Return ``latest`` info re-aimed at a version: its id and its own example rows.

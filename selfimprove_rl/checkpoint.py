@@ -101,13 +101,43 @@ class Sample(BaseModel):
         return message_text(self.output_generation)
 
 
+class Demo(BaseModel):
+    """A few-shot demonstration: a user turn and the assistant reply, sent before the history.
+
+    Demonstrations as chat turns are often the strongest lever on a real model (DSPy's central
+    one), so they are part of the optimized action, versioned and published with the prompt.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input: str = Field(description="The user turn.")
+    output: str = Field(description="The assistant reply the model should imitate.")
+
+    def messages(self) -> list[dict[str, str]]:
+        """Return the demonstration as two OpenAI chat messages (user, then assistant).
+
+        Example:
+            >>> Demo(input="hi", output="Hello!").messages()[1]
+            {'role': 'assistant', 'content': 'Hello!'}
+        """
+        return [
+            {"role": "user", "content": self.input},
+            {"role": "assistant", "content": self.output},
+        ]
+
+
 class Action(BaseModel):
-    """The parameters of the call being optimized: system prompt, model, invocation params."""
+    """The parameters of the optimized call: system prompt, demos, model, invocation params."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     system_prompt: str
     model: str
+    demos: tuple[Demo, ...] = Field(
+        default=(),
+        description="Few-shot demonstrations sent as user/assistant turns after the system "
+        "prompt and before the sample's conversation.",
+    )
     temperature: float | None = None
     top_p: float | None = None
     max_tokens: int | None = None
@@ -136,6 +166,20 @@ class Action(BaseModel):
         }
         params.update(self.extra_parameters)
         return params
+
+    def prefix_messages(self) -> list[dict[str, Any]]:
+        """Return the messages every call starts with: the system prompt, then the demos.
+
+        Example:
+            >>> demo = Demo(input="a", output="b")
+            >>> action = Action(system_prompt="Be brief.", model="m", demos=(demo,))
+            >>> [m["role"] for m in action.prefix_messages()]
+            ['system', 'user', 'assistant']
+        """
+        messages: list[dict[str, Any]] = [{"role": "system", "content": self.system_prompt}]
+        for demo in self.demos:
+            messages.extend(demo.messages())
+        return messages
 
 
 class EvalConstants(BaseModel):

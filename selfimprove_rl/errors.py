@@ -20,6 +20,7 @@ InvalidEditReason = Literal[
     "unparseable_directive",
     "conflicting_edits",
     "duplicate_block",
+    "demo_out_of_range",
 ]
 
 

@@ -4,11 +4,15 @@ A :class:`PromptState` is a model name plus named blocks of lines (a general blo
 blocks...). Any block can be frozen. It renders to the system message, has a stable
 fingerprint, and diffs against another state.
 
+A state may also carry few-shot demonstrations (:class:`~selfimprove_rl.checkpoint.Demo`):
+user/assistant turns sent after the system message and before the live conversation.
+
 An :data:`Edit` is one of :class:`AddLine`, :class:`EditLine`, :class:`DeleteLine`,
-:class:`ReplaceBlock`, :class:`SetModel`, :class:`NoOp` (a pydantic discriminated union on
-``kind``). :func:`apply` returns a new state or raises :class:`InvalidEdit` naming the block,
-the line and the reason; states are immutable, so a failed edit list never leaves a
-half-applied state behind.
+:class:`ReplaceBlock`, :class:`AddDemo`, :class:`SwapDemo`, :class:`RemoveDemo`,
+:class:`SetModel`, :class:`NoOp` (a pydantic discriminated union on ``kind``).
+:func:`apply` returns a new state or raises :class:`InvalidEdit` naming the block, the line
+and the reason; states are immutable, so a failed edit list never leaves a half-applied
+state behind.
 
 Coach directive text (one directive per line, keywords case-insensitive)::
 
@@ -17,13 +21,16 @@ Coach directive text (one directive per line, keywords case-insensitive)::
     EDIT: 3 -> text          replace line 3
     DEL: 2                   delete line 2
     REPLACE:                 replace the whole block with the lines that follow
+    DEMO: "in" -> "out"      append a demonstration (JSON string literals)
+    DEMO 2: "in" -> "out"    swap demonstration 2 for a new one
+    DEL_DEMO: 2              remove demonstration 2
     MODEL: sim-large         switch model
     no_change                nothing to change
 
 Line numbers in directive text refer to the prompt *as shown to the coach* (``ADD 3: text``
 puts the new line where shown line 3 is): :func:`parse_directives` orders edits (line edits,
 then deletions and positioned additions from the bottom up, then appended lines) so earlier
-directives never shift the lines later ones name.
+directives never shift the lines later ones name. Demonstration numbers work the same way.
 
 Example:
     >>> state = PromptState.from_text("Be kind.", model="sim-large")
@@ -46,10 +53,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
-from selfimprove_rl.checkpoint import Action
+from selfimprove_rl.checkpoint import Action, Demo
 from selfimprove_rl.errors import InvalidEdit, unknown_name_message
 
 DEFAULT_EDIT_BLOCK = "sop"
+DEMOS = "demos"
 SOP_TITLE = "## SOP"
 _HEADING = re.compile(r"^#{1,6}\s+\S.*$")
 _BLOCK_NAME = re.compile(r"[a-z0-9_\-]+")
@@ -89,12 +97,15 @@ class Block(BaseModel):
 
 
 class PromptState(BaseModel):
-    """The optimizable state of one call: named blocks of system-prompt lines and a model."""
+    """The optimizable state of one call: blocks of system-prompt lines, demos and a model."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     blocks: tuple[Block, ...] = Field(min_length=1)
     model: str
+    demos: tuple[Demo, ...] = Field(
+        default=(), description="Few-shot demonstrations sent as user/assistant turns."
+    )
 
     @model_validator(mode="after")
     def _block_names_unique(self) -> PromptState:
@@ -108,12 +119,29 @@ class PromptState(BaseModel):
         """Return the system message: non-empty blocks joined by a blank line."""
         return "\n\n".join(text for text in (b.render() for b in self.blocks) if text)
 
+    def render_demos(self) -> str:
+        """Return the demonstrations as numbered text (empty when there are none).
+
+        Example:
+            >>> state = PromptState.from_text("Hi.", model="m")
+            >>> print(apply(state, AddDemo(input="a", output="b")).render_demos())
+            demo 1: user: "a"
+            demo 1: assistant: "b"
+        """
+        lines: list[str] = []
+        for number, demo in enumerate(self.demos, start=1):
+            lines.append(f"demo {number}: user: {json.dumps(demo.input, ensure_ascii=False)}")
+            lines.append(f"demo {number}: assistant: {json.dumps(demo.output, ensure_ascii=False)}")
+        return "\n".join(lines)
+
     def fingerprint(self) -> str:
-        """Return a stable 16-hex id of the blocks (names, titles, lines, frozen) and model."""
-        payload = {
+        """Return a stable 16-hex id of the blocks (names, titles, lines, frozen), demos, model."""
+        payload: dict[str, object] = {
             "blocks": [[b.name, b.title, list(b.lines), b.frozen] for b in self.blocks],
             "model": self.model,
         }
+        if self.demos:  # absent when empty, so states without demos keep their old ids
+            payload["demos"] = [[d.input, d.output] for d in self.demos]
         digest = hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).hexdigest()
         return digest[:16]
 
@@ -169,8 +197,21 @@ class PromptState(BaseModel):
         )
 
     def to_action(self, base: Action) -> Action:
-        """Return ``base`` with this state's rendered system prompt and model."""
-        return base.model_copy(update={"system_prompt": self.render(), "model": self.model})
+        """Return ``base`` with this state's rendered system prompt, demos and model."""
+        return base.model_copy(
+            update={"system_prompt": self.render(), "model": self.model, "demos": self.demos}
+        )
+
+    @classmethod
+    def from_action(cls, action: Action, model: str | None = None) -> PromptState:
+        """Parse a logged action's system prompt into blocks and keep its demos.
+
+        Args:
+            action: the logged action.
+            model: the model of the state (default: the action's).
+        """
+        state = cls.from_text(action.system_prompt, model=model or action.model)
+        return state.model_copy(update={"demos": tuple(action.demos)})
 
     @classmethod
     def from_text(cls, text: str, model: str, *, ensure_sop_block: bool = True) -> PromptState:
@@ -257,6 +298,33 @@ class ReplaceBlock(BaseModel):
     block: str | None = None
 
 
+class AddDemo(BaseModel):
+    """Append a demonstration (it becomes the last turns before the live conversation)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: Literal["add_demo"] = "add_demo"
+    input: str
+    output: str
+
+
+class SwapDemo(BaseModel):
+    """Replace demonstration ``index`` (1-based) with a new one."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: Literal["swap_demo"] = "swap_demo"
+    index: int
+    input: str
+    output: str
+
+
+class RemoveDemo(BaseModel):
+    """Remove demonstration ``index`` (1-based)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: Literal["remove_demo"] = "remove_demo"
+    index: int
+
+
 class SetModel(BaseModel):
     """Switch the model the call runs on."""
 
@@ -273,7 +341,15 @@ class NoOp(BaseModel):
 
 
 Edit = Annotated[
-    AddLine | EditLine | DeleteLine | ReplaceBlock | SetModel | NoOp,
+    AddLine
+    | EditLine
+    | DeleteLine
+    | ReplaceBlock
+    | AddDemo
+    | SwapDemo
+    | RemoveDemo
+    | SetModel
+    | NoOp,
     Field(discriminator="kind"),
 ]
 EDIT_TYPES: tuple[type[BaseModel], ...] = (
@@ -281,9 +357,13 @@ EDIT_TYPES: tuple[type[BaseModel], ...] = (
     EditLine,
     DeleteLine,
     ReplaceBlock,
+    AddDemo,
+    SwapDemo,
+    RemoveDemo,
     SetModel,
     NoOp,
 )
+DEMO_EDIT_TYPES: tuple[type[BaseModel], ...] = (AddDemo, SwapDemo, RemoveDemo)
 EDIT_LIST_ADAPTER: TypeAdapter[list[Edit]] = TypeAdapter(list[Edit])
 
 
@@ -317,11 +397,54 @@ def _check_line_number(line: int, block: Block, *, allow_end: bool = False) -> N
         )
 
 
+def _check_demo_number(index: int, demos: Sequence[Demo]) -> None:
+    upper = len(demos)
+    if not 1 <= index <= upper:
+        shown = f"1..{upper}" if upper else "none (there are no demos)"
+        raise InvalidEdit(
+            f"Demo {index} is out of range; valid demo numbers: {shown}.",
+            reason="demo_out_of_range",
+            block=DEMOS,
+            line=index,
+        )
+
+
+def _check_demo_text(text: str, field: str, index: int | None) -> None:
+    if not text.strip():
+        raise InvalidEdit(
+            f"Demo {field} is empty (demo {index}); a demonstration needs both turns.",
+            reason="empty_text",
+            block=DEMOS,
+            line=index,
+        )
+
+
+def _apply_demo(state: PromptState, edit: AddDemo | SwapDemo | RemoveDemo) -> PromptState:
+    demos = list(state.demos)
+    if isinstance(edit, RemoveDemo):
+        _check_demo_number(edit.index, demos)
+        del demos[edit.index - 1]
+    else:
+        index = edit.index if isinstance(edit, SwapDemo) else len(demos) + 1
+        if isinstance(edit, SwapDemo):
+            _check_demo_number(index, demos)
+        _check_demo_text(edit.input, "input", index)
+        _check_demo_text(edit.output, "output", index)
+        demo = Demo(input=edit.input.strip(), output=edit.output.strip())
+        if isinstance(edit, SwapDemo):
+            demos[index - 1] = demo
+        else:
+            demos.append(demo)
+    return state.model_copy(update={"demos": tuple(demos)})
+
+
 def _apply_one(
     state: PromptState, edit: Edit, allowed_models: Collection[str] | None
 ) -> PromptState:
     if isinstance(edit, NoOp):
         return state
+    if isinstance(edit, AddDemo | SwapDemo | RemoveDemo):
+        return _apply_demo(state, edit)
     if isinstance(edit, SetModel):
         if not edit.model.strip():
             raise InvalidEdit("Model name is empty.", reason="empty_text")
@@ -427,6 +550,7 @@ def parse_directives(text: str, *, block: str | None = None) -> list[Edit]:
     """
     groups: dict[str | None, list[Edit]] = {}
     model_edits: list[Edit] = []
+    demo_edits: list[Edit] = []
     current = block
     raw_lines = text.strip().split("\n")
     number = 0
@@ -438,7 +562,8 @@ def parse_directives(text: str, *, block: str | None = None) -> list[Edit]:
         match = _DIRECTIVE.match(line)
         if not match:
             raise _parse_error(
-                "expected KEYWORD: value (ADD, EDIT, DEL, REPLACE, MODEL, BLOCK, no_change), "
+                "expected KEYWORD: value (ADD, EDIT, DEL, REPLACE, DEMO, DEL_DEMO, MODEL, BLOCK, "
+                "no_change), "
                 f"got {line.strip()[:80]!r}",
                 number,
                 current,
@@ -475,17 +600,71 @@ def parse_directives(text: str, *, block: str | None = None) -> list[Edit]:
             edits.append(ReplaceBlock(lines=tuple(new_lines), block=current))
         elif keyword == "MODEL":
             model_edits.append(SetModel(model=rest))
+        elif keyword == "DEMO":
+            demo_input, demo_output = _parse_demo(rest, number)
+            if inline_number:
+                demo_edits.append(
+                    SwapDemo(index=int(inline_number), input=demo_input, output=demo_output)
+                )
+            else:
+                demo_edits.append(AddDemo(input=demo_input, output=demo_output))
+        elif keyword in {"DEL_DEMO", "DELETE_DEMO", "REMOVE_DEMO"}:
+            value = inline_number or rest
+            if not value.isdigit():
+                raise _parse_error(f"DEL_DEMO needs a demo number, got {value!r}", number, DEMOS)
+            demo_edits.append(RemoveDemo(index=int(value)))
         else:
             raise _parse_error(
-                f"unknown keyword {keyword!r}; use ADD, EDIT, DEL, REPLACE, MODEL, BLOCK "
-                "or no_change",
+                f"unknown keyword {keyword!r}; use ADD, EDIT, DEL, REPLACE, DEMO, DEL_DEMO, "
+                "MODEL, BLOCK or no_change",
                 number,
                 current,
             )
     ordered: list[Edit] = []
     for group_block, edits in groups.items():
         ordered.extend(_order_as_shown(edits, group_block))
-    return ordered + model_edits
+    return ordered + _order_demos_as_shown(demo_edits) + model_edits
+
+
+_DEMO_ARROW = re.compile(r"\s*(?:->|→|=>)\s*")
+
+
+def _parse_demo(rest: str, number: int) -> tuple[str, str]:
+    """Parse ``"<input>" -> "<output>"`` (JSON string literals) into the two turns."""
+    decoder = json.JSONDecoder()
+    expected = 'DEMO needs "<user input>" -> "<assistant reply>" as JSON strings'
+    try:
+        demo_input, end = decoder.raw_decode(rest)
+        arrow = _DEMO_ARROW.match(rest, end)
+        if arrow is None:
+            raise ValueError("no arrow")
+        demo_output, end = decoder.raw_decode(rest, arrow.end())
+    except ValueError:
+        raise _parse_error(f"{expected}, got {rest[:80]!r}", number, DEMOS) from None
+    if not isinstance(demo_input, str) or not isinstance(demo_output, str) or rest[end:].strip():
+        raise _parse_error(f"{expected}, got {rest[:80]!r}", number, DEMOS)
+    return demo_input, demo_output
+
+
+def _order_demos_as_shown(edits: list[Edit]) -> list[Edit]:
+    """Order demo edits so each number refers to the demos as shown: swaps, removals, adds."""
+    touched: set[int] = set()
+    for edit in edits:
+        if isinstance(edit, SwapDemo | RemoveDemo):
+            if edit.index in touched:
+                raise InvalidEdit(
+                    f"Demo {edit.index} is targeted twice; give one directive per demo.",
+                    reason="conflicting_edits",
+                    block=DEMOS,
+                    line=edit.index,
+                )
+            touched.add(edit.index)
+    swaps = [e for e in edits if isinstance(e, SwapDemo)]
+    removals = sorted(
+        (e for e in edits if isinstance(e, RemoveDemo)), key=lambda e: e.index, reverse=True
+    )
+    adds = [e for e in edits if isinstance(e, AddDemo)]
+    return [*swaps, *removals, *adds]
 
 
 def _order_as_shown(edits: list[Edit], block: str | None) -> list[Edit]:
@@ -548,19 +727,28 @@ def to_directive(edit: Edit) -> str:
         return f"{prefix}DEL: {edit.line}"
     if isinstance(edit, ReplaceBlock):
         return f"{prefix}REPLACE:\n" + "\n".join(edit.lines)
+    if isinstance(edit, AddDemo | SwapDemo):
+        spot = f" {edit.index}" if isinstance(edit, SwapDemo) else ""
+        pair = f"{json.dumps(edit.input, ensure_ascii=False)} -> "
+        return f"DEMO{spot}: {pair}{json.dumps(edit.output, ensure_ascii=False)}"
+    if isinstance(edit, RemoveDemo):
+        return f"DEL_DEMO: {edit.index}"
     if isinstance(edit, SetModel):
         return f"MODEL: {edit.model}"
     return "no_change"
 
 
 def diff(before: PromptState, after: PromptState, *, name: str = "prompt") -> str:
-    """Return a unified diff of two states' rendered prompts, model line first.
+    """Return a unified diff of two states' rendered prompts (model line first, demos last).
 
     Returns:
         The diff text; empty when the rendered prompts and models are equal.
     """
     old = [f"model: {before.model}", *before.render().split("\n")]
     new = [f"model: {after.model}", *after.render().split("\n")]
+    for lines, state in ((old, before), (new, after)):
+        if state.demos:
+            lines.extend(["", *state.render_demos().split("\n")])
     return "\n".join(
         difflib.unified_diff(
             old,

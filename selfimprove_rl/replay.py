@@ -213,7 +213,7 @@ class ReplayReport(BaseModel):
 
 
 def build_messages(sample: Sample, action: Action) -> list[dict[str, Any]]:
-    """Return the messages a replay sends: the action's system prompt, then the sample's history.
+    """Return the messages a replay sends: system prompt, demos as chat turns, then the history.
 
     Example:
         >>> sample = Sample(sample_id="s", chat_history=[{"role": "user", "content": "hi"}],
@@ -221,7 +221,7 @@ def build_messages(sample: Sample, action: Action) -> list[dict[str, Any]]:
         >>> build_messages(sample, Action(system_prompt="Be brief.", model="m"))
         [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'hi'}]
     """
-    return [{"role": "system", "content": action.system_prompt}, *sample.chat_history]
+    return [*action.prefix_messages(), *sample.chat_history]
 
 
 def canonical_json(value: Any) -> str:
@@ -260,14 +260,14 @@ def request_key(model: str, messages: list[dict[str, Any]], params: dict[str, An
 class _Keyer:
     """Compute :func:`request_key` for many samples under one action, hashing the prefix once.
 
-    The canonical JSON of ``{"messages": [system, *history], "model": m, "params": p}`` is
-    ``PREFIX + ",".join(history items) + SUFFIX`` (keys sort as messages < model < params), so
-    the system prompt is serialised and hashed once per replay, not once per sample.
+    The canonical JSON of ``{"messages": [system, *demos, *history], "model": m, "params": p}``
+    is ``PREFIX + ",".join(history items) + SUFFIX`` (keys sort as messages < model < params),
+    so the system prompt and demos are serialised and hashed once per replay, not per sample.
     """
 
     def __init__(self, action: Action, params: dict[str, Any]) -> None:
-        system = canonical_json({"role": "system", "content": action.system_prompt})
-        self._prefix = hashlib.sha256(('{"messages":[' + system).encode("utf-8", "surrogatepass"))
+        prefix = ",".join(canonical_json(message) for message in action.prefix_messages())
+        self._prefix = hashlib.sha256(('{"messages":[' + prefix).encode("utf-8", "surrogatepass"))
         suffix = f'],"model":{canonical_json(action.model)},"params":{canonical_json(params)}}}'
         self._suffix = suffix.encode("utf-8", "surrogatepass")
 

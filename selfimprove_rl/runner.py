@@ -271,18 +271,12 @@ class ExperimentRunner:
             self._save_policy_state(line["step"])
 
     def _observation_for(self, version_id: str, scores: dict[str, float]) -> dict[str, Any]:
-        import numpy as np
+        from envs.observation import build_observation
 
         state = self.registry.build(version_id).state
         names = [e.name for e in self.env.unwrapped.evaluators]
         values = [scores.get("aggregate", 0.0), *(scores.get(n, 0.0) for n in names)]
-        return {
-            "prompt": state.render(),
-            "blocks": {b.name: "\n".join(b.lines) for b in state.blocks},
-            "model": state.model,
-            "version": version_id,
-            "scores": np.asarray(values, dtype=np.float32),
-        }
+        return build_observation(state, version_id, values)
 
     def _stop_reason(self, since_promotion: int) -> str:
         stopping = self.config.stopping

@@ -8,11 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from selfimprove_rl.checkpoint import Action
+from selfimprove_rl.checkpoint import Action, Demo
 from selfimprove_rl.errors import InvalidEdit
 from selfimprove_rl.prompt import (
     EDIT_LIST_ADAPTER,
     EDIT_TYPES,
+    AddDemo,
     AddLine,
     Block,
     DeleteLine,
@@ -20,8 +21,10 @@ from selfimprove_rl.prompt import (
     EditLine,
     NoOp,
     PromptState,
+    RemoveDemo,
     ReplaceBlock,
     SetModel,
+    SwapDemo,
     apply,
     block_name_for,
     diff,
@@ -47,6 +50,7 @@ def make_state(*, frozen_general: bool = False) -> PromptState:
             ),
         ),
         model="sim-large",
+        demos=(Demo(input="I love lattes", output="Coffee!"),),
     )
 
 
@@ -103,6 +107,16 @@ EDIT_CASES: list[tuple[Edit, tuple[str, ...], str]] = [
 ]
 
 
+EDIT_CASES += [
+    (edit, EDIT_CASES[-1][1], "sim-large")
+    for edit in (
+        AddDemo(input="Any tennis tonight?", output="No sports."),
+        SwapDemo(index=1, input="Espresso?", output="Coffee!"),
+        RemoveDemo(index=1),
+    )
+]
+
+
 def test_edit_cases_cover_every_edit_kind() -> None:
     union = get_args(get_args(Edit)[0])
     assert set(union) == set(EDIT_TYPES)
@@ -119,6 +133,70 @@ def test_every_edit_kind_applies(edit: Edit, lines: tuple[str, ...], model: str)
     assert new.model == model
     assert new.block("general") == state.block("general")
     assert sop_lines(state) == sop_lines(make_state())  # the input state is untouched
+
+
+@pytest.mark.parametrize(
+    ("directive", "demos"),
+    [
+        (
+            'DEMO: "Any tennis tonight?" -> "No sports."',
+            (("I love lattes", "Coffee!"), ("Any tennis tonight?", "No sports.")),
+        ),
+        ('DEMO 1: "Espresso?" -> "Coffee!"', (("Espresso?", "Coffee!"),)),
+        ("DEL_DEMO: 1", ()),
+        ('demo: "say \\"hi\\"\\nthere" → "Hi!"', None),
+    ],
+)
+def test_demo_directives_apply(directive: str, demos: tuple[tuple[str, str], ...] | None) -> None:
+    state = make_state()
+    new = apply(state, parse_directives(directive))
+    if demos is None:
+        assert new.demos[-1] == Demo(input='say "hi"\nthere', output="Hi!")
+    else:
+        assert tuple((d.input, d.output) for d in new.demos) == demos
+    assert new.render() == state.render()  # demos are turns, not system-prompt text
+    assert new.fingerprint() != state.fingerprint()
+    assert parse_directives("\n".join(to_directive(e) for e in parse_directives(directive))) == (
+        parse_directives(directive)
+    )
+
+
+@pytest.mark.parametrize(
+    ("directive", "reason"),
+    [
+        ('DEMO: "a" "b"', "unparseable_directive"),
+        ("DEMO: a -> b", "unparseable_directive"),
+        ('DEMO: "a" -> "b" trailing', "unparseable_directive"),
+        ("DEL_DEMO: two", "unparseable_directive"),
+        ("DEL_DEMO: 2", "demo_out_of_range"),
+        ('DEMO 3: "a" -> "b"', "demo_out_of_range"),
+        ('DEMO: " " -> "b"', "empty_text"),
+        ("DEL_DEMO: 1\nDEL_DEMO: 1", "conflicting_edits"),
+    ],
+)
+def test_bad_demo_directives_are_invalid_edits(directive: str, reason: str) -> None:
+    state = make_state()
+    with pytest.raises(InvalidEdit) as caught:
+        apply(state, parse_directives(directive))
+    assert caught.value.reason == reason
+
+
+def test_demo_numbers_refer_to_the_demos_as_shown() -> None:
+    state = apply(make_state(), [AddDemo(input="b", output="B"), AddDemo(input="c", output="C")])
+    new = apply(state, parse_directives('DEL_DEMO: 1\nDEMO 3: "z" -> "Z"\nDEL_DEMO: 2'))
+    assert [d.input for d in new.demos] == ["z"]
+
+
+def test_demos_reach_the_action_and_the_diff() -> None:
+    state = make_state()
+    action = state.to_action(Action(system_prompt="", model="m"))
+    assert [m["role"] for m in action.prefix_messages()] == ["system", "user", "assistant"]
+    assert PromptState.from_action(action) == state.model_copy(
+        update={"blocks": PromptState.from_text(state.render(), model="sim-large").blocks}
+    )
+    changed = apply(state, SwapDemo(index=1, input="Espresso?", output="Coffee!"))
+    text = diff(state, changed)
+    assert '-demo 1: user: "I love lattes"' in text and '+demo 1: user: "Espresso?"' in text
 
 
 def test_noop_returns_the_same_state() -> None:
@@ -160,6 +238,14 @@ def test_edits_round_trip_through_the_discriminated_union() -> None:
 # --- every invalid-edit reason, with pinned messages ------------------------------------------
 
 INVALID_CASES: list[tuple[str, PromptState, Edit | list[Edit], str, str | None, int | None]] = [
+    (
+        "demo_out_of_range",
+        make_state(),
+        RemoveDemo(index=2),
+        "Demo 2 is out of range; valid demo numbers: 1..1.",
+        "demos",
+        2,
+    ),
     (
         "frozen_block",
         make_state(frozen_general=True),
@@ -311,14 +397,14 @@ def test_a_failing_edit_list_is_never_half_applied() -> None:
     [
         (
             "ADD: a\nmake it better",
-            "Directive line 2: expected KEYWORD: value (ADD, EDIT, DEL, REPLACE, MODEL, BLOCK, "
-            "no_change), got 'make it better'",
+            "Directive line 2: expected KEYWORD: value (ADD, EDIT, DEL, REPLACE, DEMO, DEL_DEMO, "
+            "MODEL, BLOCK, no_change), got 'make it better'",
             2,
         ),
         (
             "INSERT: x",
-            "Directive line 1: unknown keyword 'INSERT'; use ADD, EDIT, DEL, REPLACE, MODEL, "
-            "BLOCK or no_change",
+            "Directive line 1: unknown keyword 'INSERT'; use ADD, EDIT, DEL, REPLACE, DEMO, "
+            "DEL_DEMO, MODEL, BLOCK or no_change",
             1,
         ),
         ("EDIT: 2 to x", "Directive line 1: EDIT needs 'N -> new text'", 1),
@@ -561,6 +647,9 @@ ROUND_TRIP_CASES: list[Edit] = [
     ReplaceBlock(lines=("a", "b: c", "3. d")),
     ReplaceBlock(lines=(), block="general"),
     SetModel(model="sim-small"),
+    AddDemo(input='He said "hi"\nthen left', output="Bye → now"),
+    SwapDemo(index=2, input="a", output="b"),
+    RemoveDemo(index=3),
 ]
 
 
@@ -619,8 +708,10 @@ def test_fingerprint_is_stable() -> None:
     assert PromptState.model_validate_json(state.model_dump_json()).fingerprint() == (
         state.fingerprint()
     )
-    # Pinned: registries persist fingerprints, so the payload must not drift silently.
-    assert state.fingerprint() == "16306bd233fc210a"
+    # Pinned: registries persist fingerprints, so the payload must not drift silently; a state
+    # without demos keeps the id it had before demos existed.
+    assert state.model_copy(update={"demos": ()}).fingerprint() == "16306bd233fc210a"
+    assert state.fingerprint() == "c3fc2625ed773f5b"
     assert re.fullmatch(r"[0-9a-f]{16}", state.fingerprint())
 
 
