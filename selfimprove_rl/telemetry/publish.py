@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from selfimprove_rl.checkpoint import Action, Sample
+from selfimprove_rl.checkpoint import Action, Demo, Sample
 from selfimprove_rl.errors import TelemetryError
 from selfimprove_rl.telemetry.tracing import split_endpoint
 
@@ -54,6 +54,9 @@ class PublishedPrompt(BaseModel):
     version_id: str
     system_prompt: str
     model: str
+    demos: tuple[Demo, ...] = Field(
+        default=(), description="Few-shot turns stored after the system message."
+    )
     model_provider: str = "OPENAI"
     invocation_parameters: dict[str, Any] = Field(default_factory=dict)
     description: str | None = None
@@ -66,6 +69,7 @@ class PublishedPrompt(BaseModel):
         return Action(
             system_prompt=self.system_prompt,
             model=self.model,
+            demos=self.demos,
             temperature=extra.pop("temperature", None),
             top_p=extra.pop("top_p", None),
             max_tokens=extra.pop("max_tokens", None),
@@ -77,11 +81,11 @@ class PublishedPrompt(BaseModel):
         """Keyword arguments for ``client.chat.completions.create`` with this version.
 
         Args:
-            messages: the conversation after the system prompt.
+            messages: the conversation after the system prompt and the demos.
         """
         return {
             "model": self.model,
-            "messages": [{"role": "system", "content": self.system_prompt}, *messages],
+            "messages": [*self.to_action().prefix_messages(), *messages],
             **self.invocation_parameters,
         }
 
@@ -180,7 +184,7 @@ def publish_version(
 
     request = {
         "model": action.model,
-        "messages": [{"role": "system", "content": action.system_prompt}],
+        "messages": action.prefix_messages(),
         **action.invocation_parameters(),
     }
     try:
@@ -275,12 +279,27 @@ def load_version(
         version_id=str(data["id"]),
         system_prompt=str(system[0]["content"]),
         model=model,
+        demos=_demos_after_system(messages[messages.index(system[0]) + 1 :]),
         model_provider=str(data.get("model_provider", "OPENAI")),
         invocation_parameters=kwargs,
         description=data.get("description") or None,
         metadata=dict(data.get("metadata") or {}),
         tags=sorted(tags),
     )
+
+
+def _demos_after_system(messages: Sequence[Mapping[str, Any]]) -> tuple[Demo, ...]:
+    """Read the user/assistant pairs stored after the system message back into demos."""
+    demos: list[Demo] = []
+    for user, assistant in zip(messages[::2], messages[1::2], strict=False):
+        if user.get("role") != "user" or assistant.get("role") != "assistant":
+            break
+        if not isinstance(user.get("content"), str) or not isinstance(
+            assistant.get("content"), str
+        ):
+            break
+        demos.append(Demo(input=str(user["content"]), output=str(assistant["content"])))
+    return tuple(demos)
 
 
 @contextmanager

@@ -218,3 +218,29 @@ def test_promote_publishes_a_build_the_run_did_not_publish(
         live = load_version(px, name, tag=PRODUCTION_TAG)
     assert live.version_id == record.published[0].phoenix_version_id
     assert json.loads((run.run_dir / "phoenix.json").read_text())["production"]["by"] == "promote"
+
+
+def test_demos_are_published_as_chat_turns_and_read_back(phoenix_server: Any) -> None:
+    from selfimprove_rl.checkpoint import Action, Demo
+    from selfimprove_rl.telemetry import publish_version
+
+    name = f"demos-{secrets.token_hex(3)}"
+    demos = (
+        Demo(input="I want my money back", output="Refunds: reply within 5 days."),
+        Demo(input='Is {this} "templated"?', output="No: stored as is."),
+    )
+    action = Action(system_prompt="Route the message.", model="sim-large", demos=demos)
+    with PhoenixPrompts(phoenix_server.url) as px:
+        published = publish_version(px, name, action)
+        loaded = load_version(px, name, version_id=published.version_id)
+    assert loaded.demos == demos
+    assert loaded.to_action().prefix_messages() == action.prefix_messages()
+    request = loaded.request([{"role": "user", "content": "hi"}])
+    assert [m["role"] for m in request["messages"]] == [
+        "system",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+        "user",
+    ]
