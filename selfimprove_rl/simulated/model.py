@@ -5,12 +5,14 @@ response body (a dict), deterministically:
 
 * the **system prompt** is every ``system`` and ``developer`` message joined by newlines,
   parsed as an SOP (:mod:`selfimprove_rl.simulated.sop`); the **input** is the last ``user``
-  message (earlier turns are context the model does not use);
+  message; every earlier ``user`` turn answered by an ``assistant`` turn is a few-shot
+  **demonstration**, read like an ``example:`` line of the SOP (in-context learning);
 * the **reply** comes from the first ``if``/``else if`` rule that matches, else the nearest
-  example at or above the tier's example threshold, else the first ``else``, else
-  :func:`generic_reply`; the tier (:mod:`selfimprove_rl.simulated.tiers`) decides which lines
-  it reads and how strictly. Cosines are rounded to 4 decimals before any comparison, so
-  float noise cannot flip a decision;
+  example or demonstration at or above the tier's example threshold, else the first
+  ``else``, else the listed reply option closest to the input, else :func:`generic_reply`;
+  the tier (:mod:`selfimprove_rl.simulated.tiers`) decides which lines it reads and how
+  strictly. Cosines are rounded to 4 decimals before any comparison, so float noise cannot
+  flip a decision;
 * ``sim-noisy`` deviates with the tier's probability, drawn from an RNG seeded by the
   SHA-256 of the canonical request JSON (sorted keys), so the same request, including its
   ``seed``, always gets the same reply, and another ``seed`` may get another;
@@ -37,6 +39,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import random
 import re
@@ -48,7 +51,7 @@ import numpy as np
 from selfimprove_rl.embeddings import Embedder, default_embedder
 from selfimprove_rl.errors import SimulatedRequestError
 from selfimprove_rl.simulated import classify
-from selfimprove_rl.simulated.sop import Sop, parse_sop
+from selfimprove_rl.simulated.sop import Sop, Statement, parse_sop
 from selfimprove_rl.simulated.tiers import TierSpec, get_tier
 from selfimprove_rl.simulated.tokens import (
     TOKEN_PATTERN,
@@ -57,7 +60,7 @@ from selfimprove_rl.simulated.tokens import (
     count_tokens,
 )
 
-DecisionSource = Literal["rule", "example", "else", "generic", "noise"]
+DecisionSource = Literal["rule", "example", "else", "option", "generic", "noise"]
 Deviation = Literal["wrong_line", "generic", "garbled"]
 DEVIATIONS: tuple[Deviation, ...] = ("wrong_line", "generic", "garbled")
 DEFAULT_TEMPERATURE = 1.0
@@ -185,6 +188,7 @@ class SimulatedChatModel:
         *,
         temperature: float = DEFAULT_TEMPERATURE,
         rng: random.Random | None = None,
+        demos: Sequence[tuple[str, str]] = (),
     ) -> Decision:
         """Return the reply the tier gives to ``user_input`` under ``system_prompt``.
 
@@ -194,15 +198,18 @@ class SimulatedChatModel:
             user_input: the last user message.
             temperature: the request temperature (only sim-noisy uses it).
             rng: the noise RNG; required for deviations, unused by noiseless tiers.
+            demos: earlier (user, assistant) turns, read as in-context examples.
         """
         sop = parse_sop(system_prompt).first(tier.max_statements)
-        decision = self._follow(tier, sop, user_input)
+        decision = self._follow(tier, sop, user_input, demo_examples(demos))
         if rng is not None and tier.noisy:
             if rng.random() < tier.noise_probability(temperature):
                 return self._deviate(decision, sop, user_input, rng)
         return decision
 
-    def _follow(self, tier: TierSpec, sop: Sop, user_input: str) -> Decision:
+    def _follow(
+        self, tier: TierSpec, sop: Sop, user_input: str, demos: tuple[Statement, ...] = ()
+    ) -> Decision:
         vector: np.ndarray | None = None
         for rule in sop.statements:
             if rule.kind == "mentions":
@@ -214,7 +221,7 @@ class SimulatedChatModel:
                 _, score = self._best_cosine(vector, rule.facets)
                 if score >= tier.semantic_threshold:
                     return Decision(rule.reply, "rule", rule.line, score)
-        examples = () if tier.literal_only else sop.examples
+        examples = () if tier.literal_only else (*sop.examples, *demos)
         if examples:
             if vector is None:
                 vector = self._matrix((user_input,))[0]
@@ -224,6 +231,12 @@ class SimulatedChatModel:
         fallback = sop.fallback
         if fallback is not None:
             return Decision(fallback.reply, "else", fallback.line)
+        options = () if tier.literal_only else sop.options
+        if options:
+            if vector is None:
+                vector = self._matrix((user_input,))[0]
+            best, score = self._best_cosine(vector, tuple(o.reply for o in options))
+            return Decision(options[best].reply, "option", options[best].line, score)
         return Decision(generic_reply(user_input), "generic")
 
     def _deviate(
@@ -300,19 +313,17 @@ class SimulatedChatModel:
                 for m in messages
                 if m.get("role") in ("system", "developer")
             )
-            user_input = next(
-                (
-                    content_text(m.get("content"))
-                    for m in reversed(messages)
-                    if m.get("role") == "user"
-                ),
-                "",
-            )
+            user_input, demos = conversation_turns(messages)
             rng = random.Random(int(digest[:16], 16)) if tier.noisy else None
             completion_tokens = 0
             for index in range(n):
                 reply = self.decide(
-                    tier, system_prompt, user_input, temperature=float(temperature), rng=rng
+                    tier,
+                    system_prompt,
+                    user_input,
+                    temperature=float(temperature),
+                    rng=rng,
+                    demos=demos,
                 ).reply
                 finish = "stop"
                 if limit is not None and count_tokens(reply) > limit:
@@ -339,6 +350,43 @@ class SimulatedChatModel:
                 "total_tokens": prompt_tokens + completion_tokens,
             },
         }
+
+
+def conversation_turns(
+    messages: Sequence[Mapping[str, Any]],
+) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """Split a conversation into the live input and the demonstrations before it.
+
+    Returns:
+        The last user message, and every earlier user turn directly answered by an
+        assistant turn, as ``(user, assistant)`` pairs in order.
+
+    Example:
+        >>> conversation_turns([
+        ...     {"role": "system", "content": "s"},
+        ...     {"role": "user", "content": "a"}, {"role": "assistant", "content": "A"},
+        ...     {"role": "user", "content": "b"},
+        ... ])
+        ('b', (('a', 'A'),))
+    """
+    turns = [m for m in messages if m.get("role") not in ("system", "developer")]
+    last_user = max((i for i, m in enumerate(turns) if m.get("role") == "user"), default=None)
+    if last_user is None:
+        return "", ()
+    pairs: list[tuple[str, str]] = []
+    for first, second in itertools.pairwise(turns[:last_user]):
+        if first.get("role") == "user" and second.get("role") == "assistant":
+            pairs.append((content_text(first.get("content")), content_text(second.get("content"))))
+    return content_text(turns[last_user].get("content")), tuple(pairs)
+
+
+def demo_examples(demos: Sequence[tuple[str, str]]) -> tuple[Statement, ...]:
+    """Return demonstrations as ``example`` statements (line 0: they are not SOP lines)."""
+    return tuple(
+        Statement(kind="example", reply=reply, line=0, text="demo", example_input=user)
+        for user, reply in demos
+        if user.strip() and reply.strip()
+    )
 
 
 def _messages(value: Any) -> Sequence[Mapping[str, Any]]:

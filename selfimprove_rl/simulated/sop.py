@@ -3,38 +3,51 @@
 The simulated model reads its system prompt (every ``system`` and ``developer`` message, in
 order) as a standard operating procedure: one statement per line. A line may start with a
 bullet (``-``, ``*``, ``+``, ``•``) or a number (``1.``, ``2)``, ``(3)``); keywords are
-case-insensitive (``if``, ``If``, ``IF``). Four kinds of line are understood:
+case-insensitive (``if``, ``If``, ``IF``). It understands terse pseudo-code *and* the plain
+instructions people write for real models:
 
 ``if input mentions <terms>: respond "<reply>"``
     A literal condition. ``<terms>`` are words or phrases separated by ``or`` and/or commas;
     a phrase may be double-quoted (``"flat white"``). It matches when the input contains any
     term as whole words, case-insensitively (``coffee`` matches "Coffee!" but not
-    "coffeehouse"). ``the input``/``the message``/``the user`` may stand for ``input``.
+    "coffeehouse"). ``contains``, ``includes``, ``uses the word(s)`` mean ``mentions``.
 
 ``if input is about <description>: respond "<reply>"``
     A semantic condition: the input is compared, by sentence-embedding cosine similarity,
     with the description and with each of its facets (the parts between commas, ``or``,
     ``and`` and ``/``); the best of those similarities must reach the tier's threshold. A
     richer description ("coffee, espresso, lattes or coffee beans") reaches more inputs.
+    ``asks about``, ``talks about``, ``concerns``, ``relates to``, ``is related to``,
+    ``refers to``, ``is regarding``, ``wants`` and ``asks for`` mean ``is about``.
 
 ``example: "<input>" -> "<reply>"``
-    An in-context example. ``→`` and ``=>`` work as arrows too.
+    An in-context example. ``→`` and ``=>`` work as arrows too. Few-shot demonstrations sent
+    as user/assistant chat turns before the live message work the same way (see
+    :mod:`selfimprove_rl.simulated.model`).
 
 ``else if ...`` (exactly like ``if``), and ``else: respond "<reply>"``
-    ``otherwise:`` is a synonym of ``else:``.
+    ``otherwise``, ``in all other cases``, ``for anything else`` and ``if none of these
+    apply`` are synonyms of ``else``.
 
-After the condition, ``:``, ``,`` or ``then`` introduce the action; ``respond``, ``reply``,
-``answer`` and ``say`` (optionally followed by ``with``) are synonyms. The reply runs from
-the first double quote after the action word to the last double quote on the line, so it
-may contain quotes and apostrophes; curly quotes work too. An optional ``; terminate`` (or
-``stop``, or a final period) may follow; every answer ends the turn anyway, so it changes
-nothing. A line that fits none of these forms (a heading, vague guidance such as "be
+``- "<reply>"`` under a line that asks for *one of these/the following* replies
+    A listed reply option (a bare quoted line counts anywhere). When nothing else answers,
+    a model that reads semantics picks the listed reply closest in meaning to the input.
+
+The subject of a condition may be ``input``, ``message``, ``user``, ``request``,
+``customer``, ``question`` or ``query`` (with ``the`` and ``user's``/``customer's``), and
+``when`` may stand for ``if``. After the condition, ``:``, ``,`` or ``then`` introduce the
+action; ``respond``, ``reply``, ``answer`` and ``say`` (optionally followed by ``with``,
+``exactly`` and ``this text``/``this reply``, and a colon) are synonyms. A quoted reply runs
+from the first double quote after the action word to the last double quote on the line, so
+it may contain quotes and apostrophes; curly quotes work too; an optional ``; terminate``
+(or ``stop``, or a final period) may follow. An unquoted reply is the rest of the line,
+verbatim. A line that fits none of these forms (a heading, vague guidance such as "be
 friendly", a rule with an empty reply) is ignored and listed in :attr:`Sop.ignored`.
 
 How the model answers with a parsed SOP (see :mod:`selfimprove_rl.simulated.model`): the
 ``if``/``else if`` rules in order of appearance, first match wins; otherwise the nearest
-example above the tier's example threshold; otherwise the first ``else``; otherwise a
-generic reply derived from the input.
+example (or demonstration) above the tier's example threshold; otherwise the first ``else``;
+otherwise the closest listed reply option; otherwise a generic reply derived from the input.
 
 Example:
     >>> sop = parse_sop('''## SOP
@@ -42,13 +55,16 @@ Example:
     ... - else if input is about sports, games or exercise: respond "Well, I don't like sports."
     ... example: "I grind my own beans" -> "Beans!"
     ... Be friendly.
-    ... else: respond "Tell me more."''')
+    ... When the customer asks about a refund, reply with exactly: We'll refund you.
+    ... Otherwise, reply with exactly: "Tell me more."''')
     >>> [s.kind for s in sop.statements]
-    ['mentions', 'about', 'example', 'else']
+    ['mentions', 'about', 'example', 'about', 'else']
     >>> sop.statements[0].terms
     ('coffee', 'flat white')
     >>> sop.statements[1].facets
     ('sports, games or exercise', 'sports', 'games', 'exercise')
+    >>> sop.statements[3].description, sop.statements[3].reply
+    ('a refund', "We'll refund you.")
     >>> sop.ignored
     (1, 5)
     >>> sop.statements[0].matches("A Flat  White, please!")
@@ -62,22 +78,38 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Literal
 
-StatementKind = Literal["mentions", "about", "example", "else"]
+StatementKind = Literal["mentions", "about", "example", "else", "option"]
 
 _PREFIX = re.compile(r"^\s*(?:[-*+•]\s+|\d+[.)]\s+|\(\d+\)\s+)?")
-_ACTION = r"(?:respond|reply|answer|say)(?:\s+with)?\s*:?\s*"
-_REPLY = r"[\"“](?P<reply>.*)[\"”]"
+_ACTION = (
+    r"(?:respond|reply|answer|say)(?:\s+with)?(?:\s+exactly)?"
+    r"(?:\s+(?:this|the\s+following)(?:\s+(?:text|reply|message|sentence))?)?\s*:?\s*"
+)
+_REPLY = r"(?:[\"“](?P<reply>.*)[\"”](?P<tail>.*)|(?P<bare>[^\"“\s].*))"
 _TAIL = re.compile(r"^\s*(?:[;,.]?\s*(?:and\s+)?(?:terminate|stop)\b)?\s*\.?\s*$", re.IGNORECASE)
+_SUBJECT = (
+    r"(?:the\s+)?(?:(?:user|customer)(?:'s|’s)\s+)?"
+    r"(?:input|message|user|request|customer|question|query)"
+)
+_LITERAL_OP = r"mentions|contains|includes|uses\s+the\s+words?|has\s+the\s+words?"
+_SEMANTIC_OP = (
+    r"is\s+about|is\s+asking\s+(?:about|for)|asks\s+(?:about|for)|talks\s+about|concerns|"
+    r"relates\s+to|is\s+related\s+to|refers\s+to|is\s+regarding|deals\s+with|wants"
+)
 _IF = re.compile(
-    r"^(?P<else>(?:else|otherwise)[\s,]+)?if\s+(?:the\s+)?(?:input|message|user|request)\s+"
-    r"(?P<op>mentions|is\s+about)\s+(?P<cond>.+?)"
-    r"(?:\s*[:,]\s*(?:then\s+)?|\s+then\s+)" + _ACTION + _REPLY + r"(?P<tail>.*)$",
+    r"^(?P<else>(?:else|otherwise)[\s,]+)?(?:if|when|whenever)\s+" + _SUBJECT + r"\s+"
+    r"(?P<op>" + _LITERAL_OP + "|" + _SEMANTIC_OP + r")\s+(?P<cond>.+?)"
+    r"(?:\s*[:,]\s*(?:then\s+)?|\s+then\s+)" + _ACTION + _REPLY + r"$",
     re.IGNORECASE,
 )
 _ELSE = re.compile(
-    r"^(?:else|otherwise)\s*[:,]?\s*" + _ACTION + _REPLY + r"(?P<tail>.*)$",
+    r"^(?:else|otherwise|in\s+all\s+other\s+cases|in\s+any\s+other\s+case|"
+    r"for\s+(?:anything|everything)\s+else|if\s+none\s+of\s+(?:these|the\s+above)"
+    r"(?:\s+rules)?\s+appl(?:y|ies))\s*[:,]?\s*" + _ACTION + _REPLY + r"$",
     re.IGNORECASE,
 )
+_OPTION = re.compile(r"^[\"“](?P<reply>.+)[\"”]\s*\.?$")
+_OPTIONS_HEADER = re.compile(r"\bone\s+of\s+(?:these|the\s+following)\b", re.IGNORECASE)
 _EXAMPLE = re.compile(
     r"^example\s*(?:\d+\s*)?:\s*[\"“](?P<input>.*?)[\"”]\s*(?:->|→|=>)\s*"
     r"[\"“](?P<reply>.*)[\"”]\s*\.?\s*$",
@@ -95,7 +127,8 @@ class Statement:
     """One understood SOP line.
 
     Attributes:
-        kind: ``mentions`` or ``about`` (an ``if``/``else if`` rule), ``example``, ``else``.
+        kind: ``mentions`` or ``about`` (an ``if``/``else if`` rule), ``example``, ``else``,
+            ``option`` (a listed reply).
         reply: what the model says when this statement answers.
         line: the 1-based line number in the system prompt.
         text: the source line, stripped.
@@ -159,6 +192,11 @@ class Sop:
         """The first ``else`` line, if any."""
         return next((s for s in self.statements if s.kind == "else"), None)
 
+    @property
+    def options(self) -> tuple[Statement, ...]:
+        """The listed reply options, in order of appearance."""
+        return tuple(s for s in self.statements if s.kind == "option")
+
 
 def _tail_ok(tail: str) -> bool:
     return _TAIL.match(tail) is not None
@@ -206,16 +244,23 @@ def facets_of(description: str) -> tuple[str, ...]:
     return tuple(facets)
 
 
+def _reply_of(found: re.Match[str]) -> str:
+    """The reply of a matched rule: the quoted text (with a valid tail) or the bare rest."""
+    if found["bare"] is not None:
+        return found["bare"].strip()
+    return found["reply"].strip() if _tail_ok(found["tail"]) else ""
+
+
 def parse_line(raw: str, number: int) -> Statement | None:
     """Parse one SOP line; ``None`` when the line is not understood."""
     text = _PREFIX.sub("", raw, count=1).strip()
     if not text:
         return None
     found = _IF.match(text)
-    if found and _tail_ok(found["tail"]) and found["reply"].strip():
+    if found and _reply_of(found):
         condition = found["cond"].strip().strip('"“”').strip()
-        reply = found["reply"].strip()
-        if found["op"].lower() == "mentions":
+        reply = _reply_of(found)
+        if re.fullmatch(_LITERAL_OP, found["op"], re.IGNORECASE):
             terms = parse_terms(found["cond"])
             if not terms:
                 return None
@@ -239,8 +284,8 @@ def parse_line(raw: str, number: int) -> Statement | None:
             facets=facets_of(description),
         )
     found = _ELSE.match(text)
-    if found and _tail_ok(found["tail"]) and found["reply"].strip():
-        return Statement(kind="else", reply=found["reply"].strip(), line=number, text=text)
+    if found and _reply_of(found):
+        return Statement(kind="else", reply=_reply_of(found), line=number, text=text)
     found = _EXAMPLE.match(text)
     if found and found["input"].strip() and found["reply"].strip():
         return Statement(
@@ -250,6 +295,9 @@ def parse_line(raw: str, number: int) -> Statement | None:
             text=text,
             example_input=found["input"].strip(),
         )
+    found = _OPTION.match(text)
+    if found and found["reply"].strip():
+        return Statement(kind="option", reply=found["reply"].strip(), line=number, text=text)
     return None
 
 
@@ -266,12 +314,20 @@ def parse_sop(system_prompt: str) -> Sop:
     """
     statements: list[Statement] = []
     ignored: list[int] = []
+    listing = False  # inside a list that follows a "one of these replies" line
     for number, raw in enumerate(system_prompt.splitlines(), start=1):
         if not raw.strip():
+            listing = False
             continue
         statement = parse_line(raw, number)
+        bullet = _PREFIX.match(raw)
+        if statement is None and listing and bullet is not None and bullet.group(0).strip():
+            reply = raw[bullet.end() :].strip()
+            statement = Statement(kind="option", reply=reply, line=number, text=reply)
         if statement is None:
             ignored.append(number)
+            listing = _OPTIONS_HEADER.search(raw) is not None
         else:
             statements.append(statement)
+            listing = listing and statement.kind == "option"
     return Sop(statements=tuple(statements), ignored=tuple(ignored))

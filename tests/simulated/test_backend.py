@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import httpx
 import openai
@@ -105,10 +104,12 @@ def test_phoenix_judge_on_the_simulated_model_is_not_throttled() -> None:
         choices={"match": 1.0, "no_match": 0.0},
     )
     frame = pd.DataFrame({"output": [f"a {i % 2}" for i in range(60)], "reference": ["a 0"] * 60})
-    started = time.perf_counter()
     scored = evaluate_dataframe(dataframe=frame, evaluators=[classifier], hide_tqdm_bar=True)
-    assert time.perf_counter() - started < 5  # Phoenix's default start rate would take ~10 s
     assert [s["label"] for s in scored["match_score"]] == ["match", "no_match"] * 30
+    # Phoenix's default start rate (5 requests/s) would take ~10 s for these 60 rows; the
+    # speed itself is measured in benchmarks, here we check the limiter starts where we set it.
+    (limiter,) = llm._rate_limiters
+    assert limiter._throttler.rate == SIMULATED_REQUEST_RATE
 
 
 @pytest.mark.parametrize(

@@ -83,7 +83,8 @@ def test_examples_and_else_lines() -> None:
         "Be friendly and concise.",
         "Always answer politely about coffee.",
         'if input mentions coffee: respond ""',
-        "if input mentions coffee: respond Yes",
+        "if input mentions coffee: be brief",
+        "if the weather mentions coffee, reply with exactly: x",
         'if input mentions : respond "x"',
         'if input mentions coffee: respond "x" and then ask a question',
         'example: "only an input"',
@@ -92,6 +93,61 @@ def test_examples_and_else_lines() -> None:
 )
 def test_lines_it_cannot_parse_are_ignored(line: str) -> None:
     assert parse_line(line, 1) is None
+
+
+@pytest.mark.parametrize(
+    ("line", "kind", "condition", "reply"),
+    [
+        (
+            "If the message is about logging in, passwords, or account access, reply with "
+            'exactly: Sorry you\'re locked out. Try "Forgot password".',
+            "about",
+            "logging in, passwords, or account access",
+            'Sorry you\'re locked out. Try "Forgot password".',
+        ),
+        (
+            "When the customer asks for a refund, respond with exactly this text: Refund sent.",
+            "about",
+            "a refund",
+            "Refund sent.",
+        ),
+        (
+            '- If the user\'s message contains the words espresso or latte, reply: "Coffee!"',
+            "mentions",
+            ("espresso", "latte"),
+            "Coffee!",
+        ),
+        ("if input mentions coffee: respond Yes", "mentions", ("coffee",), "Yes"),
+        ("Otherwise, reply with exactly: Tell me more.", "else", None, "Tell me more."),
+        ('If none of these apply, reply "Thanks!"', "else", None, "Thanks!"),
+        ('- "We will call you back."', "option", None, "We will call you back."),
+    ],
+)
+def test_plain_language_instructions_are_understood(
+    line: str, kind: str, condition: object, reply: str
+) -> None:
+    statement = parse_line(line, 1)
+    assert statement is not None
+    assert (statement.kind, statement.reply) == (kind, reply)
+    if kind == "about":
+        assert statement.description == condition
+    if kind == "mentions":
+        assert statement.terms == condition
+
+
+def test_a_reply_list_after_a_one_of_these_line_gives_options() -> None:
+    sop = parse_sop(
+        "Reply with exactly one of these replies, word for word, and nothing else:\n"
+        "- Your refund is on its way.\n"
+        "2. We shipped it yesterday.\n"
+        "\n"
+        "- Be friendly."
+    )
+    assert [s.reply for s in sop.options] == [
+        "Your refund is on its way.",
+        "We shipped it yesterday.",
+    ]
+    assert sop.ignored == (1, 5)
 
 
 def test_parse_keeps_order_lists_ignored_lines_and_caches() -> None:
