@@ -109,7 +109,7 @@ def test_phoenix_judge_on_the_simulated_model_is_not_throttled() -> None:
     # Phoenix's default start rate (5 requests/s) would take ~10 s for these 60 rows; the
     # speed itself is measured in benchmarks, here we check the limiter starts where we set it.
     (limiter,) = llm._rate_limiters
-    assert limiter._throttler.rate == SIMULATED_REQUEST_RATE
+    assert limiter._throttler._initial_rate == SIMULATED_REQUEST_RATE
 
 
 @pytest.mark.parametrize(
