@@ -128,7 +128,7 @@ def _reason_of_message(message: str) -> str:
 BASE_PROMPT = (
     "You are Bea, the cafe's assistant.\nKeep replies short.\n\n## SOP\n"
     'if input mentions coffee: respond "I like coffee, too."\n'
-    "else: respond \"Well, I don't like sports.\"\n"
+    'else: respond "Well, I don\'t like sports."\n'
     "be polite"
 )
 NUMBERS = [
@@ -544,8 +544,12 @@ CONSTANT_JUNK: list[Any] = [
 ]
 
 
-def _mutate(rng: random.Random, spans: list[dict[str, Any]], notes: list[dict[str, Any]],
-            evals: list[dict[str, Any]]) -> str:
+def _mutate(
+    rng: random.Random,
+    spans: list[dict[str, Any]],
+    notes: list[dict[str, Any]],
+    evals: list[dict[str, Any]],
+) -> str:
     """Apply one random mutation in place; return what it did."""
     kind = rng.randrange(12)
     span = rng.choice(spans)
