@@ -28,6 +28,7 @@ has an uncaught exception or an invariant violation.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import random
@@ -638,6 +639,8 @@ def section_frames(args: argparse.Namespace) -> Tally:
 
     tally = Tally("frames")
     rng = random.Random(args.seed + 2)
+    # So the same script measures a checkout from before conform() could count skips.
+    counts_fetch_skips = "skipped" in inspect.signature(conform).parameters
     count = 250 if args.quick else 1500
     warnings.simplefilter("ignore")
     with tempfile.TemporaryDirectory() as tmp:
@@ -647,10 +650,14 @@ def section_frames(args: argparse.Namespace) -> Tally:
             tally.tried += 1
             example = ", ".join(mutations)
             try:
+                # dtype=object: pandas' Arrow strings cannot even hold a lone surrogate. Rows
+                # a source drops while reading (bad times) are counted as "fetch:<reason>".
+                fetch_skips: Counter[str] = Counter()
+                counted = {"skipped": fetch_skips} if counts_fetch_skips else {}
                 frames = TelemetryFrames(
-                    conform(pd.DataFrame(spans), "spans"),
-                    conform(pd.DataFrame(notes), "annotations"),
-                    conform(pd.DataFrame(evals), "evals"),
+                    conform(pd.DataFrame(spans, dtype=object), "spans", **counted),
+                    conform(pd.DataFrame(notes, dtype=object), "annotations"),
+                    conform(pd.DataFrame(evals, dtype=object), "evals"),
                     FetchInfo(source="file", project="fuzz"),
                 )
                 if index % 4 == 0:
@@ -665,6 +672,7 @@ def section_frames(args: argparse.Namespace) -> Tally:
                 tally.crash(exc, example)
                 continue
             tally.skipped.update(checkpoint.provenance.skipped)
+            tally.skipped.update({f"fetch:{k}": v for k, v in fetch_skips.items()})
             if again != checkpoint:
                 tally.violate("checkpoint save/load changes it", example)
             else:
