@@ -183,7 +183,21 @@ TEXTS = [
     "\x7fdel",
     "\x9fc1",
 ]
-KEYWORDS = ["ADD", "EDIT", "DEL", "DELETE", "REPLACE", "MODEL", "BLOCK", "add", "Edit", "FOO"]
+KEYWORDS = [
+    "ADD",
+    "EDIT",
+    "DEL",
+    "DELETE",
+    "REPLACE",
+    "MODEL",
+    "BLOCK",
+    "DEMO",
+    "DEL_DEMO",
+    "add",
+    "Edit",
+    "FOO",
+]
+DEMO_STRINGS = ['"I love tea"', '"Tea!"', '"caf\\ud800"', '"a\\u0000b"', '"two\\nlines"', '""', "x"]
 PREFIXES = ["", "", "", "- ", "* ", "• ", "1. ", "2) "]
 ARROWS = ["->", "→", "=>", ":", ""]
 JUNK_LINES = [
@@ -210,8 +224,9 @@ def _directive_line(rng: random.Random) -> str:
         return "".join(chr(rng.randrange(0, 0x3000)) for _ in range(rng.randrange(1, 12)))
     keyword = rng.choice(KEYWORDS)
     prefix = rng.choice(PREFIXES)
-    number = rng.choice(NUMBERS)
-    text = rng.choice(TEXTS)
+    # Half the time a plain value, so accepted edits (and their round trip) get exercised too.
+    number = rng.choice(NUMBERS) if rng.random() < 0.5 else rng.choice("1234")
+    text = rng.choice(TEXTS) if rng.random() < 0.5 else rng.choice(TEXTS[:2])
     upper = keyword.upper()
     if upper == "EDIT":
         if rng.random() < 0.5:
@@ -226,6 +241,12 @@ def _directive_line(rng: random.Random) -> str:
         return f"{prefix}{keyword}: {rng.choice(MODELS)}"
     if upper == "BLOCK":
         return f"BLOCK: {rng.choice(BLOCKS)}"
+    if upper == "DEMO":
+        spot = f" {number}" if rng.random() < 0.4 else ""
+        arrow = rng.choice(["->", "→", ""])
+        return f"DEMO{spot}: {rng.choice(DEMO_STRINGS)} {arrow} {rng.choice(DEMO_STRINGS)}"
+    if upper == "DEL_DEMO":
+        return f"DEL_DEMO: {number}"
     if upper == "REPLACE":
         lines = [rng.choice(TEXTS) for _ in range(rng.randrange(0, 3))]
         return "REPLACE:\n" + "\n".join(lines)
@@ -233,8 +254,8 @@ def _directive_line(rng: random.Random) -> str:
 
 
 def fuzz_directive(rng: random.Random) -> str:
-    """One coach reply: 1-4 directive lines, sometimes with junk between them."""
-    return "\n".join(_directive_line(rng) for _ in range(rng.randrange(1, 5)))
+    """One coach reply: 1-3 directive lines, sometimes with junk between them."""
+    return "\n".join(_directive_line(rng) for _ in range(rng.randrange(1, 4)))
 
 
 def check_state(state: Any) -> str | None:
