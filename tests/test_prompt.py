@@ -1098,3 +1098,9 @@ def test_a_demo_turn_may_span_lines_and_a_huge_demo_number_is_out_of_range() -> 
     assert state.demos[-1].input == "two\nlines"
     with pytest.raises(InvalidEdit, match=re.escape("Demo (a huge number) is out of range")):
         apply(state, RemoveDemo(index=10**5000))
+
+
+def test_a_lone_surrogate_from_a_directive_is_rejected_before_any_fingerprint() -> None:
+    with pytest.raises(InvalidEdit, match="lone surrogate") as caught:
+        apply(make_state(), parse_directives("ADD: caf\ud800"))
+    assert caught.value.reason == "invalid_text"
