@@ -11,9 +11,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from envs.prompt_env import PromptEnv, PromptEnvConfig
 from selfimprove_rl.backend import Backend
 from selfimprove_rl.checkpoint import Checkpoint
+from selfimprove_rl.errors import ConfigError, validation_summary
 from selfimprove_rl.evals import Evaluator
 from selfimprove_rl.evals.factory import build_evaluators
 from selfimprove_rl.mimic import load_dataset, load_mimic_jsonl
@@ -63,21 +66,30 @@ def make_prompt_env(
 
     Returns:
         The environment (not wrapped; ``gymnasium.make`` adds its wrappers).
+
+    Raises:
+        ConfigError: an env option is unknown or invalid (one line naming each).
     """
     resolved_backend = (
         backend if isinstance(backend, Backend) else Backend.model_validate(backend or {})
     )
     checkpoint = load_checkpoint_source(data, model=model or "sim-large")
     target_model = model or checkpoint.action.model
-    base_config = (
-        config
-        if isinstance(config, PromptEnvConfig)
-        else PromptEnvConfig.model_validate(config or {})
-    )
-    env_config = (
-        base_config.model_copy(update=config_overrides) if config_overrides else base_config
-    )
-    env_config = PromptEnvConfig.model_validate(env_config.model_dump())
+    try:
+        base_config = (
+            config
+            if isinstance(config, PromptEnvConfig)
+            else PromptEnvConfig.model_validate(config or {})
+        )
+        env_config = (
+            base_config.model_copy(update=config_overrides) if config_overrides else base_config
+        )
+        env_config = PromptEnvConfig.model_validate(env_config.model_dump())
+    except ValidationError as exc:
+        raise ConfigError(
+            "Invalid env options: "
+            + validation_summary(exc, prefix="env.", known=PromptEnvConfig.model_fields)
+        ) from exc
     if evaluators is None:
         evaluators = build_evaluators(
             checkpoint.eval_constants,

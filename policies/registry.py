@@ -12,7 +12,7 @@ import importlib
 import inspect
 from typing import Any
 
-from selfimprove_rl.errors import PolicyError, unknown_name_message
+from selfimprove_rl.errors import PolicyError, unknown_name_message, validation_summary
 
 POLICIES: dict[str, str] = {
     "random": "policies.random_policy:RandomPolicy",
@@ -77,9 +77,9 @@ def make_policy(name: str, *, seed: int | None = None, **kwargs: Any) -> Any:
     policy_class = resolve_policy(name)
     try:
         return policy_class(seed=seed, **kwargs)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:  # ValueError: a pydantic options model rejected them
         raise PolicyError(
-            f"Policy {name!r} rejected its arguments {sorted(kwargs)}: {exc}"
+            f"Policy {name!r} rejected its arguments {sorted(kwargs)}: {validation_summary(exc)}"
         ) from exc
 
 

@@ -20,7 +20,7 @@ def _add_serve_sim(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
         help="Serve the simulated chat model as a local OpenAI-compatible HTTP server.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="Interface to bind.")
-    parser.add_argument("--port", type=int, default=8765, help="Port to bind (0: any free port).")
+    parser.add_argument("--port", type=_port, default=8765, help="Port to bind (0: any free port).")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="Added latency per request.")
     parser.add_argument(
         "--fail-rate", type=float, default=0.0, help="Share of requests answered with a fault."
@@ -45,6 +45,17 @@ def _add_serve_sim(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     parser.set_defaults(run=_run_serve_sim)
 
 
+def _port(text: str) -> int:
+    """An argparse type: a TCP port number, 0-65535 (a bad one is a usage error, exit 2)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {text!r}")
+    return port
+
+
 def _run_serve_sim(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
@@ -64,16 +75,22 @@ def _run_serve_sim(args: argparse.Namespace) -> int:
         )
     except ValidationError as exc:
         raise ConfigError(f"Invalid serve-sim fault options: {exc}") from exc
-    serve(
-        host=args.host,
-        port=args.port,
-        latency_ms=plan.latency_ms,
-        fail_rate=plan.fail_rate,
-        seed=plan.seed,
-        kinds=plan.kinds,
-        timeout_hold_s=plan.timeout_hold_s,
-        reject_response_format=plan.reject_response_format,
-    )
+    try:
+        serve(
+            host=args.host,
+            port=args.port,
+            latency_ms=plan.latency_ms,
+            fail_rate=plan.fail_rate,
+            seed=plan.seed,
+            kinds=plan.kinds,
+            timeout_hold_s=plan.timeout_hold_s,
+            reject_response_format=plan.reject_response_format,
+        )
+    except OSError as exc:  # the port is taken, or the host is not an interface here
+        raise ConfigError(
+            f"Cannot serve on {args.host}:{args.port}: {exc.strerror or exc}; pass another "
+            "--port (0 picks a free one) or --host."
+        ) from exc
     return 0
 
 

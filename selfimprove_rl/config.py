@@ -32,9 +32,16 @@ from __future__ import annotations
 import tomllib
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from selfimprove_rl.backend import Backend
 from selfimprove_rl.errors import ConfigError
@@ -42,6 +49,16 @@ from selfimprove_rl.registry import GateConfig
 from selfimprove_rl.replay import ReplayConfig
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty or blank")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_not_blank)]
+"""A name or path: any text but the empty string or whitespace (``--model ""`` is an error)."""
 
 
 class DataConfig(BaseModel):
@@ -53,7 +70,7 @@ class DataConfig(BaseModel):
         default="dataset",
         description="A shipped data set name, a mimic JSONL, a checkpoint JSON, or Phoenix.",
     )
-    path: str = Field(
+    path: Name = Field(
         default="coffee_sports", description="Data set name or file path (not for Phoenix)."
     )
     endpoint: str | None = Field(default=None, description="Phoenix base URL (kind=phoenix).")
@@ -77,11 +94,11 @@ class TargetConfig(BaseModel):
 
     model_config = _STRICT
 
-    model: str | None = Field(
+    model: Name | None = Field(
         default=None,
         description="Target model (default: sim-large for mimic data, else as logged).",
     )
-    allowed_models: list[str] | None = Field(
+    allowed_models: list[Name] | None = Field(
         default=None, description="Models a MODEL edit may switch to (default: only the target)."
     )
 
@@ -104,7 +121,7 @@ class PolicyConfig(BaseModel):  # type: ignore[no-redef]  # pydantic-mypy: a fie
 
     model_config = _STRICT
 
-    name: str = Field(default="rule_induction", description="Policy name or 'module:Class'.")
+    name: Name = Field(default="rule_induction", description="Policy name or 'module:Class'.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Policy constructor kwargs.")
 
 
@@ -152,10 +169,10 @@ class ExperimentConfig(BaseModel):
 
     model_config = _STRICT
 
-    name: str = Field(default="experiment", description="Experiment name (run folder prefix).")
+    name: Name = Field(default="experiment", description="Experiment name (run folder prefix).")
     seed: int = Field(default=0, description="Seed of the env episodes and the policy.")
     out_dir: str = Field(default="runs", description="Folder that receives run directories.")
-    env_id: str = Field(
+    env_id: Name = Field(
         default="selfimprove_rl/PromptEnv-v0", description="Registered Gymnasium env id."
     )
     data: DataConfig = Field(default_factory=DataConfig)
@@ -215,8 +232,19 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     target = Path(path)
     if not target.exists():
         raise ConfigError(f"No config file at {target}; see experiments/configs/ for examples.")
+    if target.is_dir():
+        raise ConfigError(f"{target} is a directory; expected a TOML config file.")
     try:
-        return tomllib.loads(target.read_text(encoding="utf-8"))
+        text = target.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{target} is not UTF-8 text ({exc.reason} at byte {exc.start}); TOML configs "
+            "are UTF-8."
+        ) from exc
+    except OSError as exc:
+        raise ConfigError(f"Cannot read config {target}: {exc.strerror or exc}.") from exc
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{target} is not valid TOML: {exc}") from exc
 

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
-from typing import Literal
+from typing import Any, Literal
 
 InvalidEditReason = Literal[
     "frozen_block",
     "line_out_of_range",
     "empty_text",
     "multiline_text",
+    "invalid_text",
+    "heading_text",
+    "malformed_edit",
     "unknown_block",
     "unknown_model",
     "unparseable_directive",
@@ -141,3 +144,52 @@ def unknown_name_message(kind: str, name: str, known: Iterable[str]) -> str:
     close = difflib.get_close_matches(name, options, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     return f"Unknown {kind} {name!r}.{hint} Valid options: {', '.join(options)}."
+
+
+def validation_summary(
+    exc: Exception, *, prefix: str = "", known: Iterable[str] | None = None
+) -> str:
+    """Say on one line which fields of a pydantic ``ValidationError`` are wrong, and why.
+
+    Args:
+        exc: the error (anything else gives the first line of its message).
+        prefix: put before each field path, e.g. ``"env."``.
+        known: the valid field names; an unknown field then gets the closest one suggested.
+
+    Returns:
+        ``"a: message (got 0); b: ..."``.
+
+    Example:
+        >>> from pydantic import BaseModel, ConfigDict, ValidationError
+        >>> class Options(BaseModel):
+        ...     model_config = ConfigDict(extra="forbid")
+        ...     size: int = 1
+        >>> try:
+        ...     Options.model_validate({"sise": 2})
+        ... except ValidationError as error:
+        ...     print(validation_summary(error, prefix="env.", known=["size"]))
+        env.sise: Unknown option 'sise'. Did you mean 'size'? Valid options: size.
+    """
+    errors: Any = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc).split("\n")[0]
+    parts = []
+    for error in errors():
+        location = prefix + (".".join(str(part) for part in error["loc"]) or "<root>")
+        if error["type"] == "extra_forbidden" and known is not None and error["loc"]:
+            name = str(error["loc"][-1])
+            parts.append(f"{location}: {unknown_name_message('option', name, known)}")
+            continue
+        got = _scalar_repr(error.get("input"))
+        parts.append(f"{location}: {error['msg']}" + (f" (got {got})" if got else ""))
+    return "; ".join(parts)
+
+
+def _scalar_repr(value: object) -> str | None:
+    if not isinstance(value, str | int | float | bool) and value is not None:
+        return None
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long to print
+        return "a huge number"
+    return text if len(text) <= 40 else text[:37] + "..."

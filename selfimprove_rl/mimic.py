@@ -1,4 +1,4 @@
-"""Which checkpoint does a mimic data set make? One sample per line, replies as references.
+r"""Which checkpoint does a mimic data set make? One sample per line, replies as references.
 
 A mimic data set is a JSONL file of ``{"input": ..., "output": ...}`` lines: what a user said
 and what a small deterministic agent answered. It stands in for Phoenix telemetry when there
@@ -13,8 +13,13 @@ two replies) and ``support_intents`` (160 lines, four canned support replies).
 Line format: ``input`` and ``output`` are non-empty strings; an optional ``id`` (string or
 integer) becomes the sample id, otherwise the id is derived from the line number and a hash
 of the content; every other key goes to ``Sample.metadata``. Blank lines are skipped; any
-other malformed line raises :class:`~selfimprove_rl.errors.DataError` naming the file and
-line.
+other malformed line raises :class:`~selfimprove_rl.errors.DataError` naming the file, the
+line and the fix; no line is skipped silently or changed on the way in. Besides the JSON
+syntax and the fields above, a line is malformed when it holds a key twice, ``NaN`` or
+``Infinity`` (not JSON; a checkpoint would turn them into ``null``), a number of more than
+:data:`MAX_NUMBER_DIGITS` digits, a lone surrogate escape (``"\ud800"``, not text), or
+values nested deeper than :data:`MAX_JSON_DEPTH`. A file is read as UTF-8 (a leading byte
+order mark is allowed).
 
 Example:
     >>> checkpoint = load_dataset("coffee_sports", limit=4)
@@ -52,6 +57,10 @@ PLACEHOLDER_SOP_PROMPT = (
 """The starting action's system prompt: a general block and a vague, rule-free SOP block."""
 
 SIMILARITY_EVAL = "similarity"
+MAX_JSON_DEPTH = 100
+"""Deepest nesting of arrays and objects a line may hold (checkpoints serialize it)."""
+MAX_NUMBER_DIGITS = 1000
+"""Longest integer a line may hold, in digits."""
 _DATA_PACKAGE = "selfimprove_rl"
 _DATA_FOLDER = "data"
 _RESERVED_KEYS = frozenset({"input", "output", "id"})
@@ -189,14 +198,20 @@ def load_mimic_jsonl(
 
 def _read_samples(source: Path, limit: int | None) -> list[Sample]:
     try:
-        text = source.read_text(encoding="utf-8")
+        text = source.read_text(encoding="utf-8-sig")
     except FileNotFoundError as exc:
         raise DataError(
             f"No mimic data set at {source}. Pass a JSONL file of "
             f'{{"input": ..., "output": ...}} lines, or a shipped name to load_dataset '
             f"({', '.join(dataset_names())})."
         ) from exc
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        line_number = source.read_bytes()[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{source}:{line_number}: not UTF-8 text ({exc.reason} at byte {exc.start}); save the "
+            "file as UTF-8."
+        ) from exc
+    except OSError as exc:
         raise DataError(f"Cannot read mimic data set {source}: {exc}") from exc
     samples: list[Sample] = []
     first_line_of: dict[str, int] = {}
@@ -223,15 +238,92 @@ def _read_samples(source: Path, limit: int | None) -> list[Sample]:
     return samples
 
 
+class _LineProblem(ValueError):
+    """Raised by the JSON hooks below; its message completes "<file>:<line>: "."""
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    record = dict(pairs)
+    if len(record) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _LineProblem(f"key {key!r} appears twice in one object; keep one.")
+            seen.add(key)
+    return record
+
+
+def _non_finite(token: str) -> float:
+    raise _LineProblem(f"{token} is not a JSON number; write null or a string instead.")
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise _LineProblem(f"{text[:20]} overflows a float; write a smaller number or a string.")
+    return value
+
+
+def _int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_NUMBER_DIGITS:
+        raise _LineProblem(
+            f"a number has {len(text.lstrip('-'))} digits (at most {MAX_NUMBER_DIGITS}); "
+            "write it as a string."
+        )
+    return int(text)
+
+
+def _loads(line: str) -> Any:
+    """``json.loads`` that rejects what a checkpoint could not keep exactly."""
+    try:
+        return json.loads(
+            line,
+            object_pairs_hook=_object,
+            parse_constant=_non_finite,
+            parse_float=_float,
+            parse_int=_int,
+        )
+    except RecursionError as exc:
+        raise _LineProblem(
+            f"values are nested too deeply (at most {MAX_JSON_DEPTH} levels); flatten them."
+        ) from exc
+
+
+def _check_values(record: Any) -> None:
+    """Reject lone surrogates (in keys or strings) and nesting deeper than MAX_JSON_DEPTH."""
+    stack: list[tuple[Any, str, int]] = [(record, "the line", 0)]
+    while stack:
+        value, where, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise _LineProblem(
+                f"values are nested too deeply (at most {MAX_JSON_DEPTH} levels); flatten them."
+            )
+        if isinstance(value, str):
+            if any("\ud800" <= char <= "\udfff" for char in value):
+                raise _LineProblem(
+                    f"{where} holds a lone surrogate escape (like \\ud800), which is not "
+                    "text; fix the escape or drop it."
+                )
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                stack.append((key, f"a key in {where}", depth + 1))
+                stack.append((item, f"{key!r}" if depth == 0 else where, depth + 1))
+        elif isinstance(value, list):
+            stack.extend((item, where, depth + 1) for item in value)
+
+
 def _parse_line(line: str, source: Path, number: int) -> Sample:
     where = f"{source}:{number}"
     try:
-        record: Any = json.loads(line)
+        record: Any = _loads(line)
+        _check_values(record)
     except json.JSONDecodeError as exc:
         raise DataError(
             f'{where}: expected a JSON object like {{"input": "...", "output": "..."}}, '
             f"got invalid JSON ({exc.msg} at column {exc.colno})."
         ) from exc
+    except _LineProblem as exc:
+        raise DataError(f"{where}: {exc}") from exc
     if not isinstance(record, dict):
         raise DataError(
             f'{where}: expected a JSON object like {{"input": "...", "output": "..."}}, '

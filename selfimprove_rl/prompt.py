@@ -31,6 +31,17 @@ Line numbers in directive text refer to the prompt *as shown to the coach* (``AD
 puts the new line where shown line 3 is): :func:`parse_directives` orders edits (line edits,
 then deletions and positioned additions from the bottom up, then appended lines) so earlier
 directives never shift the lines later ones name. Demonstration numbers work the same way.
+Line numbers are ASCII digits (at most :data:`MAX_NUMBER_DIGITS`); ``DEL: ²`` is an
+unparseable directive, not a crash.
+
+Line text is checked where edits apply, however the edit was made (parsed or constructed):
+it must be one non-blank line of encodable text (no lone surrogates, no control characters
+but tab) and must not look like a markdown heading (``## Rules``), because a heading line
+would start a new block when the rendered prompt is read back with
+:meth:`PromptState.from_text`. Rejecting it (rather than escaping it) keeps the prompt the
+model sees exactly the text the coach wrote; ``BLOCK:`` is how a coach targets a section.
+With these rules ``PromptState.from_text(state.render())`` gives back every non-empty block
+of any state made by :meth:`PromptState.from_text` and :func:`apply`.
 
 Example:
     >>> state = PromptState.from_text("Be kind.", model="sim-large")
@@ -48,10 +59,10 @@ import difflib
 import hashlib
 import json
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from selfimprove_rl.checkpoint import Action, Demo
 from selfimprove_rl.errors import InvalidEdit, unknown_name_message
@@ -59,8 +70,14 @@ from selfimprove_rl.errors import InvalidEdit, unknown_name_message
 DEFAULT_EDIT_BLOCK = "sop"
 DEMOS = "demos"
 SOP_TITLE = "## SOP"
+MAX_NUMBER_DIGITS = 9
+"""Longest line number a directive may give (larger ones are unparseable, not a crash)."""
 _HEADING = re.compile(r"^#{1,6}\s+\S.*$")
 _BLOCK_NAME = re.compile(r"[a-z0-9_\-]+")
+# str.splitlines() boundaries: any of them would split a line when the prompt is re-read.
+_LINE_BREAK = re.compile("[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+# Other C0/C1 controls and DEL (tab allowed), and lone surrogates (not encodable as UTF-8).
+_UNPRINTABLE = re.compile("[\x00-\x08\x0e-\x1b\x1f\x7f-\x84\x86-\x9f\ud800-\udfff]")
 
 
 def block_name_for(title: str) -> str:
@@ -142,8 +159,9 @@ class PromptState(BaseModel):
         }
         if self.demos:  # absent when empty, so states without demos keep their old ids
             payload["demos"] = [[d.input, d.output] for d in self.demos]
-        digest = hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).hexdigest()
-        return digest[:16]
+        # surrogatepass: a lone surrogate read from a JSON file must not crash the id.
+        text = json.dumps(payload, ensure_ascii=False)
+        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
     @property
     def block_names(self) -> list[str]:
@@ -367,49 +385,190 @@ DEMO_EDIT_TYPES: tuple[type[BaseModel], ...] = (AddDemo, SwapDemo, RemoveDemo)
 EDIT_LIST_ADAPTER: TypeAdapter[list[Edit]] = TypeAdapter(list[Edit])
 
 
-def _check_line_text(text: str, block: str, line: int | None) -> None:
-    if not text.strip():
+def check_text(
+    text: object,
+    *,
+    what: str = "Line text",
+    block: str | None = None,
+    line: int | None = None,
+    multiline: bool = False,
+    where: str | None = None,
+) -> str:
+    r"""Return ``text`` stripped, or raise :class:`InvalidEdit` saying what is wrong with it.
+
+    The one check every text an edit puts into a prompt goes through (lines, model names,
+    demonstrations): a non-blank ``str`` of encodable characters, without control
+    characters other than tab, and one line unless ``multiline``.
+
+    Args:
+        text: the value to check.
+        what: how messages name it (``"Line text"``, ``"Model name"``...).
+        block: the block the edit targets, for the error.
+        line: the line the edit targets, for the error.
+        multiline: allow line breaks (``\n``; a lone ``\r`` is still rejected).
+        where: how messages locate the text (default: from ``block`` and ``line``).
+
+    Returns:
+        The text with surrounding whitespace removed.
+
+    Raises:
+        InvalidEdit: ``malformed_edit`` (not a string), ``empty_text``, ``multiline_text``
+            or ``invalid_text`` (a lone surrogate or a control character).
+
+    Example:
+        >>> check_text("  be brief ")
+        'be brief'
+    """
+    if where is not None:
+        where = f" ({where})"
+    else:
+        where = f" (block {block!r}, line {line})" if block is not None else ""
+    if not isinstance(text, str):
         raise InvalidEdit(
-            f"Line text is empty (block {block!r}, line {line}); use DEL to remove a line.",
+            f"{what} must be a string{where}, got {type(text).__name__}.",
+            reason="malformed_edit",
+            block=block,
+            line=line,
+        )
+    if not text.strip():
+        hint = "; use DEL to remove a line" if block is not None else ""
+        raise InvalidEdit(
+            f"{what} is empty{where}{hint}.",
             reason="empty_text",
             block=block,
             line=line,
         )
-    if "\n" in text or "\r" in text:
+    body = text.strip()
+    breaks = _LINE_BREAK.findall(body.replace("\r\n", "\n") if multiline else body)
+    if breaks and not (multiline and set(breaks) == {"\n"}):
         raise InvalidEdit(
-            f"Line text spans several lines (block {block!r}, line {line}); "
-            "add one line per directive or use REPLACE.",
+            f"{what} spans several lines{where}; add one line per directive or use REPLACE.",
             reason="multiline_text",
             block=block,
             line=line,
         )
+    bad = _UNPRINTABLE.search(body)
+    if bad:
+        kind = "a lone surrogate" if "\ud800" <= bad.group() <= "\udfff" else "a control character"
+        raise InvalidEdit(
+            f"{what} holds {kind} ({bad.group()!r} at position {bad.start()}){where}; "
+            "write plain text.",
+            reason="invalid_text",
+            block=block,
+            line=line,
+        )
+    return body
 
 
-def _check_line_number(line: int, block: Block, *, allow_end: bool = False) -> None:
+def _check_line_text(text: object, block: str, line: int | None) -> str:
+    body = check_text(text, block=block, line=line)
+    if _HEADING.match(body):
+        raise InvalidEdit(
+            f"Line text {_preview(body)} looks like a markdown heading (block {block!r}, line "
+            f"{line}); it would start a new block when the prompt is read back. Drop the "
+            "leading '#', or use BLOCK: to target a section.",
+            reason="heading_text",
+            block=block,
+            line=line,
+        )
+    return body
+
+
+def _preview(text: str, limit: int = 40) -> str:
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
+def parse_number(text: str) -> int | None:
+    """Return the value of ASCII digits (at most :data:`MAX_NUMBER_DIGITS`), else None.
+
+    ``int()`` alone would accept ``"٣"`` and raise on ``"²"`` or a 5,000-digit string; a
+    directive's numbers go through this instead.
+
+    Example:
+        >>> parse_number("12"), parse_number("²"), parse_number("9" * 5000)
+        (12, None, None)
+    """
+    stripped = text.strip()
+    if not stripped.isascii() or not stripped.isdigit() or len(stripped) > MAX_NUMBER_DIGITS:
+        return None
+    return int(stripped)
+
+
+def _check_line_number(line: object, block: Block, *, allow_end: bool = False) -> int:
+    if not isinstance(line, int) or isinstance(line, bool):
+        raise InvalidEdit(
+            f"Line number must be an int, got {type(line).__name__} (block {block.name!r}).",
+            reason="malformed_edit",
+            block=block.name,
+        )
     upper = len(block.lines) + (1 if allow_end else 0)
     if not 1 <= line <= upper:
         shown = f"1..{upper}" if upper else "none (the block is empty)"
+        # str() of an int over 4,300 digits raises; such a number is only ever out of range.
+        number = str(line) if abs(line) < 10**MAX_NUMBER_DIGITS else "(a huge number)"
         raise InvalidEdit(
-            f"Line {line} is out of range for block {block.name!r}; valid lines: {shown}.",
+            f"Line {number} is out of range for block {block.name!r}; valid lines: {shown}.",
             reason="line_out_of_range",
             block=block.name,
-            line=line,
+            line=line if abs(line) < 10**MAX_NUMBER_DIGITS else None,
         )
+    return line
+
+
+def _trim_blank_edges(lines: list[str]) -> tuple[str, ...]:
+    """Drop blank lines at a block's edges, as :meth:`PromptState.from_text` does."""
+    start, end = 0, len(lines)
+    while start < end and not lines[start].strip():
+        start += 1
+    while end > start and not lines[end - 1].strip():
+        end -= 1
+    return tuple(lines[start:end])
+
+
+_EDIT_ADAPTER: TypeAdapter[Edit] = TypeAdapter(Edit)
+
+
+def _validated(edit: object) -> Edit:
+    """Re-validate an edit (one built with ``model_construct`` or holding junk) or a dict."""
+    if isinstance(edit, BaseModel):
+        fields = dict(vars(edit))
+    elif isinstance(edit, Mapping):
+        fields = dict(edit)
+    else:
+        raise InvalidEdit(
+            f"Expects an edit ({', '.join(t.__name__ for t in EDIT_TYPES)}), got "
+            f"{type(edit).__name__}; parse directive text with parse_directives().",
+            reason="malformed_edit",
+        )
+    try:
+        return _EDIT_ADAPTER.validate_python(fields)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc'][1:]) or 'kind'}: {error['msg']}"
+            if error["loc"] and error["loc"][0] == fields.get("kind")
+            else f"{'.'.join(str(p) for p in error['loc']) or 'kind'}: {error['msg']}"
+            for error in exc.errors()[:3]
+        )
+        raise InvalidEdit(
+            f"Malformed {type(edit).__name__} edit ({problems}).", reason="malformed_edit"
+        ) from exc
 
 
 def _check_demo_number(index: int, demos: Sequence[Demo]) -> None:
     upper = len(demos)
     if not 1 <= index <= upper:
         shown = f"1..{upper}" if upper else "none (there are no demos)"
+        huge = abs(index) >= 10**MAX_NUMBER_DIGITS  # str() of a 4,300-digit int raises
         raise InvalidEdit(
-            f"Demo {index} is out of range; valid demo numbers: {shown}.",
+            f"Demo {'(a huge number)' if huge else index} is out of range; valid demo "
+            f"numbers: {shown}.",
             reason="demo_out_of_range",
             block=DEMOS,
-            line=index,
+            line=None if huge else index,
         )
 
 
-def _check_demo_text(text: str, field: str, index: int | None) -> None:
+def _check_demo_text(text: str, field: str, index: int | None) -> str:
     if not text.strip():
         raise InvalidEdit(
             f"Demo {field} is empty (demo {index}); a demonstration needs both turns.",
@@ -417,6 +576,10 @@ def _check_demo_text(text: str, field: str, index: int | None) -> None:
             block=DEMOS,
             line=index,
         )
+    # A turn may span lines; it may not hold a lone surrogate or control characters.
+    return check_text(
+        text, what=f"Demo {field}", block=DEMOS, line=index, multiline=True, where=f"demo {index}"
+    )
 
 
 def _apply_demo(state: PromptState, edit: AddDemo | SwapDemo | RemoveDemo) -> PromptState:
@@ -428,9 +591,10 @@ def _apply_demo(state: PromptState, edit: AddDemo | SwapDemo | RemoveDemo) -> Pr
         index = edit.index if isinstance(edit, SwapDemo) else len(demos) + 1
         if isinstance(edit, SwapDemo):
             _check_demo_number(index, demos)
-        _check_demo_text(edit.input, "input", index)
-        _check_demo_text(edit.output, "output", index)
-        demo = Demo(input=edit.input.strip(), output=edit.output.strip())
+        demo = Demo(
+            input=_check_demo_text(edit.input, "input", index),
+            output=_check_demo_text(edit.output, "output", index),
+        )
         if isinstance(edit, SwapDemo):
             demos[index - 1] = demo
         else:
@@ -439,15 +603,15 @@ def _apply_demo(state: PromptState, edit: AddDemo | SwapDemo | RemoveDemo) -> Pr
 
 
 def _apply_one(
-    state: PromptState, edit: Edit, allowed_models: Collection[str] | None
+    state: PromptState, raw_edit: Edit, allowed_models: Collection[str] | None
 ) -> PromptState:
+    edit = _validated(raw_edit)
     if isinstance(edit, NoOp):
         return state
     if isinstance(edit, AddDemo | SwapDemo | RemoveDemo):
         return _apply_demo(state, edit)
     if isinstance(edit, SetModel):
-        if not edit.model.strip():
-            raise InvalidEdit("Model name is empty.", reason="empty_text")
+        check_text(edit.model, what="Model name")
         if allowed_models is not None and edit.model not in allowed_models:
             raise InvalidEdit(
                 unknown_name_message("model", edit.model, allowed_models),
@@ -467,20 +631,20 @@ def _apply_one(
     if isinstance(edit, AddLine):
         position = edit.position if edit.position is not None else len(lines) + 1
         _check_line_number(position, block, allow_end=True)
-        _check_line_text(edit.text, block.name, position)
-        lines.insert(position - 1, edit.text.strip())
+        lines.insert(position - 1, _check_line_text(edit.text, block.name, position))
     elif isinstance(edit, EditLine):
         _check_line_number(edit.line, block)
-        _check_line_text(edit.text, block.name, edit.line)
-        lines[edit.line - 1] = edit.text.strip()
+        lines[edit.line - 1] = _check_line_text(edit.text, block.name, edit.line)
     elif isinstance(edit, DeleteLine):
         _check_line_number(edit.line, block)
         del lines[edit.line - 1]
     else:
-        for number, text in enumerate(edit.lines, start=1):
+        lines = [
             _check_line_text(text, block.name, number)
-        lines = [text.strip() for text in edit.lines]
-    return state.with_block(block.model_copy(update={"lines": tuple(lines)}))
+            for number, text in enumerate(edit.lines, start=1)
+        ]
+    # A deletion can leave a blank line at an edge, which a re-read of the prompt would drop.
+    return state.with_block(block.model_copy(update={"lines": _trim_blank_edges(lines)}))
 
 
 def apply(
@@ -502,17 +666,26 @@ def apply(
         The new state (``state`` itself when nothing changes).
 
     Raises:
-        InvalidEdit: an edit cannot apply; nothing is applied.
+        InvalidEdit: an edit cannot apply, or is not an edit (``malformed_edit``); nothing is
+            applied.
     """
-    sequence: Sequence[Edit] = [edits] if isinstance(edits, BaseModel) else edits
+    if isinstance(edits, BaseModel | Mapping):
+        sequence: Sequence[object] = [edits]
+    elif isinstance(edits, str) or not isinstance(edits, Sequence):
+        sequence = [edits]  # rejected by _validated with a hint
+    else:
+        sequence = edits
     result = state
     for edit in sequence:
-        result = _apply_one(result, edit, allowed_models)
+        result = _apply_one(result, edit, allowed_models)  # type: ignore[arg-type]
     return result
 
 
-_DIRECTIVE = re.compile(r"^\s*(?:[-*•]\s+|\d+[.)]\s+)?([A-Za-z_]+)\s*(\d+)?\s*:\s*(.*)$", re.DOTALL)
-_ARROW = re.compile(r"^\s*(\d+)\s*(?:->|→|=>|:)\s*(.*)$", re.DOTALL)
+# [0-9], not \d: only ASCII digits are line numbers (\d also matches "٣" and "３").
+_DIRECTIVE = re.compile(
+    r"^\s*(?:[-*•]\s+|[0-9]+[.)]\s+)?([A-Za-z_]+)\s*([0-9]+)?\s*:\s*(.*)$", re.DOTALL
+)
+_ARROW = re.compile(r"^\s*([0-9]+)\s*(?:->|→|=>|:)\s*(.*)$", re.DOTALL)
 _NO_CHANGE = re.compile(
     r"^\s*(?:[-*•]\s+)?[`\"']?\s*no[_\s-]?changes?\s*[`\"']?\s*[.:]?\s*$", re.IGNORECASE
 )
@@ -574,25 +747,30 @@ def parse_directives(text: str, *, block: str | None = None) -> list[Edit]:
             match.group(3).strip(),
         )
         edits = groups.setdefault(current, [])
+        spot = _directive_number(inline_number, keyword, number, current)
         if keyword == "BLOCK":
             if not rest:
                 raise _parse_error("BLOCK needs a block name", number, current)
             current = rest if _BLOCK_NAME.fullmatch(rest) else block_name_for(rest)
         elif keyword == "ADD":
-            position = int(inline_number) if inline_number else None
-            edits.append(AddLine(text=rest, block=current, position=position))
+            edits.append(AddLine(text=rest, block=current, position=spot))
         elif keyword == "EDIT":
             target = _ARROW.match(f"{inline_number}: {rest}" if inline_number else rest)
             if not target:
                 raise _parse_error("EDIT needs 'N -> new text'", number, current)
-            edits.append(
-                EditLine(line=int(target.group(1)), text=target.group(2).strip(), block=current)
-            )
+            line_number = _directive_number(target.group(1), keyword, number, current)
+            assert line_number is not None  # the pattern matched digits
+            edits.append(EditLine(line=line_number, text=target.group(2).strip(), block=current))
         elif keyword in {"DEL", "DELETE"}:
-            value = inline_number or rest
-            if not value.isdigit():
-                raise _parse_error(f"DEL needs a line number, got {value!r}", number, current)
-            edits.append(DeleteLine(line=int(value), block=current))
+            value = spot if inline_number else parse_number(rest)
+            if value is None:
+                raise _parse_error(
+                    f"DEL needs a line number (1 to {MAX_NUMBER_DIGITS} ASCII digits), got "
+                    f"{_preview(rest)}",
+                    number,
+                    current,
+                )
+            edits.append(DeleteLine(line=value, block=current))
         elif keyword == "REPLACE":
             new_lines = [rest] if rest else []
             new_lines += [raw.strip() for raw in raw_lines[number:] if raw.strip()]
@@ -602,17 +780,20 @@ def parse_directives(text: str, *, block: str | None = None) -> list[Edit]:
             model_edits.append(SetModel(model=rest))
         elif keyword == "DEMO":
             demo_input, demo_output = _parse_demo(rest, number)
-            if inline_number:
-                demo_edits.append(
-                    SwapDemo(index=int(inline_number), input=demo_input, output=demo_output)
-                )
+            if spot is not None:
+                demo_edits.append(SwapDemo(index=spot, input=demo_input, output=demo_output))
             else:
                 demo_edits.append(AddDemo(input=demo_input, output=demo_output))
         elif keyword in {"DEL_DEMO", "DELETE_DEMO", "REMOVE_DEMO"}:
-            value = inline_number or rest
-            if not value.isdigit():
-                raise _parse_error(f"DEL_DEMO needs a demo number, got {value!r}", number, DEMOS)
-            demo_edits.append(RemoveDemo(index=int(value)))
+            index = spot if inline_number else parse_number(rest)
+            if index is None:
+                raise _parse_error(
+                    f"DEL_DEMO needs a demo number (1 to {MAX_NUMBER_DIGITS} ASCII digits), got "
+                    f"{_preview(rest)}",
+                    number,
+                    DEMOS,
+                )
+            demo_edits.append(RemoveDemo(index=index))
         else:
             raise _parse_error(
                 f"unknown keyword {keyword!r}; use ADD, EDIT, DEL, REPLACE, DEMO, DEL_DEMO, "
@@ -665,6 +846,23 @@ def _order_demos_as_shown(edits: list[Edit]) -> list[Edit]:
     )
     adds = [e for e in edits if isinstance(e, AddDemo)]
     return [*swaps, *removals, *adds]
+
+
+def _directive_number(
+    digits: str | None, keyword: str, number: int, block: str | None
+) -> int | None:
+    """The line number a directive names (None when it names none)."""
+    if digits is None:
+        return None
+    value = parse_number(digits)
+    if value is None:
+        raise _parse_error(
+            f"{keyword} names a line number of {len(digits)} digits; expected at most "
+            f"{MAX_NUMBER_DIGITS}",
+            number,
+            block,
+        )
+    return value
 
 
 def _order_as_shown(edits: list[Edit], block: str | None) -> list[Edit]:

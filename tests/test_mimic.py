@@ -3,11 +3,14 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import tempfile
 from collections import Counter
 from importlib import resources
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from selfimprove_rl.checkpoint import Checkpoint
 from selfimprove_rl.errors import ConfigError, DataError
@@ -229,6 +232,43 @@ def test_identical_lines_get_distinct_ids(tmp_path: Path) -> None:
             '{"id": "x", "input": "c", "output": "d"}\n',
             ":3: sample id 'x' was already used on line 1; ids must be unique.",
         ),
+        (
+            '{"input": "caf\\ud800", "output": "b"}\n',
+            ":1: 'input' holds a lone surrogate escape (like \\ud800), which is not text; fix "
+            "the escape or drop it.",
+        ),
+        (
+            '{"input": "a", "output": "b", "tags": {"\\udfff": 1}}\n',
+            ":1: a key in 'tags' holds a lone surrogate escape (like \\ud800)",
+        ),
+        (
+            '{"input": "a", "output": "b", "x": ' + "[" * 100_000 + "\n",
+            ":1: values are nested too deeply (at most 100 levels); flatten them.",
+        ),
+        (
+            '{"input": "a", "output": "b", "x": ' + "[" * 150 + "]" * 150 + "}\n",
+            ":1: values are nested too deeply (at most 100 levels); flatten them.",
+        ),
+        (
+            '{"input": "a", "output": "b", "id": ' + "9" * 5000 + "}\n",
+            ":1: a number has 5000 digits (at most 1000); write it as a string.",
+        ),
+        (
+            '{"input": "a", "output": "b", "score": NaN}\n',
+            ":1: NaN is not a JSON number; write null or a string instead.",
+        ),
+        (
+            '{"input": "a", "output": "b", "score": -Infinity}\n',
+            ":1: -Infinity is not a JSON number; write null or a string instead.",
+        ),
+        (
+            '{"input": "a", "output": "b", "score": 1e999}\n',
+            ":1: 1e999 overflows a float; write a smaller number or a string.",
+        ),
+        (
+            '{"input": "a", "output": "b", "input": "c"}\n',
+            ":1: key 'input' appears twice in one object; keep one.",
+        ),
     ],
     ids=[
         "not-json",
@@ -240,6 +280,15 @@ def test_identical_lines_get_distinct_ids(tmp_path: Path) -> None:
         "message-output",
         "null-id",
         "duplicate-id",
+        "lone-surrogate",
+        "lone-surrogate-key",
+        "100k-brackets",
+        "150-levels",
+        "5000-digit-number",
+        "nan",
+        "infinity",
+        "float-overflow",
+        "duplicate-key",
     ],
 )
 def test_malformed_lines_name_file_line_and_expectation(
@@ -258,9 +307,25 @@ def test_empty_and_missing_files(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=re.escape(f"No mimic data set at {missing}.")):
         load_mimic_jsonl(missing)
     bad_bytes = tmp_path / "latin1.jsonl"
-    bad_bytes.write_bytes(b'{"input": "caf\xe9", "output": "b"}\n')
-    with pytest.raises(DataError, match=re.escape(f"Cannot read mimic data set {bad_bytes}")):
+    message = f"{bad_bytes}:2: not UTF-8 text (invalid continuation byte at byte 44); save the"
+    bad_bytes.write_bytes(b'{"input": "a", "output": "b"}\n{"input": "caf\xe9", "output": "b"}\n')
+    with pytest.raises(DataError, match=re.escape(message)):
         load_mimic_jsonl(bad_bytes)
+    with pytest.raises(DataError, match=re.escape(f"Cannot read mimic data set {tmp_path}")):
+        load_mimic_jsonl(tmp_path)  # a directory
+
+
+def test_a_byte_order_mark_is_allowed(tmp_path: Path) -> None:
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"input": "a", "output": "b"}\n')
+    assert load_mimic_jsonl(path).samples[0].input_text == "a"
+
+
+def test_extra_keys_survive_a_checkpoint_round_trip(tmp_path: Path) -> None:
+    line = {"input": "a", "output": "b", "tags": {"n": 1.5, "big": 10**30, "deep": [[["x"]]]}}
+    checkpoint = load_mimic_jsonl(write(tmp_path, json.dumps(line) + "\n"))
+    assert checkpoint.samples[0].metadata == {"tags": line["tags"]}
+    assert Checkpoint.load(checkpoint.save(tmp_path / "c.json")) == checkpoint
 
 
 def test_unknown_data_set_lists_the_shipped_ones() -> None:
@@ -290,3 +355,60 @@ def test_bad_options_raise_config_error(tmp_path: Path) -> None:
             match=re.escape(f"Expects limit to be a positive int or None, got {limit}"),
         ):
             load_mimic_jsonl(path, limit=limit)
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(alphabet=st.characters(codec=None), max_size=6),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=4), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+records = st.dictionaries(
+    st.sampled_from(["input", "output", "id", "tags"]) | st.text(max_size=3),
+    json_values | st.sampled_from(["a", "b"]),
+    max_size=5,
+).map(json.dumps)
+token_soup = st.lists(
+    st.sampled_from(
+        [
+            '{"input": "a", "output": "b"',
+            "}",
+            ",",
+            '"x": ',
+            "NaN",
+            "1e999",
+            "[",
+            "]",
+            "\\ud800",
+            '"',
+            "9" * 1200,
+            '"id": ',
+            "-Infinity",
+            "\ufeff",
+            "\x00",
+            '"input": "c"',
+        ]
+    ),
+    max_size=8,
+).map("".join)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(line=records | token_soup)
+def test_any_line_is_a_sample_that_round_trips_or_a_data_error(line: str) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "data.jsonl"
+        path.write_bytes(
+            f'{{"input": "q", "output": "r"}}\n{line}\n'.encode("utf-8", "surrogatepass")
+        )
+        try:
+            checkpoint = load_mimic_jsonl(path, eval_kind="exact_match")
+        except DataError as exc:
+            assert f"{path}:" in str(exc) or "Cannot read" in str(exc)
+            return
+        assert Checkpoint.load(checkpoint.save(Path(folder) / "c.json")) == checkpoint

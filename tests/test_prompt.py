@@ -330,6 +330,84 @@ INVALID_CASES: list[tuple[str, PromptState, Edit | list[Edit], str, str | None, 
         2,
     ),
     (
+        "multiline_text",
+        make_state(),
+        AddLine(text="line\u2028separator"),
+        "Line text spans several lines (block 'sop', line 4); add one line per directive or "
+        "use REPLACE.",
+        "sop",
+        4,
+    ),
+    (
+        "invalid_text",
+        make_state(),
+        AddLine(text="caf\ud800"),
+        "Line text holds a lone surrogate ('\\ud800' at position 3) (block 'sop', line 4); "
+        "write plain text.",
+        "sop",
+        4,
+    ),
+    (
+        "invalid_text",
+        make_state(),
+        EditLine(line=1, text="a\x00b"),
+        "Line text holds a control character ('\\x00' at position 1) (block 'sop', line 1); "
+        "write plain text.",
+        "sop",
+        1,
+    ),
+    (
+        "invalid_text",
+        make_state(),
+        SetModel(model="gpt\udfff"),
+        "Model name holds a lone surrogate ('\\udfff' at position 3); write plain text.",
+        None,
+        None,
+    ),
+    (
+        "heading_text",
+        make_state(),
+        AddLine(text="## Rules"),
+        "Line text '## Rules' looks like a markdown heading (block 'sop', line 4); it would "
+        "start a new block when the prompt is read back. Drop the leading '#', or use BLOCK: "
+        "to target a section.",
+        "sop",
+        4,
+    ),
+    (
+        "heading_text",
+        make_state(),
+        ReplaceBlock(lines=("ok", "  # Title  ")),
+        "Line text '# Title' looks like a markdown heading (block 'sop', line 2)",
+        "sop",
+        2,
+    ),
+    (
+        "malformed_edit",
+        make_state(),
+        AddLine.model_construct(text=None),
+        "Malformed AddLine edit (text: Input should be a valid string).",
+        None,
+        None,
+    ),
+    (
+        "malformed_edit",
+        make_state(),
+        EditLine.model_construct(line="three", text="x"),
+        "Malformed EditLine edit (line: Input should be a valid integer, unable to parse string "
+        "as an integer).",
+        None,
+        None,
+    ),
+    (
+        "line_out_of_range",
+        make_state(),
+        DeleteLine(line=10**5000),
+        "Line (a huge number) is out of range for block 'sop'; valid lines: 1..3.",
+        "sop",
+        None,
+    ),
+    (
         "unknown_block",
         make_state(),
         AddLine(text="x", block="sopp"),
@@ -408,8 +486,37 @@ def test_a_failing_edit_list_is_never_half_applied() -> None:
             1,
         ),
         ("EDIT: 2 to x", "Directive line 1: EDIT needs 'N -> new text'", 1),
-        ("DEL: two", "Directive line 1: DEL needs a line number, got 'two'", 1),
+        (
+            "DEL: two",
+            "Directive line 1: DEL needs a line number (1 to 9 ASCII digits), got 'two'",
+            1,
+        ),
         ("\n\nBLOCK:", "Directive line 1: BLOCK needs a block name", 1),
+        ("DEL: ²", "Directive line 1: DEL needs a line number (1 to 9 ASCII digits), got '²'", 1),
+        ("DEL: ①", "Directive line 1: DEL needs a line number (1 to 9 ASCII digits), got '①'", 1),
+        ("DEL: ３", "Directive line 1: DEL needs a line number (1 to 9 ASCII digits), got '３'", 1),
+        (
+            "ADD: x\nDEL: " + "9" * 5000,
+            "Directive line 2: DEL needs a line number (1 to 9 ASCII digits), got '99999",
+            2,
+        ),
+        (
+            "DEL " + "9" * 5000 + ":",
+            "Directive line 1: DEL names a line number of 5000 digits; expected at most 9",
+            1,
+        ),
+        (
+            "EDIT: " + "1" * 10 + " -> x",
+            "Directive line 1: EDIT names a line number of 10 digits; expected at most 9",
+            1,
+        ),
+        (
+            "ADD 1234567890: x",
+            "Directive line 1: ADD names a line number of 10 digits; expected at most 9",
+            1,
+        ),
+        ("EDIT: ٣ -> x", "Directive line 1: EDIT needs 'N -> new text'", 1),
+        ("ADD ２: x", "Directive line 1: expected KEYWORD: value", 1),
     ],
 )
 def test_unparseable_directives(text: str, message: str, line: int) -> None:
@@ -447,6 +554,26 @@ def test_conflicting_directives(text: str, message: str, line: int | None) -> No
         parse_directives(text)
     assert caught.value.reason == "conflicting_edits"
     assert caught.value.line == line
+
+
+@pytest.mark.parametrize("value", ["ADD: x", 3, None, (("kind", "add_line"),), object()])
+def test_apply_rejects_what_is_not_an_edit(value: object) -> None:
+    with pytest.raises(InvalidEdit, match=r"Expects an edit|Malformed") as caught:
+        apply(make_state(), value)  # type: ignore[arg-type]
+    assert caught.value.reason == "malformed_edit"
+
+
+def test_apply_takes_an_edit_as_a_dict() -> None:
+    new = apply(make_state(), {"kind": "delete_line", "line": 1})  # type: ignore[arg-type]
+    assert sop_lines(new) == sop_lines(make_state())[1:]
+
+
+def test_a_deletion_never_leaves_a_blank_line_at_a_block_edge() -> None:
+    state = PromptState.from_text("Intro.\n\n## SOP\nfirst\n\nsecond", "m")
+    assert sop_lines(state) == ("first", "", "second")
+    new = apply(state, DeleteLine(line=1))
+    assert sop_lines(new) == ("second",)
+    assert PromptState.from_text(new.render(), "m") == new
 
 
 def test_every_invalid_edit_reason_is_tested() -> None:
@@ -857,3 +984,123 @@ def test_diff_shows_lines_and_model() -> None:
     assert '+if input mentions golf: respond "Fore!"' in text.split("\n")
     assert diff(before, make_state()) == ""
     assert diff(before, after, name="v3").startswith("--- v3@")
+
+
+# --- any input: a value or an InvalidEdit, and accepted states round-trip ---------------------
+
+NASTY = [
+    "ADD",
+    "EDIT",
+    "DEL",
+    "REPLACE",
+    "MODEL",
+    "BLOCK",
+    ": ",
+    " -> ",
+    "\n",
+    "1",
+    "2",
+    "99",
+    "²",
+    "①",
+    "٣",
+    "9" * 5000,
+    "## ",
+    "#",
+    "\ud800",
+    "\x00",
+    "\u2028",
+    "\r",
+    "\t",
+    " sop",
+    "no_change",
+]
+directive_text = st.lists(st.one_of(st.sampled_from(NASTY), st.text(max_size=4)), max_size=12).map(
+    "".join
+)
+
+
+def assert_round_trips(state: PromptState) -> None:
+    state.fingerprint()
+    text = state.render()
+    text.encode("utf-8")
+    again = PromptState.from_text(text, state.model)
+    assert again.render() == text
+    assert [(b.title, b.lines) for b in again.blocks if b.lines] == [
+        (b.title, b.lines) for b in state.blocks if b.lines
+    ]
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=directive_text)
+def test_any_directive_text_is_edits_or_an_invalid_edit(text: str) -> None:
+    state = make_state()
+    try:
+        new = apply(state, parse_directives(text), allowed_models=MODELS)
+    except InvalidEdit:
+        return
+    assert_round_trips(new)
+
+
+edit_text = st.lists(
+    st.sampled_from(["a", "b", " ", "#", "## ", "\t", "\ud800", "\x1f", "\u2028", ":"]),
+    max_size=6,
+).map("".join)
+fuzzy_edit = st.one_of(
+    st.builds(AddLine, text=edit_text, position=st.none() | st.integers(-1, 6)),
+    st.builds(EditLine, line=st.integers(-1, 6), text=edit_text),
+    st.builds(DeleteLine, line=st.integers(-1, 6)),
+    st.builds(ReplaceBlock, lines=st.lists(edit_text, max_size=3).map(tuple)),
+    st.builds(SetModel, model=edit_text),
+    st.builds(AddLine, text=edit_text, block=st.sampled_from(["general", "a", "sop", "x"])),
+)
+prompt_text = st.lists(
+    st.sampled_from(["Hello.", "be kind", "", " ", "## SOP", "# A", "#tag", "x\r", "\t"]),
+    max_size=8,
+).map("\n".join)
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=prompt_text, edits=st.lists(fuzzy_edit, max_size=6))
+def test_render_from_text_round_trips_for_every_reachable_state(
+    text: str, edits: list[Edit]
+) -> None:
+    state = PromptState.from_text(text, "sim-large")
+    assert_round_trips(state)
+    for edit in edits:
+        try:
+            state = apply(state, edit)
+        except InvalidEdit:
+            continue
+        assert_round_trips(state)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason", "message"),
+    [
+        ('DEMO: "caf\\ud800" -> "b"', "invalid_text", "Demo input holds a lone surrogate"),
+        ('DEMO: "a" -> "b\\u0000"', "invalid_text", "Demo output holds a control character"),
+        ("DEL_DEMO: ²", "unparseable_directive", "DEL_DEMO needs a demo number (1 to 9 ASCII"),
+        ("DEL_DEMO: " + "9" * 5000, "unparseable_directive", "DEL_DEMO needs a demo number"),
+        ('DEMO 1234567890: "a" -> "b"', "unparseable_directive", "of 10 digits"),
+    ],
+)
+def test_junk_in_demo_directives_is_an_invalid_edit(text: str, reason: str, message: str) -> None:
+    with pytest.raises(InvalidEdit, match=re.escape(message)) as caught:
+        apply(make_state(), parse_directives(text))
+    assert caught.value.reason == reason
+
+
+def test_a_demo_turn_may_span_lines_and_a_huge_demo_number_is_out_of_range() -> None:
+    from selfimprove_rl.prompt import AddDemo, RemoveDemo
+
+    state = apply(make_state(), AddDemo(input="two\nlines", output="ok"))
+    assert state.demos[-1].input == "two\nlines"
+    with pytest.raises(InvalidEdit, match=re.escape("Demo (a huge number) is out of range")):
+        apply(state, RemoveDemo(index=10**5000))
+
+
+def test_a_lone_surrogate_from_a_directive_is_rejected_before_any_fingerprint() -> None:
+    with pytest.raises(InvalidEdit, match="lone surrogate") as caught:
+        apply(make_state(), parse_directives("ADD: caf\ud800"))
+    assert caught.value.reason == "invalid_text"

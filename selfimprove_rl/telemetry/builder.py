@@ -10,29 +10,45 @@ version the calls used when the spans carry one).
 A row it cannot use is skipped and counted by reason in ``provenance.skipped``:
 
 ==========================  ===========================================================
+``duplicate_span``          a second row with a span id already seen (the first is kept)
+``malformed_span_id``       the span id is missing or not text (or the trace id is not)
+``malformed_start_time``    the start time is neither missing nor a time
 ``error_status``            the call failed (span status ERROR)
 ``malformed_input``         ``llm.input_messages`` is not a list of messages with roles
 ``no_chat_history``         nothing after the system prompt
 ``malformed_output``        ``llm.output_messages`` is not a list of messages
 ``no_output``               no assistant message, or an empty one
 ``tool_call_only``          the reply is tool calls with no text
-``malformed_parameters``    ``llm.invocation_parameters`` is not a JSON object
+``malformed_parameters``    ``llm.invocation_parameters`` is not a JSON object of finite values,
+                            or temperature / top_p / max_tokens / seed has the wrong type
+``invalid_text``            a message, prompt or model holds a lone surrogate or a non-JSON
+                            value (the checkpoint could not be written)
 ``no_model``                no model name on the span
 ``other_system_prompt``     a system prompt other than the majority one (single-prompt mode)
 ``other_model``             a model other than the majority one (single-prompt mode)
 ``other_eval_constants``    evaluated with another template / rails under the same eval name
 ``missing_evals``           lacks a result for one of the checkpoint's evals
 ``unscored_eval``           an eval result with neither a score nor a label that maps to one
+``malformed_eval_result``   a score that is not a finite number, a label or explanation that
+                            is not text, or recorded variables that are not text
+``malformed_sample``        the row fails the :class:`Sample` model for another reason
 ==========================  ===========================================================
 
 An eval that cannot be re-run is left out whole and counted as ``dropped_eval:<name>:<why>``
-(no recorded constants, rails without scores, no template variable receiving the output, or
-too few rows). When nothing usable remains, :class:`NoUsableSamplesError` says why.
+(no recorded constants, rails without scores, no template variable receiving the output,
+constants that do not validate as :class:`EvalConstants` (``malformed_constants``), or too
+few rows). Recorded constants that are not a JSON object with a text name and id are
+ignored, so the rows evaluated with them count as ``other_eval_constants`` or
+``missing_evals``. When several results of one eval name a span, the last one wins. When
+nothing usable remains, :class:`NoUsableSamplesError` says why. Any frame content gives a
+checkpoint (whose save and load round-trip) or one of these errors, never another exception.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
@@ -41,6 +57,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import pandas as pd
+from pydantic import ValidationError
 
 from selfimprove_rl.checkpoint import Action, Checkpoint, EvalConstants, Provenance, Sample
 from selfimprove_rl.errors import ConfigError, NoUsableSamplesError, unknown_name_message
@@ -130,11 +147,17 @@ def build_checkpoint(
     annotations = _annotations_by_span(frames.annotations)
 
     rows: list[_Row] = []
+    seen: set[str] = set()
     for record in frames.spans.to_dict("records"):
         try:
-            rows.append(_parse_span(cast(dict[str, Any], record)))
+            row = _parse_span(cast(dict[str, Any], record))
+            if row.span_id in seen:
+                raise _Skip("duplicate_span")
         except _Skip as skip:
             skipped[skip.reason] += 1
+            continue
+        seen.add(row.span_id)
+        rows.append(row)
 
     prompt, model = _majority_action(rows)
     if expect_single_prompt:
@@ -218,11 +241,10 @@ def _parse_span(record: Mapping[str, Any]) -> _Row:
     model = attributes.get("llm.model_name") or parameters.get("model")
     if not isinstance(model, str) or not model:
         raise _Skip("no_model")
-    timestamp = record.get("start_time")
-    return _Row(
-        span_id=str(record["span_id"]),
-        trace_id=str(record["trace_id"]) if record.get("trace_id") else None,
-        timestamp=timestamp.to_pydatetime() if isinstance(timestamp, pd.Timestamp) else None,
+    row = _Row(
+        span_id=_span_id(record.get("span_id")),
+        trace_id=_trace_id(record.get("trace_id")),
+        timestamp=_timestamp(record.get("start_time")),
         system_prompt=system_prompt,
         history=messages,
         output=output,
@@ -230,13 +252,93 @@ def _parse_span(record: Mapping[str, Any]) -> _Row:
         parameters=parameters,
         prompt_ref=_prompt_ref(attributes),
     )
+    texts = [row.span_id, row.trace_id, row.system_prompt, row.history, row.output, row.model]
+    if not json_clean([*texts, row.prompt_ref]):
+        raise _Skip("invalid_text")
+    return row
+
+
+def _missing(value: Any) -> bool:
+    return value is None or value is pd.NaT or (isinstance(value, float) and math.isnan(value))
+
+
+def _span_id(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _Skip("malformed_span_id")
+    return value
+
+
+def _trace_id(value: Any) -> str | None:
+    if _missing(value) or value == "":
+        return None
+    if not isinstance(value, str):
+        raise _Skip("malformed_span_id")
+    return value
+
+
+def _timestamp(value: Any) -> datetime | None:
+    """A span's start time as an aware datetime (None when not recorded)."""
+    if _missing(value):
+        return None
+    if isinstance(value, str):
+        try:
+            value = pd.Timestamp(value)
+        except (ValueError, OverflowError) as exc:
+            raise _Skip("malformed_start_time") from exc
+    if isinstance(value, pd.Timestamp):
+        value = value.to_pydatetime()
+    if not isinstance(value, datetime):
+        raise _Skip("malformed_start_time")
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+_MAX_DEPTH = 64
+
+
+def json_clean(value: Any) -> bool:
+    """Whether ``value`` is plain JSON a checkpoint keeps exactly.
+
+    Strings must be valid Unicode (no lone surrogates), numbers finite, keys strings, and
+    nesting at most 64 deep; anything else (bytes, timestamps, NaN...) is not clean.
+
+    Example:
+        >>> json_clean({"a": [1, 2.5, "x", None]}), json_clean({"t": float("nan")})
+        (True, False)
+    """
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > _MAX_DEPTH:
+            return False
+        if item is None or isinstance(item, bool):
+            continue
+        if isinstance(item, str):
+            if any("\ud800" <= char <= "\udfff" for char in item):
+                return False
+        elif isinstance(item, numbers.Integral):
+            if abs(int(item)) >= 2**63:
+                return False
+        elif isinstance(item, numbers.Real):
+            if not math.isfinite(float(item)):
+                return False
+        elif isinstance(item, Mapping):
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    return False
+                stack.append((key, depth + 1))
+                stack.append((child, depth + 1))
+        elif isinstance(item, list | tuple):
+            stack.extend((child, depth + 1) for child in item)
+        else:
+            return False
+    return True
 
 
 def _messages(raw: Any, reason: str) -> list[dict[str, Any]]:
     if isinstance(raw, str):
         try:
             raw = json.loads(raw)
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:
             raise _Skip(reason) from exc
     if not isinstance(raw, list | tuple) or any(not isinstance(m, Mapping) for m in raw):
         raise _Skip(reason)
@@ -304,21 +406,35 @@ def _output_from_value(value: Any) -> list[dict[str, Any]] | None:
     try:
         body = json.loads(value)
         message = body["choices"][0]["message"]
-    except (json.JSONDecodeError, KeyError, IndexError, TypeError):
+    except (ValueError, RecursionError, KeyError, IndexError, TypeError):
         return None
     return [message] if isinstance(message, dict) else None
 
 
+_REAL_PARAMETERS = ("temperature", "top_p")
+_INT_PARAMETERS = ("max_tokens", "seed")
+
+
 def _parameters(raw: Any) -> dict[str, Any]:
-    if raw is None:
+    if _missing(raw):
         return {}
     if isinstance(raw, str):
         try:
             raw = json.loads(raw)
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:
             raise _Skip("malformed_parameters") from exc
-    if not isinstance(raw, Mapping):
+    if not isinstance(raw, Mapping) or not json_clean(raw):
         raise _Skip("malformed_parameters")
+    for key in _REAL_PARAMETERS:
+        value = raw.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise _Skip("malformed_parameters")
+    for key in _INT_PARAMETERS:
+        value = raw.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or value != int(value)
+        ):
+            raise _Skip("malformed_parameters")
     return dict(raw)
 
 
@@ -332,7 +448,7 @@ def _prompt_ref(attributes: Mapping[str, Any]) -> dict[str, str] | None:
     if isinstance(metadata, str):
         try:
             metadata = json.loads(metadata)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             metadata = None
     ref: dict[str, str] = {}
     if isinstance(metadata, Mapping):
@@ -395,10 +511,15 @@ def _constants_by_name(evals: pd.DataFrame, annotations: pd.DataFrame) -> dict[s
     best: dict[str, dict[str, Any]] = {}
     for record in evals.to_dict("records"):
         constants = record.get("constants")
-        if not isinstance(constants, Mapping):
-            continue
-        name = str(record["name"])
-        cid = str(record["constants_id"])
+        name, cid = record.get("name"), record.get("constants_id")
+        if not (
+            isinstance(constants, Mapping)
+            and all(isinstance(key, str) for key in constants)
+            and isinstance(name, str)
+            and name
+            and isinstance(cid, str)
+        ):
+            continue  # unusable; rows evaluated with it count as other/missing evals
         current = best.get(name)
         if current is None or usage[cid] > usage[current["constants_id"]]:
             best[name] = {"constants_id": cid, **constants}
@@ -427,22 +548,33 @@ def _row_evals(
         if cid != constants[name]["constants_id"]:
             results.setdefault(name, {"other_constants": True})
             continue
-        variables = metadata.get(META_VARIABLES)
-        results[name] = {
-            "label": _none_if_nan(annotation.get("label")),
-            "score": _none_if_nan(annotation.get("score")),
-            "explanation": _none_if_nan(annotation.get("explanation")),
-            "variables": {str(k): str(v) for k, v in variables.items()}
-            if isinstance(variables, Mapping)
-            else {},
-        }
+        results[name] = _eval_result(annotation, metadata.get(META_VARIABLES))
     return results
 
 
-def _none_if_nan(value: Any) -> Any:
-    if isinstance(value, float) and value != value:
-        return None
-    return value
+def _eval_result(annotation: Mapping[str, Any], variables: Any) -> dict[str, Any]:
+    """One annotation's result; ``{"malformed": True}`` when it is not one a sample can hold."""
+    label = None if _missing(annotation.get("label")) else annotation.get("label")
+    score = None if _missing(annotation.get("score")) else annotation.get("score")
+    explanation = None if _missing(annotation.get("explanation")) else annotation.get("explanation")
+    if _missing(variables):
+        variables = {}
+    well_formed = (
+        (label is None or isinstance(label, str))
+        and (explanation is None or isinstance(explanation, str))
+        and (score is None or (isinstance(score, numbers.Real) and not isinstance(score, bool)))
+        and isinstance(variables, Mapping)
+        and all(isinstance(v, str) for v in variables.values())
+        and json_clean([label, explanation, score, variables])
+    )
+    if not well_formed:
+        return {"malformed": True}
+    return {
+        "label": label,
+        "score": None if score is None else float(score),
+        "explanation": explanation,
+        "variables": dict(variables),
+    }
 
 
 def _choose_evals(
@@ -457,7 +589,7 @@ def _choose_evals(
     coverage: Counter[str] = Counter()
     for row in rows:
         for name, result in row.evals.items():
-            if "other_constants" not in result:
+            if "other_constants" not in result and "malformed" not in result:
                 coverage[name] += 1
     names = list(requested) if requested is not None else sorted(constants)
     chosen: dict[str, _EvalSpec] = {}
@@ -472,7 +604,13 @@ def _choose_evals(
             skipped[f"dropped_eval:{name}:no_label_scores"] += coverage[name]
             _warn(f"Eval {name!r} has rails without scores; pass label_scores={{{name!r}: ...}}.")
             continue
-        variables = list(recorded.get("template_variables") or [])
+        variables = recorded.get("template_variables") or []
+        if not isinstance(variables, list | tuple) or not all(
+            isinstance(v, str) for v in variables
+        ):
+            skipped[f"dropped_eval:{name}:malformed_constants"] += coverage[name]
+            _warn(f"Eval {name!r}: the recorded constants are malformed (template_variables).")
+            continue
         output_variable = output_variables.get(name) or _infer_output_variable(
             name, variables, rows
         )
@@ -483,26 +621,54 @@ def _choose_evals(
                 f"logged output; pass output_variables={{{name!r}: '<variable>'}}."
             )
             continue
-        direction = recorded.get("direction")
-        chosen[name] = _EvalSpec(
-            EvalConstants(
-                name=name,
-                kind="classifier",
-                template=recorded.get("template"),
-                template_variables=variables,
-                choices={str(k): float(v) for k, v in dict(choices).items()},
-                output_variable=output_variable,
-                eval_model=recorded.get("eval_model"),
-                eval_provider=recorded.get("eval_provider"),
-                direction="minimize" if direction == "minimize" else "maximize",
-                template_format=recorded.get("template_format") or "string",
-                label_descriptions=recorded.get("label_descriptions") or {},
-                include_explanation=bool(recorded.get("include_explanation", True)),
-                eval_parameters=recorded.get("eval_parameters") or {},
-            ),
-            str(recorded["constants_id"]),
-        )
+        try:
+            validated = _eval_constants(name, recorded, list(variables), choices, output_variable)
+        except (ValueError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
+            skipped[f"dropped_eval:{name}:malformed_constants"] += coverage[name]
+            _warn(f"Eval {name!r}: the recorded constants are malformed ({_first_line(exc)}).")
+            continue
+        chosen[name] = _EvalSpec(validated, str(recorded["constants_id"]))
     return chosen
+
+
+def _eval_constants(
+    name: str,
+    recorded: Mapping[str, Any],
+    variables: list[str],
+    choices: Any,
+    output_variable: str,
+) -> EvalConstants:
+    """Validate recorded constants into :class:`EvalConstants`; raises ValueError/TypeError."""
+    direction = recorded.get("direction")
+    if not isinstance(choices, Mapping):
+        raise TypeError(f"choices is a {type(choices).__name__}, not a label-to-score map")
+    extra = {k: recorded.get(k) for k in ("label_descriptions", "eval_parameters")}
+    if not json_clean(extra) or not json_clean(dict(choices)):
+        raise ValueError("label descriptions, judge parameters or choices are not plain JSON")
+    constants = EvalConstants(
+        name=name,
+        kind="classifier",
+        template=recorded.get("template"),
+        template_variables=variables,
+        choices={str(k): v for k, v in choices.items()},
+        output_variable=output_variable,
+        eval_model=recorded.get("eval_model"),
+        eval_provider=recorded.get("eval_provider"),
+        direction="maximize" if direction is None else direction,
+        template_format=recorded.get("template_format") or "string",
+        label_descriptions=recorded.get("label_descriptions") or {},
+        include_explanation=recorded.get("include_explanation", True),
+        eval_parameters=recorded.get("eval_parameters") or {},
+    )
+    constants.prompt_template()  # a "messages" template must be a JSON list of messages
+    if not json_clean(constants.model_dump(mode="json")):
+        raise ValueError("the constants hold text that is not valid Unicode")
+    return constants
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).split("\n")
+    return text[0][:120] if len(text) == 1 else f"{text[0][:60]}: {text[1][:60]}"
 
 
 def _infer_output_variable(name: str, variables: Sequence[str], rows: Sequence[_Row]) -> str | None:
@@ -511,6 +677,8 @@ def _infer_output_variable(name: str, variables: Sequence[str], rows: Sequence[_
     for row in rows:
         result = row.evals.get(name)
         if not result or "variables" not in result:
+            continue
+        if "malformed" in result:
             continue
         seen += 1
         output = str(row.output.get("content") or "").strip()
@@ -541,11 +709,13 @@ def _sample(
             raise _Skip("missing_evals")
         if "other_constants" in result:
             raise _Skip("other_eval_constants")
+        if "malformed" in result:
+            raise _Skip("malformed_eval_result")
         score = result["score"]
         label = result["label"]
         if score is None and label is not None:
             score = spec.constants.choices.get(str(label))
-        if score is None:
+        if score is None or not math.isfinite(score):
             raise _Skip("unscored_eval")
         scores[name] = float(score)
         if label is not None:
@@ -569,20 +739,23 @@ def _sample(
         metadata.update(system_prompt=row.system_prompt, model=row.model)
     if row.prompt_ref:
         metadata["phoenix_prompt"] = row.prompt_ref
-    return Sample(
-        sample_id=row.span_id,
-        chat_history=row.history,
-        output_generation=row.output,
-        eval_scores=scores,
-        eval_labels=labels,
-        eval_reasoning=reasons,
-        eval_variables=variables,
-        reference=reference,
-        span_id=row.span_id,
-        trace_id=row.trace_id,
-        timestamp=row.timestamp,
-        metadata=metadata,
-    )
+    try:
+        return Sample(
+            sample_id=row.span_id,
+            chat_history=row.history,
+            output_generation=row.output,
+            eval_scores=scores,
+            eval_labels=labels,
+            eval_reasoning=reasons,
+            eval_variables=variables,
+            reference=reference,
+            span_id=row.span_id,
+            trace_id=row.trace_id,
+            timestamp=row.timestamp,
+            metadata=metadata,
+        )
+    except ValidationError as exc:
+        raise _Skip("malformed_sample") from exc
 
 
 def _action(prompt: str, model: str, rows: Sequence[_Row]) -> Action:

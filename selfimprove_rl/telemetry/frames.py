@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import shutil
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from selfimprove_rl.errors import DataError
 from selfimprove_rl.fileio import atomic_write_text
@@ -156,19 +158,74 @@ def empty_frame(name: FrameName) -> pd.DataFrame:
     return frame
 
 
-def conform(frame: pd.DataFrame, name: FrameName) -> pd.DataFrame:
+def conform(
+    frame: pd.DataFrame, name: FrameName, *, skipped: Counter[str] | None = None
+) -> pd.DataFrame:
     """Return ``frame`` with the canonical columns of ``name`` (missing ones added as None).
 
-    Extra columns are kept after the canonical ones; times become UTC timestamps.
+    Extra columns are kept after the canonical ones; times become UTC timestamps (a missing
+    time becomes ``NaT``).
+
+    Args:
+        frame: the rows.
+        name: which frame they are.
+        skipped: when given, rows whose time is present but not an ISO 8601 time are dropped
+            and counted here as ``malformed_<column>``; when None, such rows raise.
+
+    Raises:
+        DataError: a time that is not ISO 8601 (and ``skipped`` is None).
     """
     out = frame.copy()
     for column in _COLUMNS[name]:
         if column not in out.columns:
             out[column] = None
+    bad = pd.Series(False, index=out.index)
     for column in _TIME_COLUMNS[name]:
-        out[column] = pd.to_datetime(out[column], utc=True, format="ISO8601")
+        raw = out[column]
+        parsed, malformed = _utc_times(raw)
+        out[column] = parsed
+        if malformed.any():
+            if skipped is None:
+                positions = [i for i, flag in enumerate(malformed) if flag]
+                values = ", ".join(_short(raw.iloc[i]) for i in positions[:3])
+                raise DataError(
+                    f"{name} rows {positions[:3]}: {column} {values} is not an ISO 8601 time "
+                    f"({len(positions)} rows in all); fix or drop those rows."
+                )
+            skipped[f"malformed_{column}"] += int((malformed & ~bad).sum())
+            bad |= malformed
     extras = [c for c in out.columns if c not in _COLUMNS[name]]
-    return out[_COLUMNS[name] + extras].reset_index(drop=True)
+    return out.loc[~bad, _COLUMNS[name] + extras].reset_index(drop=True)
+
+
+def _utc_times(column: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Parse a column of times; return the UTC times and which present values did not parse."""
+    if pd.api.types.is_datetime64_any_dtype(column):
+        return pd.to_datetime(column, utc=True), pd.Series(False, index=column.index)
+    texts: list[str | None] = []
+    invalid: list[bool] = []
+    for value in column:
+        missing = value is None or value is pd.NaT or (isinstance(value, float) and value != value)
+        if isinstance(value, datetime):
+            value = value.isoformat()
+        ok = isinstance(value, str) and value.isascii()  # ISO 8601 is ASCII
+        texts.append(value if ok else None)
+        invalid.append(not ok and not missing)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parsed = pd.to_datetime(
+            pd.Series(texts, index=column.index, dtype=object),
+            utc=True,
+            format="ISO8601",
+            errors="coerce",
+        )
+    present = pd.Series([text is not None for text in texts], index=column.index)
+    return parsed, (parsed.isna() & present) | pd.Series(invalid, index=column.index)
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def summarize(
@@ -308,6 +365,10 @@ def _scalar_text(value: Any) -> Any:
 
 
 def _check_header(header: Mapping[str, Any], where: Path) -> None:
+    try:
+        json.dumps(header, ensure_ascii=False).encode("utf-8")
+    except (ValueError, TypeError) as exc:  # UnicodeEncodeError is a ValueError
+        raise DataError(f"{where} has a header that is not valid text: {exc}") from exc
     if header.get("kind") != "selfimprove-telemetry":
         raise DataError(
             f"{where} is not a selfimprove-rl telemetry export (its header has kind "
@@ -320,17 +381,37 @@ def _check_header(header: Mapping[str, Any], where: Path) -> None:
         )
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); it is not a "
+            "telemetry export written by frames.save()."
+        ) from exc
+    except OSError as exc:
+        raise DataError(f"Cannot read telemetry export {path}: {exc}") from exc
+
+
+def _json(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, 4,300-digit ints, nesting
+        raise DataError(f"{where} is not valid JSON: {_short(str(exc), 120)}") from exc
+
+
 def _load_jsonl(path: Path) -> TelemetryFrames:
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = _read_text(path).split("\n")
     rows: dict[str, list[dict[str, Any]]] = {"spans": [], "annotations": [], "evals": []}
     header: dict[str, Any] | None = None
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{number} is not valid JSON: {exc}") from exc
+        record = _json(line, f"{path}:{number}")
+        if not isinstance(record, dict):
+            raise DataError(
+                f"{path}:{number} is a JSON {type(record).__name__}; expected an object per line."
+            )
         if header is None:
             header = record
             _check_header(header, path)
@@ -343,20 +424,36 @@ def _load_jsonl(path: Path) -> TelemetryFrames:
         rows[frame].append(record)
     if header is None:
         raise DataError(f"{path} is empty; expected a telemetry export.")
-    return _assemble(header, {k: pd.DataFrame(v) for k, v in rows.items()}, path)
+    # dtype=object: pandas would store text columns as Arrow strings, which cannot hold a lone
+    # surrogate from a "\ud800" escape; the builder counts such rows as invalid_text instead.
+    return _assemble(header, {k: pd.DataFrame(v, dtype=object) for k, v in rows.items()}, path)
 
 
 def _load_parquet(path: Path) -> TelemetryFrames:
     info_path = path / "info.json"
     if not info_path.exists():
         raise DataError(f"{path} has no info.json; expected a folder written by frames.save().")
-    header = json.loads(info_path.read_text(encoding="utf-8"))
+    header = _json(_read_text(info_path), str(info_path))
+    if not isinstance(header, dict):
+        raise DataError(
+            f"{info_path} is not a JSON object; expected the header frames.save() writes."
+        )
     _check_header(header, path)
     loaded: dict[str, pd.DataFrame] = {}
     for name, columns in _DICT_COLUMNS.items():
-        frame = pd.read_parquet(path / f"{name}.parquet")
+        try:
+            frame = pd.read_parquet(path / f"{name}.parquet")
+        except Exception as exc:  # pyarrow raises its own types for a missing or broken file
+            raise DataError(f"Cannot read {path / f'{name}.parquet'}: {exc}") from exc
         for column in columns:
-            frame[column] = [json.loads(v) if isinstance(v, str) else None for v in frame[column]]
+            if column not in frame.columns:
+                continue
+            frame[column] = [
+                _json(v, f"{path / f'{name}.parquet'} column {column}")
+                if isinstance(v, str)
+                else None
+                for v in frame[column]
+            ]
         loaded[name] = frame
     return _assemble(header, loaded, path)
 
@@ -364,21 +461,31 @@ def _load_parquet(path: Path) -> TelemetryFrames:
 def _assemble(
     header: Mapping[str, Any], frames: Mapping[str, pd.DataFrame], path: Path
 ) -> TelemetryFrames:
-    info = FetchInfo.model_validate(header.get("info") or {})
-    summary = FetchSummary.model_validate(header.get("summary") or {})
+    try:
+        info = FetchInfo.model_validate(header.get("info") or {})
+        summary = FetchSummary.model_validate(header.get("summary") or {})
+    except ValidationError as exc:
+        raise DataError(f"{path} has a malformed header: {_short(str(exc), 200)}") from exc
+    skipped: Counter[str] = Counter(summary.skipped)
     conformed = {
-        name: conform(frame, name) if len(frame.columns) else empty_frame(name)  # type: ignore[arg-type]
+        name: conform(frame, name, skipped=skipped) if len(frame.columns) else empty_frame(name)  # type: ignore[arg-type]
         for name, frame in frames.items()
     }
-    if len(conformed["annotations"]):
-        conformed["annotations"]["score"] = pd.to_numeric(
-            conformed["annotations"]["score"], errors="coerce"
-        )
+    summary = summary.model_copy(update={"skipped": dict(sorted(skipped.items()))})
+    scores = conformed["annotations"]["score"]
+    if len(scores) and all(_is_number_or_missing(v) for v in scores):
+        # Numbers and nulls become one float column; anything else stays for the builder to
+        # count as a malformed eval result.
+        conformed["annotations"]["score"] = pd.to_numeric(scores, errors="coerce")
     result = TelemetryFrames(
         conformed["spans"], conformed["annotations"], conformed["evals"], info, summary
     )
     result.info = info.model_copy(update={"data_path": str(path)})
     return result
+
+
+def _is_number_or_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, numbers.Real) and not isinstance(value, bool))
 
 
 def filter_window(

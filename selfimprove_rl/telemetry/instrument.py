@@ -14,33 +14,46 @@ writes to Phoenix:
   When the evaluated span's trace is known, the evaluator span is its child, so Phoenix shows
   the verdict inside the trace;
 * a **span annotation** on the evaluated LLM span (name = eval name, label, score,
-  explanation), whose metadata holds ``selfimprove.constants_id`` and
-  ``selfimprove.variables``, so a later fetch can re-run the eval on a new output with the
-  same reference and context.
+  explanation, identifier ``selfimprove-rl``), whose metadata holds
+  ``selfimprove.constants_id`` and ``selfimprove.variables``, so a later fetch can re-run the
+  eval on a new output with the same reference and context. The identifier keeps it apart
+  from the annotation of the same name a user logs with ``log_span_annotations_dataframe``
+  (Phoenix upserts on name, span and identifier, so without it the two would overwrite each
+  other).
 
 The judge's own LLM calls run under ``suppress_tracing()``, so they never land in the traced
 project as if they were production traffic.
 
-**Which span was evaluated?** Say it in one of two ways (the row wins when both are given):
+**Which span was evaluated?** Say it in one of three ways (the row wins when several are
+given):
 
 1. a ``span_id`` (or ``context.span_id``) key in the eval input row, with an optional
-   ``trace_id`` (or ``context.trace_id``); evaluators ignore keys they do not use, so a
-   spans dataframe works as is once the span id is a column
-   (``spans_df.reset_index()`` — ``get_spans_dataframe`` puts it in the index);
-2. the context manager :func:`evaluating` around the call::
+   ``trace_id`` (or ``context.trace_id``); evaluators ignore keys they do not use;
+2. with ``evaluate_dataframe`` / ``async_evaluate_dataframe``, a dataframe index whose name
+   holds ``span_id`` — the way Phoenix's own guide does it (``get_spans_dataframe``, then
+   ``set_index("context.span_id")``, ``evaluate_dataframe``, ``to_annotation_dataframe``,
+   ``log_span_annotations_dataframe``): the row's index value is added to its eval input
+   as ``context.span_id`` (the rule ``to_annotation_dataframe`` uses to find span ids);
+3. the context manager :func:`evaluating` around the call::
 
        with evaluating(span_id, trace_id):
            classifier.evaluate({"input": ..., "output": ...})
 
 A classification with no evaluated span still gets its evaluator span (the constants stay
 recoverable) but no annotation; it is counted in :attr:`EvalRecorder.stats`.
+
+Annotations are written from a background thread; :func:`flush_evals` waits for them, and
+they are flushed when the process exits too (an ``atexit`` hook, with a time limit), so a
+script that never calls :func:`uninstrument_evals` loses nothing.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import contextvars
 import hashlib
+import importlib
 import json
 import logging
 import queue
@@ -67,6 +80,8 @@ ATTR = "selfimprove.eval."
 META_CONSTANTS_ID = "selfimprove.constants_id"
 META_VARIABLES = "selfimprove.variables"
 META_EVAL_SPAN_ID = "selfimprove.eval_span_id"
+ANNOTATION_IDENTIFIER = "selfimprove-rl"
+EXIT_FLUSH_TIMEOUT_S = 30.0
 _SECRET_KEY = re.compile(r"api[_-]?key|secret|password|authorization|bearer", re.IGNORECASE)
 _HEX16 = re.compile(r"^[0-9a-f]{16}$")
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -459,6 +474,7 @@ class EvalRecorder:
         annotation: dict[str, Any] = {
             "name": constants["name"],
             "annotator_kind": self.annotator_kind,
+            "identifier": ANNOTATION_IDENTIFIER,
             "span_id": span_id,
             "result": {k: v for k, v in result.items() if v is not None},
             "metadata": {
@@ -556,11 +572,37 @@ async def _link_async(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> An
         _current.reset(token)
 
 
+def _link_dataframe_index(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    """After Phoenix turns a dataframe into eval inputs, add the span id from the index."""
+    prepared = wrapped(*args, **kwargs)
+    dataframe = args[0] if args else kwargs.get("dataframe")
+    try:
+        _add_index_span_ids(dataframe, prepared[1])
+    except Exception as exc:  # never break the user's evaluation over a link
+        logger.warning("selfimprove-rl could not read span ids from the dataframe index: %s", exc)
+    return prepared
+
+
+def _add_index_span_ids(dataframe: Any, eval_inputs: Mapping[int, dict[str, Any]]) -> None:
+    index = getattr(dataframe, "index", None)
+    name = getattr(index, "name", None)
+    if index is None or not isinstance(name, str) or "span_id" not in name.lower():
+        return
+    key = name if name in SPAN_ID_KEYS else SPAN_ID_KEYS[1]
+    for position, span_id in enumerate(index):
+        row = eval_inputs.get(position)
+        if row is not None and not any(_present(row.get(k)) for k in SPAN_ID_KEYS):
+            row[key] = span_id
+
+
 _PATCHES = (
     ("ClassificationEvaluator._evaluate", _classify_sync),
     ("ClassificationEvaluator._async_evaluate", _classify_async),
     ("Evaluator.evaluate", _link_sync),
     ("Evaluator.async_evaluate", _link_async),
+    # Private in phoenix-evals 3.x; both evaluate_dataframe functions call it by its module
+    # name, so wrapping it reaches them however they were imported. Skipped when absent.
+    ("_prepare_dataframe_evaluation", _link_dataframe_index),
 )
 
 
@@ -623,10 +665,45 @@ def instrument_evals(
                 "uninstrument_evals() first."
             )
         recorder = EvalRecorder(provider, base, annotator_kind=annotator_kind, api_key=api_key)
+        module = importlib.import_module(_EVALUATORS_MODULE)
         for name, wrapper in _PATCHES:
-            wrapt.wrap_function_wrapper(_EVALUATORS_MODULE, name, wrapper)
+            if _lookup(module, name) is not None:
+                wrapt.wrap_function_wrapper(module, name, wrapper)
         _state = _Instrumentation(recorder, suppress_judge_tracing)
+        _register_exit_flush()
     return recorder
+
+
+def _lookup(module: Any, dotted: str) -> Any:
+    owner: Any = module
+    for part in dotted.split("."):
+        owner = getattr(owner, part, None)
+        if owner is None:
+            return None
+    return owner
+
+
+_exit_flush_registered = False
+
+
+def _register_exit_flush() -> None:
+    global _exit_flush_registered
+    if not _exit_flush_registered:
+        _exit_flush_registered = True
+        atexit.register(_flush_at_exit)
+
+
+def _flush_at_exit() -> None:
+    """Write what is still queued when the process ends without uninstrument_evals()."""
+    state = _state
+    if state is None:
+        return
+    if not state.recorder.flush(EXIT_FLUSH_TIMEOUT_S):
+        logger.warning(
+            "selfimprove-rl: eval annotations were still being written to Phoenix after %.0f s "
+            "at exit; some may be missing. Call flush_evals() before exiting.",
+            EXIT_FLUSH_TIMEOUT_S,
+        )
 
 
 def uninstrument_evals(timeout: float = 30.0) -> RecorderStats | None:
@@ -635,8 +712,6 @@ def uninstrument_evals(timeout: float = 30.0) -> RecorderStats | None:
     Returns:
         The final counters, or None when nothing was instrumented.
     """
-    import importlib
-
     global _state
     with _state_lock:
         state, _state = _state, None
@@ -644,9 +719,11 @@ def uninstrument_evals(timeout: float = 30.0) -> RecorderStats | None:
             return None
         module = importlib.import_module(_EVALUATORS_MODULE)
         for name, _wrapper in _PATCHES:
-            owner_name, attr = name.split(".")
-            owner = getattr(module, owner_name)
-            current = owner.__dict__.get(attr)
+            *owners, attr = name.split(".")
+            owner = _lookup(module, ".".join(owners)) if owners else module
+            if owner is None or _lookup(owner, attr) is None:
+                continue  # not present in this phoenix-evals version, so never wrapped
+            current = vars(owner).get(attr)
             original = getattr(current, "__wrapped__", None)
             if original is None:
                 raise TelemetryError(f"{name} is not wrapped; was it patched by someone else?")

@@ -18,7 +18,12 @@ from selfimprove_rl.telemetry import (
     is_instrumented,
     uninstrument_evals,
 )
-from selfimprove_rl.telemetry.instrument import ATTR, META_CONSTANTS_ID, META_VARIABLES
+from selfimprove_rl.telemetry.instrument import (
+    ANNOTATION_IDENTIFIER,
+    ATTR,
+    META_CONSTANTS_ID,
+    META_VARIABLES,
+)
 
 from .conftest import COFFEE, INPUTS, TEMPLATE, send_traffic, traced_rows, wait_until
 
@@ -280,3 +285,165 @@ def test_eval_constants_are_recovered_from_phoenix_alone(
     assert constants.output_variable == "output"
     assert constants.eval_model == "sim-large" and constants.eval_provider == "openai"
     assert len(frames.evals) == 1
+
+
+# --- Phoenix's own documented flow (evals on traces) ------------------------------------------
+
+DOCUMENTED_FLOW = '''
+"""Phoenix's guide "Running Evals on Traces", with instrument_evals() on and no uninstrument."""
+import asyncio
+import json
+import sys
+import time
+
+from phoenix.client import Client
+from phoenix.evals import LLM, async_evaluate_dataframe, create_classifier
+from phoenix.evals.utils import to_annotation_dataframe
+
+from selfimprove_rl.backend import Backend
+from selfimprove_rl.telemetry import instrument_evals, setup_tracing
+
+url, project, reference = sys.argv[1:4]
+inputs = sys.argv[4:]
+provider = setup_tracing(url, project)  # batch export, as in production
+instrument_evals(provider)
+client = Backend().sync_client()
+for text in inputs:
+    client.chat.completions.create(
+        model="sim-large",
+        messages=[{"role": "system", "content": "be helpful"}, {"role": "user", "content": text}],
+    )
+provider.force_flush()
+
+for _ in range(100):  # Phoenix shows spans ~0.1 s after export
+    spans_df = Client(base_url=url).spans.get_spans_dataframe(project_identifier=project)
+    if len(spans_df) == len(inputs):
+        break
+    time.sleep(0.1)
+eval_df = spans_df[["context.span_id", "attributes.llm.output_messages"]].copy()
+eval_df.set_index("context.span_id", inplace=True)
+eval_df["output"] = eval_df["attributes.llm.output_messages"].apply(
+    lambda x: x[0]["message.content"]
+)
+eval_df["reference"] = reference
+judge = create_classifier(
+    name="matches_reference",
+    prompt_template="Output: {output}\\nReference: {reference}\\nDoes the output match?",
+    llm=LLM(provider="openai", model="sim-large", **Backend().phoenix_llm_kwargs()),
+    choices={"correct": 1.0, "incorrect": 0.0},
+)
+results_df = asyncio.run(
+    async_evaluate_dataframe(eval_df, evaluators=[judge], hide_tqdm_bar=True)
+)
+annotation_df = to_annotation_dataframe(results_df)
+Client(base_url=url).spans.log_span_annotations_dataframe(dataframe=annotation_df)
+print(json.dumps(sorted(annotation_df["label"])))
+# The script ends here: no flush_evals(), no uninstrument_evals().
+'''
+
+
+def run_script(code: str, folder: Any, *args: str) -> str:
+    """Run a Python script as a user would (its own process); return its stdout."""
+    import os
+    import subprocess
+    import sys
+
+    script = folder / "script.py"
+    script.write_text(code)
+    done = subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "PHOENIX_DISCOVER_CONFIG": "false"},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_phoenixs_documented_flow_gives_a_checkpoint(
+    phoenix_server: Any, px_client: Any, project: str, tmp_path: Any
+) -> None:
+    stdout = run_script(DOCUMENTED_FLOW, tmp_path, phoenix_server.url, project, COFFEE, *INPUTS)
+    labels = json.loads(stdout.strip().splitlines()[-1])
+    source = PhoenixSource(phoenix_server.url, project, progress=False)
+    source.fetch(since=EPOCH)
+    checkpoint = source.checkpoint()
+    assert len(checkpoint.samples) == len(INPUTS)
+    assert sorted(s.eval_labels["matches_reference"] for s in checkpoint.samples) == labels
+    (constants,) = checkpoint.eval_constants
+    assert constants.output_variable == "output"
+    assert {s.reference for s in checkpoint.samples} == {COFFEE}
+    # The user's own annotations and the recorder's sit side by side (distinct identifiers).
+    notes = px_client.spans.get_span_annotations_dataframe(
+        span_ids=[s.span_id for s in checkpoint.samples], project_identifier=project
+    )
+    assert sorted(set(notes["identifier"].fillna(""))) == ["", ANNOTATION_IDENTIFIER]
+    assert len(notes) == 2 * len(INPUTS)
+
+
+TRACE_EVALUATE_EXIT = '''
+"""Trace calls and judge them in one script, then end it (no flush, no uninstrument)."""
+import sys
+
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from phoenix.evals import LLM, create_classifier
+
+from selfimprove_rl.backend import Backend
+from selfimprove_rl.telemetry import evaluating, instrument_evals, setup_tracing
+
+url, project, reference = sys.argv[1:4]
+provider = setup_tracing(url, project)  # batch export: the LLM spans leave at exit
+local = InMemorySpanExporter()
+provider.add_span_processor(SimpleSpanProcessor(local), replace_default_processor=False)
+instrument_evals(provider)
+client = Backend().sync_client()
+for text in sys.argv[4:]:
+    client.chat.completions.create(
+        model="sim-large", messages=[{"role": "user", "content": text}]
+    )
+judge = create_classifier(
+    name="matches_reference",
+    prompt_template="Output: {output}\\nReference: {reference}\\nDoes the output match?",
+    llm=LLM(provider="openai", model="sim-large", **Backend().phoenix_llm_kwargs()),
+    choices={"correct": 1.0, "incorrect": 0.0},
+)
+for span in local.get_finished_spans():
+    context = span.get_span_context()
+    with evaluating(format(context.span_id, "016x"), format(context.trace_id, "032x")):
+        output = span.attributes["llm.output_messages.0.message.content"]
+        judge.evaluate({"output": output, "reference": reference})
+'''
+
+
+def test_annotations_are_written_when_the_script_just_ends(
+    phoenix_server: Any, px_client: Any, project: str, tmp_path: Any
+) -> None:
+    """Phoenix answers 404 until the batched LLM spans arrive; only the exit flush waits."""
+    run_script(TRACE_EVALUATE_EXIT, tmp_path, phoenix_server.url, project, COFFEE, *INPUTS)
+    wait_until(lambda: len(spans_of_kind(px_client, project, "LLM")) == len(INPUTS))
+    source = PhoenixSource(phoenix_server.url, project, progress=False)
+    source.fetch(since=EPOCH)
+    assert len(source.checkpoint().samples) == len(INPUTS)
+
+
+def test_evaluate_dataframe_links_rows_through_a_span_id_index(
+    px_client: Any, project: str, recorder: Any, classifier: Any
+) -> None:
+    from phoenix.evals import evaluate_dataframe
+
+    send_traffic(INPUTS[:3])
+    rows = traced_rows(px_client, project, 3).set_index("context.span_id")
+    unrelated = rows.reset_index(drop=True)
+    unrelated.index.name = "row"  # an index that is not a span id links nothing
+    evaluate_dataframe(dataframe=unrelated.iloc[:1], evaluators=[classifier], hide_tqdm_bar=True)
+    result = evaluate_dataframe(dataframe=rows, evaluators=[classifier], hide_tqdm_bar=True)
+    assert list(result.index) == list(rows.index)  # the user's frame is untouched
+    assert "context.span_id" not in result.columns
+    assert recorder.flush()
+    assert (recorder.stats.linked, recorder.stats.unlinked) == (3, 1)
+    notes = annotations_of(px_client, project, rows.reset_index())
+    assert sorted(notes.index) == sorted(rows.index)
+    assert set(notes["identifier"]) == {ANNOTATION_IDENTIFIER}
