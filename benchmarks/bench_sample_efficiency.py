@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from envs.factory import load_checkpoint_source
+from envs.observation import build_observation
 from policies.rule_induction import RuleInductionProposer
 from selfimprove_rl.cache import ResponseCache
 from selfimprove_rl.checkpoint import Checkpoint, Sample
@@ -139,12 +140,7 @@ def seed_loop_baseline(threshold: float, epochs: int = 20) -> dict[str, Any]:
     for epoch in range(epochs):
         train_table, outputs = asyncio.run(evaluate(state, splits.train))
         test_table, _ = asyncio.run(evaluate(state, splits.test))
-        observation = {
-            "prompt": state.render(),
-            "blocks": {b.name: "\n".join(b.lines) for b in state.blocks},
-            "model": state.model,
-            "version": f"epoch{epoch}",
-        }
+        observation = build_observation(state, f"epoch{epoch}", [test_table.aggregate()])
         info = {
             "examples": _rows(checkpoint, splits.train, train_table, outputs),
             "current_version_id": f"epoch{epoch}",

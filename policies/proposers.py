@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -43,19 +44,23 @@ from selfimprove_rl.prompt import (
     SetModel,
     to_directive,
 )
-from selfimprove_rl.simulated.tokens import count_tokens
 
 Observation = Mapping[str, Any]
+
+
+_TOKEN_ESTIMATE = re.compile(r"\w+|[^\w\s]")
 
 
 def estimate_tokens(text: str) -> int:
     """Return an estimate of the prompt tokens ``text`` costs (within ~20% of tiktoken).
 
+    Words and punctuation marks each count one: no tokenizer of any particular model.
+
     Example:
         >>> estimate_tokens('else: respond "Hi."')
         7
     """
-    return count_tokens(text)
+    return len(_TOKEN_ESTIMATE.findall(text))
 
 
 class Candidate(BaseModel):

@@ -83,7 +83,7 @@ DEMO_CONFIG: dict[str, Any] = {
     "seed": 0,
     "data": {"kind": "dataset", "path": "coffee_sports"},
     "target": {"model": TARGET_MODEL},
-    "policy": {"name": "rule_induction", "kwargs": {"max_examples": 12}},
+    "policy": {"name": "rule_induction"},
     "env": _ENV,
     "stopping": _STOPPING,
 }

@@ -254,8 +254,8 @@ def test_proposers_are_built_from_plain_keyword_arguments() -> None:
     assert (
         coach.config.model == "m" and coach.backend.describe() == "openai-compatible (127.0.0.1:9)"
     )
-    rules = make_proposer("rule_induction", seed=0, kwargs={"min_df": 3, "folds": 2})
-    assert (rules.config.min_df, rules.config.folds) == (3, 2)
+    rules = make_proposer("rule_induction", seed=0, kwargs={"min_df": 3, "max_demos": 4})
+    assert (rules.config.min_df, rules.config.max_demos) == (3, 4)
 
 
 def test_keys_echoed_in_server_errors_are_redacted(server: ScriptedServer, coach_key: str) -> None:
