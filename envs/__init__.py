@@ -4,21 +4,28 @@ Importing this package registers:
 
 * ``selfimprove_rl/PromptEnv-v0`` — deterministic (the simulated model, the default);
 * ``selfimprove_rl/PromptEnvLLM-v0`` — the same env on a real LLM backend, registered as
-  nondeterministic so Gymnasium's determinism checks are skipped.
+  nondeterministic so Gymnasium's determinism checks are skipped;
+* ``selfimprove_rl/ProgramEnv-v0`` — a multi-call program (default: the shipped router ->
+  responder ``support_pipeline`` on the simulated model); ``envs.multi_agent.parallel_env()``
+  is its PettingZoo form, one agent per node.
 
 Example:
     >>> import gymnasium, envs
     >>> sorted(k for k in gymnasium.registry if k.startswith("selfimprove_rl/"))
-    ['selfimprove_rl/PromptEnv-v0', 'selfimprove_rl/PromptEnvLLM-v0']
+    ['selfimprove_rl/ProgramEnv-v0',
+     'selfimprove_rl/PromptEnv-v0',
+     'selfimprove_rl/PromptEnvLLM-v0']
 """
 
 import gymnasium
 
+from envs.program_spaces import ProgramAction, ProgramActionSpace
 from envs.sb3 import CandidateActions, FeatureObservation, Featurizer, make_sb3_env
 from envs.spaces import EnvAction, PromptActionSpace
 
 ENV_ID = "selfimprove_rl/PromptEnv-v0"
 LLM_ENV_ID = "selfimprove_rl/PromptEnvLLM-v0"
+PROGRAM_ENV_ID = "selfimprove_rl/ProgramEnv-v0"
 
 if ENV_ID not in gymnasium.registry:
     gymnasium.register(
@@ -31,14 +38,23 @@ if LLM_ENV_ID not in gymnasium.registry:
         nondeterministic=True,
         kwargs={"backend": {"kind": "openai"}},
     )
+if PROGRAM_ENV_ID not in gymnasium.registry:
+    gymnasium.register(
+        id=PROGRAM_ENV_ID,
+        entry_point="envs.program_factory:make_program_env",
+        nondeterministic=False,
+    )
 
 __all__ = [
     "ENV_ID",
     "LLM_ENV_ID",
+    "PROGRAM_ENV_ID",
     "CandidateActions",
     "EnvAction",
     "FeatureObservation",
     "Featurizer",
+    "ProgramAction",
+    "ProgramActionSpace",
     "PromptActionSpace",
     "make_sb3_env",
 ]
