@@ -127,7 +127,8 @@ class ProgramActionSpace(spaces.Space[Any]):
             return all(
                 isinstance(key, str)
                 and (
-                    isinstance(value, str | EDIT_TYPES)
+                    isinstance(value, str)
+                    or isinstance(value, EDIT_TYPES)
                     or (
                         isinstance(value, list | tuple)
                         and all(isinstance(item, EDIT_TYPES) for item in value)

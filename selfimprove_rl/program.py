@@ -126,7 +126,10 @@ class MessageTemplate(BaseModel):
 
     @model_validator(mode="after")
     def _placeholders_valid(self) -> MessageTemplate:
-        template_references(self.content)
+        try:
+            template_references(self.content)
+        except ProgramError as exc:
+            raise ValueError(str(exc)) from exc
         return self
 
     def render(self, values: Mapping[str, str]) -> dict[str, Any]:
