@@ -77,7 +77,7 @@ def test_wiring_errors_name_the_problem() -> None:
         Program(nodes=(node("a", "{{nodes.b.output}}"), node("b", "{{nodes.a.output}}")))
     with pytest.raises(ValueError, match="reads its own output"):
         Program(nodes=(node("a", "{{nodes.a.output}}"),))
-    with pytest.raises(ValueError, match="Unknown node 'ruoter'.*router"):
+    with pytest.raises(ValueError, match=r"Unknown node 'ruoter'.*router"):
         Program(nodes=(node("router", "{{input}}"), node("b", "{{nodes.ruoter.output}}")))
     with pytest.raises(ValueError, match="names must be unique"):
         Program(nodes=(node("a", None), node("a", None)))

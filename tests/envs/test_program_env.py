@@ -177,7 +177,8 @@ def test_a_checkpoint_written_before_programs_runs_in_both_envs() -> None:
     prompt_env = make_prompt_env(data=FIXTURE, model="sim-keyword", minibatch_size=8)
     program_env = make_program_env(data=str(FIXTURE), model="sim-keyword", minibatch_size=8)
     try:
-        rule = 'if input mentions coffee: respond "I see you are a person of taste! I like coffee, too."'
+        coffee = "I see you are a person of taste! I like coffee, too."
+        rule = f'if input mentions coffee: respond "{coffee}"'
         prompt_env.reset(seed=0)
         _, reward, _, _, _ = prompt_env.step(f"ADD: {rule}")
         assert reward > 0
