@@ -1,9 +1,8 @@
 """Which prompt versions exist, and which one is live?
 
 Every prompt version is a *build*: an id, its parent, the edits that made it, the prompt state
-(blocks and model; for a program, every node's, see
-:class:`~selfimprove_rl.program_state.ProgramState`), its scores per split, the calls and
-tokens spent on it, and when it was made. The registry is an append-only event log (JSONL, one fsynced line per event) so a run
+(blocks and model), its scores per split, the calls and tokens spent on it, and when it was
+made. The registry is an append-only event log (JSONL, one fsynced line per event) so a run
 killed half-way loses nothing and resumes from the file:
 
 * ``version`` — a new build (deduplicated by fingerprint: the same prompt is one version);

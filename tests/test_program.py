@@ -107,7 +107,7 @@ def test_node_directives_parse_render_and_apply_atomically() -> None:
     new = apply_program(state, edits)
     assert new.node("responder").block("sop").lines == ("x", "y")
     assert new.node("router") != state.node("router")
-    assert "+else: respond \"other\"" in program_diff(state, new)
+    assert '+else: respond "other"' in program_diff(state, new)
     assert apply_program(state, []) is state
     bad = [*edits, NodeEdit(node="responder", edit=DeleteLine(line=9))]
     with pytest.raises(InvalidEdit, match="node 'responder': Line 9 is out of range") as caught:
@@ -185,8 +185,9 @@ def test_program_checkpoint_invariants() -> None:
 
 def test_pipeline_data_errors_name_file_and_line(tmp_path: Path) -> None:
     spec = json.loads(
-        (Path(load_pipeline(limit=1).provenance.data_path or "").parent / "support_pipeline.json")
-        .read_text()
+        (
+            Path(load_pipeline(limit=1).provenance.data_path or "").parent / "support_pipeline.json"
+        ).read_text()
     )
     data = tmp_path / "p.jsonl"
     data.write_text('{"input": "a", "output": "b", "nodes": {"ruoter": "x"}}\n')
@@ -194,7 +195,7 @@ def test_pipeline_data_errors_name_file_and_line(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=re.escape(f"{data}:1: Unknown node 'ruoter'")):
         load_pipeline_file(tmp_path / "p.json")
     data.write_text('{"input": "a", "output": "b", "nodes": {"router": 3}}\n')
-    with pytest.raises(DataError, match="expected \"nodes\" to map node names"):
+    with pytest.raises(DataError, match='expected "nodes" to map node names'):
         load_pipeline_file(tmp_path / "p.json")
     (tmp_path / "p.json").write_text(json.dumps({**spec, "prompts": {"router": "x"}}))
     with pytest.raises(DataError, match=r"missing \['responder'\]"):
