@@ -45,6 +45,7 @@ import gymnasium
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from envs.observation import build_observation
 from envs.program_spaces import ProgramAction, ProgramActionSpace, program_observation_space
 from envs.spaces import EnvAction
 from selfimprove_rl.aio import BackgroundLoop
@@ -67,7 +68,7 @@ from selfimprove_rl.program_state import (
     program_diff,
     program_directive,
 )
-from selfimprove_rl.prompt import EDIT_TYPES, Edit, parse_directives
+from selfimprove_rl.prompt import EDIT_TYPES, Edit, PromptState, parse_directives
 from selfimprove_rl.registry import Registry, SplitScore
 from selfimprove_rl.replay import ReplayConfig, Replayer
 
@@ -663,14 +664,7 @@ class ProgramEnv(gymnasium.Env[Observation, Any]):
         state = self._state(version_id)
         values = [scores.get("aggregate", 0.0), *(scores.get(e.name, 0.0) for e in self.evaluators)]
         observation: Observation = {
-            "nodes": {
-                name: {
-                    "prompt": node.render(),
-                    "blocks": {b.name: "\n".join(b.lines) for b in node.blocks},
-                    "model": node.model,
-                }
-                for name, node in state.nodes.items()
-            },
+            "nodes": {name: node_observation(node) for name, node in state.nodes.items()},
             "version": version_id,
             "scores": np.clip(np.asarray(values, dtype=np.float32), 0.0, 1.0),
         }
@@ -807,6 +801,16 @@ class ProgramEnv(gymnasium.Env[Observation, Any]):
             "node_rewards": dict.fromkeys(self.node_evaluators, 0.0),
             "tie_move": False,
         }
+
+
+def node_observation(state: PromptState) -> Observation:
+    """One node's part of a program observation: ``prompt``, ``blocks``, ``demos``, ``model``.
+
+    The same keys, built by the same function, as a single call's observation
+    (:func:`envs.observation.build_observation`) without its version and scores.
+    """
+    full = build_observation(state, "", [])
+    return {key: full[key] for key in ("prompt", "blocks", "demos", "model")}
 
 
 def _last_user(messages: list[dict[str, Any]]) -> str:

@@ -1,9 +1,9 @@
 """What may a ProgramEnv observe and do? Its Gymnasium spaces and its action type.
 
 Observations nest a single call's observation per node: ``nodes`` maps every node to its
-``prompt``, ``blocks`` and ``model`` (``Text`` spaces over the broad prompt charset), beside
-the program ``version``, the end-to-end ``scores`` and, when some nodes have evals of their
-own, ``node_scores``. Actions address edits to nodes: a
+``prompt``, ``blocks``, ``demos`` and ``model`` (``Text`` spaces over the broad prompt
+charset), beside the program ``version``, the end-to-end ``scores`` and, when some nodes
+have evals of their own, ``node_scores``. Actions address edits to nodes: a
 :class:`~selfimprove_rl.program_state.NodeEdit`, a list of them, a mapping
 ``{node: edits or directive text}``, directive text with ``NODE:`` sections, or a
 :class:`ProgramAction` that also names a base version. As in ``PromptEnv``, every action is
@@ -60,6 +60,9 @@ def program_observation_space(
                     {
                         "prompt": text_space(),
                         "blocks": spaces.Dict({block: text_space() for block in blocks}),
+                        "demos": spaces.Sequence(
+                            spaces.Tuple((text_space(), text_space())), stack=False
+                        ),
                         "model": text_space(256),
                     }
                 )

@@ -137,7 +137,7 @@ class ProgramState(BaseModel):
         model: str | None = None,
         frozen_blocks: Mapping[str, Collection[str]] | None = None,
     ) -> ProgramState:
-        """Parse every node's logged system prompt into a prompt state, in program order.
+        """Parse every node's logged action into a prompt state (demos kept), in program order.
 
         Args:
             program: the wiring (gives the node order).
@@ -151,8 +151,7 @@ class ProgramState(BaseModel):
         frozen = frozen_blocks or {}
         nodes: dict[str, PromptState] = {}
         for name in program.order:
-            action = actions[name]
-            state = PromptState.from_text(action.system_prompt, model=model or action.model)
+            state = PromptState.from_action(actions[name], model=model)
             nodes[name] = state.with_frozen(list(frozen.get(name, ())))
         return cls(nodes=nodes)
 
