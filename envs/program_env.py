@@ -260,19 +260,19 @@ class ProgramEnv(gymnasium.Env[Observation, Any]):
             [e.name for e in self.evaluators],
             list(self.node_evaluators),
         )
-        self.action_space = ProgramActionSpace(
-            {
-                name: [b.name for b in state.blocks if not b.frozen]
-                for name, state in initial.nodes.items()
-                if name not in self.config.frozen_nodes
-            }
-        )
+        self.editable_blocks: dict[str, tuple[str, ...]] = {
+            name: tuple(b.name for b in state.blocks if not b.frozen)
+            for name, state in initial.nodes.items()
+            if name not in self.config.frozen_nodes
+        }
+        self.action_space = ProgramActionSpace(self.editable_blocks)
         self._loop = BackgroundLoop()
         self._current_id: str | None = None
         self._current_eval: _ProgramEvaluation | None = None
         self._episode_seed = 0
         self._step_index = 0
         self._tie_streak = 0
+        self._last_samples: list[Sample] = []
         self._closed = False
 
     def _split_evaluators(self, evaluators: Sequence[Evaluator]) -> None:
@@ -397,10 +397,18 @@ class ProgramEnv(gymnasium.Env[Observation, Any]):
         train = self.splits.train
         size = self.config.minibatch_size
         if size is None or size >= len(train):
-            return list(train)
-        rng = np.random.default_rng([self._episode_seed, self._step_index])
-        picks = rng.choice(len(train), size=size, replace=False)
-        return [train[int(i)] for i in sorted(picks)]
+            batch = list(train)
+        else:
+            rng = np.random.default_rng([self._episode_seed, self._step_index])
+            picks = rng.choice(len(train), size=size, replace=False)
+            batch = [train[int(i)] for i in sorted(picks)]
+        self._last_samples = batch
+        return batch
+
+    @property
+    def last_minibatch(self) -> list[Sample]:
+        """The traces the last reset or step replayed (counterfactuals replay the same ones)."""
+        return list(self._last_samples)
 
     # ----------------------------------------------------------------- gymnasium API
     def reset(
