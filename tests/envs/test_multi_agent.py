@@ -4,6 +4,7 @@ import pytest
 from pettingzoo.test import api_test, parallel_api_test
 
 from envs import multi_agent
+from selfimprove_rl.errors import EnvError
 from selfimprove_rl.program_data import load_pipeline
 from selfimprove_rl.program_state import NodeEdit
 from selfimprove_rl.prompt import AddLine
@@ -103,9 +104,9 @@ def test_episodes_end_for_every_agent_at_once() -> None:
     try:
         env.reset(seed=0)
         for _ in range(4):
-            _, _, terminations, truncations, _ = env.step({a: None for a in env.agents})
+            _, _, _, truncations, _ = env.step({a: None for a in env.agents})
         assert all(truncations.values()) and env.agents == []
-        with pytest.raises(Exception, match="before reset"):
+        with pytest.raises(EnvError, match="before reset"):
             env.step({})
     finally:
         env.close()
