@@ -46,6 +46,7 @@ import functools
 from collections.abc import Mapping
 from typing import Any, Literal
 
+import gymnasium
 import numpy as np
 from gymnasium import spaces
 from pettingzoo import AECEnv, ParallelEnv
@@ -294,6 +295,18 @@ class ProgramParallelEnv(ParallelEnv[AgentID, dict[str, Any], Any]):
         view["node"] = agent
         return view
 
+    @property
+    def last_observation(self) -> dict[str, Any]:
+        """The program env's latest observation (raises before reset)."""
+        if self._observation is None:
+            raise EnvError("No observation before reset().")
+        return self._observation
+
+    @property
+    def last_info(self) -> dict[str, Any]:
+        """The program env's latest info."""
+        return self._info
+
     def render(self) -> str | None:
         """The program env's rendering (``render_mode="ansi"``)."""
         return self.env.render()
@@ -335,3 +348,84 @@ def parallel_env(
 def env(**kwargs: Any) -> AECEnv[AgentID, dict[str, Any], Any]:
     """The AEC form of :func:`parallel_env`, through PettingZoo's own conversion."""
     return parallel_to_aec(parallel_env(**kwargs))
+
+
+class TeamEnv(gymnasium.Env[dict[str, Any], Any]):
+    """The multi-agent env as one Gymnasium env, so the runner can drive a team of agents.
+
+    An action is ``{agent: single-call action}``; the reward is the team reward; ``info``
+    holds the program env's keys (``version_id``, ``scores``...) plus ``agents``: per agent
+    its reward (``rewards[agent]`` of the parallel env), team and difference rewards and its
+    view of the traces. Registry, scoring and accounting are the program env's, so the gate,
+    the run directory and Phoenix publishing work as for one coach.
+
+    Args:
+        parallel: the parallel env to drive.
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}  # noqa: RUF012 - Gymnasium's attribute
+
+    def __init__(self, parallel: ProgramParallelEnv) -> None:
+        self.parallel = parallel
+        self.program_env = parallel.env
+        self.observation_space = self.program_env.observation_space
+        self.action_space = spaces.Dict(
+            {agent: parallel.action_space(agent) for agent in parallel.possible_agents}
+        )
+        self.render_mode = self.program_env.render_mode
+
+    def __getattr__(self, name: str) -> Any:
+        # registry, usage, budget_exhausted, score_version, evaluators, splits... of the program
+        if name in ("parallel", "program_env"):
+            raise AttributeError(name)
+        return getattr(self.program_env, name)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Reset every agent; returns the program observation and info."""
+        super().reset(seed=seed)
+        _, infos = self.parallel.reset(seed=seed, options=options)
+        info = dict(self.parallel.last_info)
+        info["agents"] = {agent: _agent_summary(i) for agent, i in infos.items()}
+        return self.parallel.last_observation, info
+
+    def step(
+        self, action: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
+        """Every agent's action at once; the team reward, each agent's in ``info["agents"]``."""
+        _, rewards, terminations, truncations, infos = self.parallel.step(dict(action))
+        info = dict(self.parallel.last_info)
+        info["agents"] = {
+            agent: {**_agent_summary(infos[agent]), "reward": rewards[agent]} for agent in infos
+        }
+        team = next(iter(infos.values()))["team_reward"] if infos else 0.0
+        terminated = any(terminations.values())
+        truncated = any(truncations.values())
+        return self.parallel.last_observation, float(team), terminated, truncated, info
+
+    def render(self) -> str | None:
+        """The program env's rendering."""
+        return self.program_env.render()
+
+    def close(self) -> None:
+        """Close the program env."""
+        self.parallel.close()
+
+
+def _agent_summary(info: Mapping[str, Any]) -> dict[str, Any]:
+    keys = ("team_reward", "difference_reward", "node_reward", "invalid_edit", "edits")
+    return {key: info[key] for key in keys if key in info}
+
+
+def make_team_env(**kwargs: Any) -> TeamEnv:
+    """The entry point of ``selfimprove_rl/ProgramAgents-v0`` (arguments of :func:`parallel_env`).
+
+    A ``config`` mapping (the runner's ``[env]`` table) holds program env options and may
+    name ``agent_reward`` and ``invalid_edit_penalty``.
+    """
+    config = dict(kwargs.pop("config", None) or {})
+    for key in ("agent_reward", "invalid_edit_penalty"):
+        if key in config:
+            kwargs[key] = config.pop(key)
+    return TeamEnv(parallel_env(config=config, **kwargs))

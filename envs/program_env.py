@@ -154,9 +154,8 @@ class _ProgramEvaluation(BaseModel):
 
     @property
     def split_score(self) -> SplitScore:
+        # End to end only: the gate judges what the program answers; node scores are in info.
         per_eval = dict(self.table.per_eval())
-        for table in self.scores.nodes.values():
-            per_eval.update(table.per_eval())
         return SplitScore(
             aggregate=self.table.aggregate(),
             per_eval=per_eval,
@@ -361,8 +360,8 @@ class ProgramEnv(gymnasium.Env[Observation, Any]):
     def score_version(self, version_id: str, split: SplitName) -> tuple[SplitScore, ScoreTable]:
         """Replay a version on a whole split, record its score in the registry, and return it.
 
-        The aggregate is end to end; ``per_eval`` holds the end-to-end evals and the node
-        evals. Used by the runner's gate (test) and report (holdout).
+        The aggregate and ``per_eval`` are end to end (the gate judges what the program
+        answers). Used by the runner's gate (test) and report (holdout).
         """
         self._require_open()
         before = self.usage

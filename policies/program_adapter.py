@@ -240,3 +240,80 @@ class ProgramCoach(BasePolicy):
             if node in saved:
                 agent.policy.load_state_dict(saved.pop(node))
         self._pending_state = saved
+
+
+class AgentTeam(BasePolicy):
+    """A team of single-call policies, one per node, for ``selfimprove_rl/ProgramAgents-v0``.
+
+    Every step every agent acts on its own node (its view of the program); the env applies
+    the edits together and rewards each agent (by default with its difference reward, see
+    :mod:`envs.multi_agent`), which is what each agent's policy learns from.
+
+    Args:
+        seed: seeds the team and, offset per agent, each agent's policy.
+        policy: the single-call policy each agent gets (registered name or ``module:Class``).
+        policy_kwargs: its keyword arguments.
+    """
+
+    name = "agent_team"
+
+    def __init__(
+        self,
+        seed: int | None = None,
+        *,
+        policy: str = "proposer_coach",
+        policy_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(seed)
+        self.policy_name = policy
+        self.policy_kwargs = dict(policy_kwargs or {})
+        self.agents: dict[str, NodeAgent] = {}
+        self._pending_state: dict[str, Any] = {}
+
+    def _ensure_agents(self, observation: Observation) -> None:
+        if self.agents:
+            return
+        for index, node in enumerate(observation.get("nodes") or {}):
+            seed = None if self.seed is None else self.seed * 1000 + index
+            inner = make_policy(self.policy_name, seed=seed, **self.policy_kwargs)
+            self.agents[node] = NodeAgent(node, inner)
+            if node in self._pending_state:
+                inner.load_state_dict(self._pending_state.pop(node))
+
+    def reset(self, observation: Observation, info: dict[str, Any]) -> None:
+        """Start an episode; every agent's policy resets on its view."""
+        self._ensure_agents(observation)
+        for agent in self.agents.values():
+            agent.reset(observation, info)
+
+    def act(self, observation: Observation, info: dict[str, Any]) -> Any:
+        """Return ``{agent: its single-call action}`` (a no-op agent sends nothing)."""
+        self._ensure_agents(observation)
+        actions: dict[str, Any] = {}
+        for node, agent in self.agents.items():
+            edits, _, _ = agent.act(observation, info)
+            actions[node] = edits
+        return actions
+
+    def update(self, transition: Transition) -> None:
+        """Each agent learns from its own reward (``info["agents"][agent]["reward"]``)."""
+        rewards = transition.info.get("agents") or {}
+        for node, agent in self.agents.items():
+            reward = float((rewards.get(node) or {}).get("reward", transition.reward))
+            agent.update(transition, reward)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return every agent policy's memory."""
+        return {
+            **super().state_dict(),
+            "agents": {node: agent.policy.state_dict() for node, agent in self.agents.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved (agents restore on first use)."""
+        super().load_state_dict(state)
+        saved = dict(state.get("agents") or {})
+        for node, agent in self.agents.items():
+            if node in saved:
+                agent.policy.load_state_dict(saved.pop(node))
+        self._pending_state = saved

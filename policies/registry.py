@@ -25,6 +25,7 @@ POLICIES: dict[str, str] = {
     "sb3": "policies.sb3_policy:SB3Policy",
     "proposer_coach": "policies.output_rules:ProposerCoach",
     "program_coach": "policies.program_adapter:ProgramCoach",
+    "agent_team": "policies.program_adapter:AgentTeam",
 }
 
 PROPOSERS: dict[str, str] = {
