@@ -53,6 +53,7 @@ from selfimprove_rl.cache import ResponseCache
 from selfimprove_rl.checkpoint import Action, Checkpoint, Sample, SplitName, message_text
 from selfimprove_rl.errors import EnvError, InvalidEdit
 from selfimprove_rl.evals import Evaluator, ScoreTable
+from selfimprove_rl.program import ProgramNode
 from selfimprove_rl.program_replay import (
     UPSTREAM_FAILED,
     ProgramReplayer,
@@ -133,6 +134,11 @@ class ProgramEnvConfig(BaseModel):
     )
     max_examples_in_info: int = Field(
         default=64, ge=0, description="Per-trace rows reported in info['examples']."
+    )
+    teacher_forcing: bool = Field(
+        default=True,
+        description="Also show a node, for each failing trace, the input it would have seen "
+        "had its upstream nodes said what the data expects of them (no model call).",
     )
 
 
@@ -710,25 +716,43 @@ class ProgramEnv(gymnasium.Env[Observation, Any]):
                 reference = sample.node_references.get(name)
                 if reference is None and name == self.program.output_name:
                     reference = sample.reference
-                node_rows.append(
-                    {
-                        "sample_id": sample.sample_id,
-                        "input": node_input,
-                        "output": outcome.text,
-                        "reference": reference,
-                        "score": own[index] if own is not None else end_to_end[index],
-                        "end_to_end_score": end_to_end[index],
-                        "scores": {
-                            n: v[index]
-                            for n, v in (judged.scores if judged is not None else {}).items()
-                        },
-                        "explanations": {},
-                        "failed": not outcome.ok,
-                    }
-                )
-            node_rows.sort(key=lambda row: (row["score"], row["sample_id"]))
+                row = {
+                    "sample_id": sample.sample_id,
+                    "input": node_input,
+                    "output": outcome.text,
+                    "reference": reference,
+                    "score": own[index] if own is not None else end_to_end[index],
+                    "end_to_end_score": end_to_end[index],
+                    "scores": {
+                        n: v[index]
+                        for n, v in (judged.scores if judged is not None else {}).items()
+                    },
+                    "explanations": {},
+                    "failed": not outcome.ok,
+                    "teacher_forced": False,
+                }
+                node_rows.append(row)
+                forced = self._teacher_forced_input(node, sample)
+                if (
+                    self.config.teacher_forcing
+                    and forced is not None
+                    and forced != node_input
+                    and end_to_end[index] < 1.0
+                ):
+                    node_rows.append({**row, "input": forced, "output": "", "teacher_forced": True})
+            node_rows.sort(key=lambda row: (row["score"], row["teacher_forced"], row["sample_id"]))
             rows[name] = node_rows[: self.config.max_examples_in_info]
         return rows
+
+    def _teacher_forced_input(self, node: ProgramNode, sample: Sample) -> str | None:
+        """The input ``node`` would see had every upstream node said what it should have."""
+        if not node.upstream or node.messages is None:
+            return None
+        expected = {u: sample.node_references.get(u) for u in node.upstream}
+        if any(value is None for value in expected.values()):
+            return None
+        messages = node.render(sample.input_text, {u: v or "" for u, v in expected.items()})
+        return _last_user(messages or [])
 
     def _examples(self, evaluation: _ProgramEvaluation) -> list[dict[str, Any]]:
         table = evaluation.table

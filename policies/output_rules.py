@@ -24,6 +24,7 @@ Example:
     >>> rows = [{"input": "refund please", "output": "?", "reference": "billing", "score": 0.0},
     ...         {"input": "refund now", "output": "?", "reference": "billing", "score": 0.0},
     ...         {"input": "where is my parcel", "output": "?", "reference": "shipping",
+    ...          "score": 0.0}, {"input": "refund it", "output": "?", "reference": "billing",
     ...          "score": 0.0}]
     >>> best = proposer.propose({"blocks": {"sop": ""}}, {"examples": rows}, k=3)[0]
     >>> best.directive_text()
@@ -50,6 +51,7 @@ _STOPWORDS = frozenset(
     "will have has had from by about as into out up down over some any all too also get got "
     "one two than them they he she his her please thanks thank hi hello".split()
 )
+_KEY_SEP = "\x1f"
 _FALLBACK = re.compile(r"^\s*(?:[-*•]\s+)?(?:else|otherwise)\s*[:,]", re.IGNORECASE)
 
 
@@ -86,7 +88,7 @@ class OutputRuleProposer:
         self,
         seed: int | None = None,
         *,
-        min_support: int = 2,
+        min_support: int = 3,
         min_precision: float = 1.0,
         max_terms: int = 6,
         max_examples: int = 3,
@@ -99,17 +101,18 @@ class OutputRuleProposer:
         self.max_examples = max_examples
         self.block = block
         self.memory: dict[str, str] = {}
+        """Sample id and input (joined by a unit separator) -> the reference."""
 
     def remember(self, info: Mapping[str, Any]) -> None:
-        """Keep every (input, reference) of ``info["examples"]`` (the latest reference wins)."""
+        """Keep every (input, reference) of ``info["examples"]``, one entry per sample and input.
+
+        Keyed by sample id and input, so that many samples sharing one input (a label) each
+        count as support, and one sample seen again is not counted twice.
+        """
         for row in info.get("examples") or ():
-            reference = row.get("reference")
-            if (
-                isinstance(reference, str)
-                and reference.strip()
-                and isinstance(row.get("input"), str)
-            ):
-                self.memory[row["input"]] = reference
+            reference, text = row.get("reference"), row.get("input")
+            if isinstance(reference, str) and reference.strip() and isinstance(text, str):
+                self.memory[f"{row.get('sample_id', '')}{_KEY_SEP}{text}"] = reference
 
     def _target_block(self, observation: Observation) -> str:
         blocks = list(dict(observation.get("blocks") or {}))
@@ -121,8 +124,8 @@ class OutputRuleProposer:
         """Reference -> precise term -> its support among that reference's inputs."""
         with_reference: dict[str, Counter[str]] = defaultdict(Counter)
         overall: Counter[str] = Counter()
-        for text, reference in self.memory.items():
-            for word in words(text):
+        for key, reference in self.memory.items():
+            for word in words(key.rpartition(_KEY_SEP)[2]):
                 with_reference[reference][word] += 1
                 overall[word] += 1
         precise: dict[str, dict[str, int]] = {}
