@@ -13,8 +13,9 @@ Part ``bootstrap`` — one coach (``program_coach``, per-node ``output_rules`` p
 * ``alternate/shaping``  one node per step, reward += ``node_shaping`` x node-eval delta;
 * ``joint/strict``       every node proposes each step, the edits go out together.
 
-Part ``agents`` — at the same budget: one coach editing both nodes (``joint/strict``) vs two
-agents (``agent_team`` on ``selfimprove_rl/ProgramAgents-v0``, difference rewards).
+Part ``agents`` — at the same budget: one coach editing both nodes (``alternate/ties``, the
+chosen remedy, and ``joint/strict``) vs two agents (``agent_team`` on
+``selfimprove_rl/ProgramAgents-v0``, difference rewards; strict, and with bounded ties).
 
 Printed per setup: runs, final test and holdout (end to end, mean and 95% interval), the
 router's label accuracy on test, calls spent, and calls until the live build's end-to-end
@@ -44,11 +45,12 @@ SETUPS: dict[str, dict[str, Any]] = {
     "alternate/ties": {"policy": {"mode": "alternate"}, "env": {"tie_moves": 3}},
     "alternate/shaping": {"policy": {"mode": "alternate"}, "env": {"node_shaping": 0.5}},
     "joint/strict": {"policy": {"mode": "joint"}, "env": {}},
-    "two agents": {"agents": True, "env": {"agent_reward": "difference"}},
+    "two agents/strict": {"agents": True, "env": {"agent_reward": "difference"}},
+    "two agents/ties": {"agents": True, "env": {"agent_reward": "difference", "tie_moves": 3}},
 }
 PARTS = {
     "bootstrap": ["alternate/strict", "alternate/ties", "alternate/shaping", "joint/strict"],
-    "agents": ["joint/strict", "two agents"],
+    "agents": ["alternate/ties", "joint/strict", "two agents/strict", "two agents/ties"],
 }
 
 

@@ -6,10 +6,12 @@ rows with a reference), and proposes plain, explicit lines for the rows the call
 gets wrong:
 
 * **keyword rules** — ``if input mentions a, b or c: respond "<reference>"`` with terms that,
-  among every remembered input, occur only (``min_precision``) with that reference and in at
-  least ``min_support`` of its inputs, chosen greedily to cover the failing rows;
+  among every remembered input, occur mostly (``min_precision``) with that reference and in
+  at least ``min_support`` of its inputs, chosen greedily to cover the failing rows;
 * **examples** — ``example: "<input>" -> "<reference>"`` for failing rows, worst first, one
-  reference after another;
+  reference after another; one example per input, and only with the reference that input
+  usually needs (a downstream node sees the same input with other references when an
+  upstream node erred);
 * **a fallback** — ``else: respond "<reference>"`` for the reference whose failing inputs the
   keyword rules describe worst, when the block has no fallback yet.
 
@@ -52,6 +54,7 @@ _STOPWORDS = frozenset(
     "one two than them they he she his her please thanks thank hi hello".split()
 )
 _KEY_SEP = "\x1f"
+_EXAMPLE_INPUT = re.compile(r'^\s*example\s*(?:\d+\s*)?:\s*"(.*?)"\s*(?:->|→|=>)')
 _FALLBACK = re.compile(r"^\s*(?:[-*•]\s+)?(?:else|otherwise)\s*[:,]", re.IGNORECASE)
 
 
@@ -89,7 +92,7 @@ class OutputRuleProposer:
         seed: int | None = None,
         *,
         min_support: int = 3,
-        min_precision: float = 1.0,
+        min_precision: float = 0.8,
         max_terms: int = 6,
         max_examples: int = 3,
         block: str | None = None,
@@ -119,6 +122,13 @@ class OutputRuleProposer:
         if self.block is not None:
             return self.block
         return "sop" if "sop" in blocks or not blocks else blocks[-1]
+
+    def _usual_references(self) -> dict[str, str]:
+        """Input text -> the reference most remembered samples with that input need."""
+        votes: dict[str, Counter[str]] = defaultdict(Counter)
+        for key, reference in self.memory.items():
+            votes[_quoted(key.rpartition(_KEY_SEP)[2])][reference] += 1
+        return {text: counts.most_common(1)[0][0] for text, counts in votes.items()}
 
     def _precise_terms(self) -> dict[str, dict[str, int]]:
         """Reference -> precise term -> its support among that reference's inputs."""
@@ -212,9 +222,14 @@ class OutputRuleProposer:
     def _examples(
         self, failing: list[Mapping[str, Any]], lines: list[str], block: str
     ) -> list[Candidate]:
+        shown = {match.group(1) for line in lines if (match := _EXAMPLE_INPUT.match(line))}
+        usual = self._usual_references()
         queues: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
         for row in sorted(failing, key=lambda r: (float(r.get("score", 0.0)), str(r["input"]))):
-            queues[row["reference"]].append(row)
+            text = _quoted(row["input"])
+            # one example per input, and only with the reply that input usually needs
+            if text not in shown and usual.get(text, row["reference"]) == row["reference"]:
+                queues[row["reference"]].append(row)
         picked: list[Edit] = []
         while len(picked) < self.max_examples and any(queues.values()):
             for reference in sorted(queues, key=lambda r: -len(queues[r])):
