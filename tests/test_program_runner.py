@@ -81,3 +81,24 @@ def test_a_team_of_agents_runs_through_the_runner(tmp_path: Path, checkpoint_pat
     assert len(steps) == 3
     assert set(steps[0]["info"]["agents"]) == {"router", "responder"}
     assert "difference_reward" in steps[0]["info"]["agents"]["router"]
+
+
+def test_compare_runs_program_policies_at_one_budget(tmp_path: Path, checkpoint_path: Path) -> None:
+    from selfimprove_rl.compare import parse_compare, run_compare
+
+    experiment = parse_config(config(checkpoint_path, stopping={"max_total_steps": 3}))
+    compare = parse_compare(
+        {
+            "seeds": 1,
+            "budget_calls": 400,
+            "jobs": 1,
+            "policies": [
+                {"name": "program_coach", "label": "alternate", "kwargs": {"mode": "alternate"}},
+                {"name": "program_coach", "label": "joint", "kwargs": {"mode": "joint"}},
+            ],
+        }
+    )
+    result = run_compare(experiment, compare, out=tmp_path / "cmp", progress=False)
+    assert [row["policy"] for row in result.rows] == ["alternate", "joint"]
+    assert all(row["runs"] == 1 and row["failed"] == 0 for row in result.rows)
+    assert (result.out_dir / "compare.md").exists()
