@@ -45,20 +45,17 @@ import gymnasium
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from envs.observation import build_observation
 from envs.program_spaces import ProgramAction, ProgramActionSpace, program_observation_space
+from envs.program_views import ProgramEvaluation, node_observation, node_rows, trace_rows
 from envs.spaces import EnvAction
 from selfimprove_rl.aio import BackgroundLoop
 from selfimprove_rl.cache import ResponseCache
-from selfimprove_rl.checkpoint import Action, Checkpoint, Sample, SplitName, message_text
+from selfimprove_rl.checkpoint import Action, Checkpoint, Sample, SplitName
 from selfimprove_rl.errors import EnvError, InvalidEdit
 from selfimprove_rl.evals import Evaluator, ScoreTable
-from selfimprove_rl.program import ProgramNode
 from selfimprove_rl.program_replay import (
-    UPSTREAM_FAILED,
     ProgramReplayer,
     ProgramReport,
-    ProgramScores,
 )
 from selfimprove_rl.program_replay import score_program as _score_program
 from selfimprove_rl.program_state import (
@@ -69,7 +66,7 @@ from selfimprove_rl.program_state import (
     program_diff,
     program_directive,
 )
-from selfimprove_rl.prompt import EDIT_TYPES, Edit, PromptState, parse_directives
+from selfimprove_rl.prompt import EDIT_TYPES, Edit, parse_directives
 from selfimprove_rl.registry import Registry, SplitScore
 from selfimprove_rl.replay import ReplayConfig, Replayer
 
@@ -140,60 +137,6 @@ class ProgramEnvConfig(BaseModel):
         description="Also show a node, for each failing trace, the input it would have seen "
         "had its upstream nodes said what the data expects of them (no model call).",
     )
-
-
-class _ProgramEvaluation(BaseModel):
-    """One program version replayed and scored on one set of traces."""
-
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
-
-    samples: list[Sample]
-    report: ProgramReport
-    scores: ProgramScores
-
-    @property
-    def table(self) -> ScoreTable:
-        return self.scores.end_to_end
-
-    def node_aggregates(self) -> dict[str, float]:
-        return {name: table.aggregate() for name, table in self.scores.nodes.items()}
-
-    @property
-    def split_score(self) -> SplitScore:
-        # End to end only: the gate judges what the program answers; node scores are in info.
-        per_eval = dict(self.table.per_eval())
-        return SplitScore(
-            aggregate=self.table.aggregate(),
-            per_eval=per_eval,
-            n=len(self.samples),
-            failed=len(self.table.failed),
-        )
-
-    @property
-    def mean_prompt_tokens(self) -> float:
-        per_trace = [0] * len(self.samples)
-        for report in self.report.nodes.values():
-            for index, outcome in enumerate(report.outcomes):
-                per_trace[index] += outcome.prompt_tokens
-        return float(np.mean(per_trace)) if per_trace else 0.0
-
-    @property
-    def tokens(self) -> int:
-        return sum(
-            o.prompt_tokens + o.completion_tokens
-            for report in self.report.nodes.values()
-            for o in report.outcomes
-        )
-
-    @property
-    def requests(self) -> int:
-        """Node requests made (cache hits included), so equal seeds give equal counts."""
-        return sum(
-            1
-            for report in self.report.nodes.values()
-            for o in report.outcomes
-            if o.error_type != UPSTREAM_FAILED
-        )
 
 
 class ProgramEnv(gymnasium.Env[Observation, Any]):
@@ -273,7 +216,7 @@ class ProgramEnv(gymnasium.Env[Observation, Any]):
         self.action_space = ProgramActionSpace(self.editable_blocks)
         self._loop = BackgroundLoop()
         self._current_id: str | None = None
-        self._current_eval: _ProgramEvaluation | None = None
+        self._current_eval: ProgramEvaluation | None = None
         self._episode_seed = 0
         self._step_index = 0
         self._tie_streak = 0
@@ -329,14 +272,14 @@ class ProgramEnv(gymnasium.Env[Observation, Any]):
         """Every node's action under ``state`` (its logged parameters, the state's prompt)."""
         return state.to_actions(self.base_actions)
 
-    async def _evaluate(self, state: ProgramState, samples: list[Sample]) -> _ProgramEvaluation:
+    async def _evaluate(self, state: ProgramState, samples: list[Sample]) -> ProgramEvaluation:
         report = await self.program_replayer.replay(samples, self.actions_of(state))
         scores = await _score_program(self.evaluators, self.node_evaluators, samples, report)
-        return _ProgramEvaluation(samples=samples, report=report, scores=scores)
+        return ProgramEvaluation(samples=samples, report=report, scores=scores)
 
     async def _evaluate_pair(
         self, base: ProgramState, new: ProgramState, samples: list[Sample]
-    ) -> tuple[_ProgramEvaluation, _ProgramEvaluation]:
+    ) -> tuple[ProgramEvaluation, ProgramEvaluation]:
         first, second = await asyncio.gather(
             self._evaluate(base, samples), self._evaluate(new, samples)
         )
@@ -352,7 +295,7 @@ class ProgramEnv(gymnasium.Env[Observation, Any]):
         self._require_open()
         batch = list(samples)
 
-        async def run() -> list[_ProgramEvaluation]:
+        async def run() -> list[ProgramEvaluation]:
             return list(await asyncio.gather(*(self._evaluate(s, batch) for s in states)))
 
         return [(e.table.aggregate(), e.node_aggregates()) for e in self._loop.run(run())]
@@ -545,7 +488,7 @@ class ProgramEnv(gymnasium.Env[Observation, Any]):
         version_id: str,
         base_id: str,
         reward: float,
-        new_eval: _ProgramEvaluation,
+        new_eval: ProgramEvaluation,
         unchanged: bool,
     ) -> tuple[bool, bool]:
         """Whether the new version becomes current, and whether as a bounded tie move.
@@ -695,97 +638,12 @@ class ProgramEnv(gymnasium.Env[Observation, Any]):
         scores = {"aggregate": table.aggregate(), **table.per_eval()}
         return self.observation_for(self._current_id, scores, self._current_eval.node_aggregates())
 
-    def _node_rows(self, evaluation: _ProgramEvaluation) -> dict[str, list[dict[str, Any]]]:
-        """Per node, every trace as that node saw it, worst first (by the node's own score)."""
-        end_to_end = evaluation.table.per_sample()
-        rows: dict[str, list[dict[str, Any]]] = {}
-        for name in self.program.order:
-            report = evaluation.report.nodes[name]
-            node = self.program.node(name)
-            judged = evaluation.scores.nodes.get(name)
-            own = judged.per_sample() if judged is not None else None
-            node_rows = []
-            for index, (sample, outcome) in enumerate(
-                zip(evaluation.samples, report.outcomes, strict=True)
-            ):
-                upstream = {
-                    u: evaluation.report.nodes[u].outcomes[index].text for u in node.upstream
-                }
-                messages = node.render(sample.input_text, upstream)
-                node_input = sample.input_text if messages is None else _last_user(messages)
-                reference = sample.node_references.get(name)
-                if reference is None and name == self.program.output_name:
-                    reference = sample.reference
-                row = {
-                    "sample_id": sample.sample_id,
-                    "input": node_input,
-                    "output": outcome.text,
-                    "reference": reference,
-                    "score": own[index] if own is not None else end_to_end[index],
-                    "end_to_end_score": end_to_end[index],
-                    "scores": {
-                        n: v[index]
-                        for n, v in (judged.scores if judged is not None else {}).items()
-                    },
-                    "explanations": {},
-                    "failed": not outcome.ok,
-                    "teacher_forced": False,
-                }
-                node_rows.append(row)
-                forced = self._teacher_forced_input(node, sample)
-                if (
-                    self.config.teacher_forcing
-                    and forced is not None
-                    and forced != node_input
-                    and end_to_end[index] < 1.0
-                ):
-                    node_rows.append({**row, "input": forced, "output": "", "teacher_forced": True})
-            node_rows.sort(key=lambda row: (row["score"], row["teacher_forced"], row["sample_id"]))
-            rows[name] = node_rows[: self.config.max_examples_in_info]
-        return rows
-
-    def _teacher_forced_input(self, node: ProgramNode, sample: Sample) -> str | None:
-        """The input ``node`` would see had every upstream node said what it should have."""
-        if not node.upstream or node.messages is None:
-            return None
-        expected = {u: sample.node_references.get(u) for u in node.upstream}
-        if any(value is None for value in expected.values()):
-            return None
-        messages = node.render(sample.input_text, {u: v or "" for u, v in expected.items()})
-        return _last_user(messages or [])
-
-    def _examples(self, evaluation: _ProgramEvaluation) -> list[dict[str, Any]]:
-        table = evaluation.table
-        per_sample = table.per_sample()
-        rows: list[dict[str, Any]] = []
-        for index, sample in enumerate(evaluation.samples):
-            rows.append(
-                {
-                    "sample_id": sample.sample_id,
-                    "input": sample.input_text,
-                    "output": evaluation.report.outcomes[index].text,
-                    "reference": sample.reference,
-                    "score": per_sample[index],
-                    "scores": {name: values[index] for name, values in table.scores.items()},
-                    "explanations": {
-                        name: values[index] for name, values in table.explanations.items()
-                    },
-                    "failed": sample.sample_id in table.failed,
-                    "nodes": {
-                        name: evaluation.report.nodes[name].outcomes[index].text
-                        for name in self.program.order
-                    },
-                }
-            )
-        rows.sort(key=lambda row: (row["score"], row["sample_id"]))
-        return rows[: self.config.max_examples_in_info]
-
     def _info(
         self,
         version_id: str,
         base_id: str,
-        candidate: _ProgramEvaluation,
-        base: _ProgramEvaluation,
+        candidate: ProgramEvaluation,
+        base: ProgramEvaluation,
         *,
         accepted: bool,
         edits: list[NodeEdit],
@@ -823,8 +681,15 @@ class ProgramEnv(gymnasium.Env[Observation, Any]):
             },
             "spend": {"requests": requests, "tokens": tokens},
             "minibatch": [s.sample_id for s in candidate.samples],
-            "examples": self._examples(self._current_eval),
-            "node_examples": self._node_rows(self._current_eval),
+            "examples": trace_rows(
+                self.program, self._current_eval, limit=self.config.max_examples_in_info
+            ),
+            "node_examples": node_rows(
+                self.program,
+                self._current_eval,
+                limit=self.config.max_examples_in_info,
+                teacher_forcing=self.config.teacher_forcing,
+            ),
             "budget_exhausted": self.budget_exhausted(),
             "allowed_models": list(self.models),
             "nodes": list(self.program.order),
@@ -832,20 +697,3 @@ class ProgramEnv(gymnasium.Env[Observation, Any]):
             "node_rewards": dict.fromkeys(self.node_evaluators, 0.0),
             "tie_move": False,
         }
-
-
-def node_observation(state: PromptState) -> Observation:
-    """One node's part of a program observation: ``prompt``, ``blocks``, ``demos``, ``model``.
-
-    The same keys, built by the same function, as a single call's observation
-    (:func:`envs.observation.build_observation`) without its version and scores.
-    """
-    full = build_observation(state, "", [])
-    return {key: full[key] for key in ("prompt", "blocks", "demos", "model")}
-
-
-def _last_user(messages: list[dict[str, Any]]) -> str:
-    for message in reversed(messages):
-        if message.get("role") == "user":
-            return message_text(message)
-    return ""
