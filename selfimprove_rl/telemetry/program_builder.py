@@ -29,7 +29,8 @@ recorded template variables, as for single calls.
 Skipped traces are counted by reason in ``provenance.skipped`` (plus the span reasons of
 :mod:`selfimprove_rl.telemetry.builder`): ``incomplete_trace`` (a node's call is missing),
 ``repeated_node`` (a node called twice in one trace), ``other_template`` (a node's messages do
-not fit its template), ``missing_evals``, ``unscored_eval``, ``other_eval_constants``.
+not fit its template), ``missing_evals``, ``unscored_eval``, ``other_eval_constants``; and
+``unmatched_call`` counts calls no node of a given program matches.
 """
 
 from __future__ import annotations
@@ -116,7 +117,12 @@ def build_program_checkpoint(
         for _, row in trace.calls:
             row.evals = _row_evals(annotations.get(row.span_id, []), constants)
     names = _name_calls(traces, program)
-    order = _node_order(traces, names)
+    for trace in traces.values():
+        unmatched = [call for call in trace.calls if call[1].span_id not in names]
+        if unmatched:
+            skipped["unmatched_call"] += len(unmatched)
+        trace.calls = [call for call in trace.calls if call[1].span_id in names]
+    order = list(program.order) if program is not None else _node_order(traces, names)
     complete: list[_Trace] = []
     for trace in traces.values():
         seen = [names[row.span_id] for _, row in trace.calls]
@@ -178,16 +184,19 @@ def build_program_checkpoint(
 
 def _traces(frames: TelemetryFrames, skipped: Counter[str]) -> dict[str, _Trace]:
     traces: dict[str, _Trace] = {}
+    parents: dict[str, str | None] = {}
     for raw in frames.spans.to_dict("records"):
         record = cast(dict[str, Any], raw)
+        parent = record.get("parent_id")
+        parent = None if parent is None or parent != parent or not str(parent) else str(parent)
+        parents[str(record["span_id"])] = parent  # (None, NaN and "" all mean no parent)
         trace_id = str(record.get("trace_id") or "")
         if not trace_id:
             skipped["no_trace_id"] += 1
             continue
         trace = traces.setdefault(trace_id, _Trace(trace_id))
         if str(record.get("span_kind") or "").upper() != "LLM":
-            parent = record.get("parent_id")
-            if parent is None or parent != parent or not str(parent):  # None, NaN or ""
+            if parent is None:
                 trace.root_span_id = str(record["span_id"])
             continue
         try:
@@ -199,8 +208,20 @@ def _traces(frames: TelemetryFrames, skipped: Counter[str]) -> dict[str, _Trace]
         hint = _node_hint(record)
         if hint is not None:
             trace.hints[row.span_id] = hint
+
+    def depth(span_id: str) -> int:
+        count, current = 0, parents.get(span_id)
+        while current is not None and count <= len(parents):
+            count, current = count + 1, parents.get(current)
+        return count
+
+    def order(item: tuple[str, _Row]) -> tuple[float, int, str]:
+        # By start time; at the same instant a parent call before the calls it made.
+        stamp = item[1].timestamp
+        return (stamp.timestamp() if stamp else 0.0, depth(item[1].span_id), item[1].span_id)
+
     for trace in traces.values():
-        trace.calls.sort(key=lambda item: (item[1].timestamp or datetime.min, item[1].span_id))
+        trace.calls.sort(key=order)
     return {trace_id: t for trace_id, t in traces.items() if t.calls}
 
 
