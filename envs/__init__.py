@@ -4,21 +4,32 @@ Importing this package registers:
 
 * ``selfimprove_rl/PromptEnv-v0`` — deterministic (the simulated model, the default);
 * ``selfimprove_rl/PromptEnvLLM-v0`` — the same env on a real LLM backend, registered as
-  nondeterministic so Gymnasium's determinism checks are skipped.
+  nondeterministic so Gymnasium's determinism checks are skipped;
+* ``selfimprove_rl/ProgramEnv-v0`` — a multi-call program (default: the shipped router ->
+  responder ``support_pipeline`` on the simulated model); ``envs.multi_agent.parallel_env()``
+  is its PettingZoo form, one agent per node;
+* ``selfimprove_rl/ProgramAgents-v0`` — that multi-agent env driven as one Gymnasium env (an
+  action per agent, the team reward; what the runner uses for a team of agents).
 
 Example:
     >>> import gymnasium, envs
     >>> sorted(k for k in gymnasium.registry if k.startswith("selfimprove_rl/"))
-    ['selfimprove_rl/PromptEnv-v0', 'selfimprove_rl/PromptEnvLLM-v0']
+    ['selfimprove_rl/ProgramAgents-v0',
+     'selfimprove_rl/ProgramEnv-v0',
+     'selfimprove_rl/PromptEnv-v0',
+     'selfimprove_rl/PromptEnvLLM-v0']
 """
 
 import gymnasium
 
+from envs.program_spaces import ProgramAction, ProgramActionSpace
 from envs.sb3 import CandidateActions, FeatureObservation, Featurizer, make_sb3_env
 from envs.spaces import EnvAction, PromptActionSpace
 
 ENV_ID = "selfimprove_rl/PromptEnv-v0"
 LLM_ENV_ID = "selfimprove_rl/PromptEnvLLM-v0"
+PROGRAM_ENV_ID = "selfimprove_rl/ProgramEnv-v0"
+AGENTS_ENV_ID = "selfimprove_rl/ProgramAgents-v0"
 
 if ENV_ID not in gymnasium.registry:
     gymnasium.register(
@@ -31,14 +42,31 @@ if LLM_ENV_ID not in gymnasium.registry:
         nondeterministic=True,
         kwargs={"backend": {"kind": "openai"}},
     )
+if PROGRAM_ENV_ID not in gymnasium.registry:
+    gymnasium.register(
+        id=PROGRAM_ENV_ID,
+        entry_point="envs.program_factory:make_program_env",
+        nondeterministic=False,
+    )
+if AGENTS_ENV_ID not in gymnasium.registry:
+    gymnasium.register(
+        id=AGENTS_ENV_ID,
+        entry_point="envs.multi_agent:make_team_env",
+        nondeterministic=False,
+        disable_env_checker=True,
+    )
 
 __all__ = [
+    "AGENTS_ENV_ID",
     "ENV_ID",
     "LLM_ENV_ID",
+    "PROGRAM_ENV_ID",
     "CandidateActions",
     "EnvAction",
     "FeatureObservation",
     "Featurizer",
+    "ProgramAction",
+    "ProgramActionSpace",
     "PromptActionSpace",
     "make_sb3_env",
 ]

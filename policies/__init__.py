@@ -9,7 +9,9 @@ from policies.bandits import SuccessiveHalvingPolicy, ThompsonPolicy, UCB1Policy
 from policies.base import BasePolicy, Policy, Transition
 from policies.coach_report import build_report
 from policies.llm_coach import CoachReply, LLMCoachConfig, LLMCoachPolicy, LLMCoachProposer
+from policies.output_rules import OutputRuleProposer, ProposerCoach
 from policies.population import PopulationPolicy
+from policies.program_adapter import AgentTeam, NodeAgent, ProgramCoach, node_view
 from policies.proposers import OPERATOR_LIBRARY, Candidate, OperatorProposer, Proposer
 from policies.random_policy import RandomPolicy
 from policies.registry import (
@@ -27,16 +29,21 @@ __all__ = [
     "OPERATOR_LIBRARY",
     "POLICIES",
     "PROPOSERS",
+    "AgentTeam",
     "BasePolicy",
     "Candidate",
     "CoachReply",
     "LLMCoachConfig",
     "LLMCoachPolicy",
     "LLMCoachProposer",
+    "NodeAgent",
     "OperatorProposer",
+    "OutputRuleProposer",
     "Policy",
     "PopulationPolicy",
+    "ProgramCoach",
     "Proposer",
+    "ProposerCoach",
     "RandomPolicy",
     "RuleInductionCoach",
     "RuleInductionConfig",
@@ -49,6 +56,7 @@ __all__ = [
     "build_report",
     "make_policy",
     "make_proposer",
+    "node_view",
     "register_policy",
     "resolve_policy",
 ]

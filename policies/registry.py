@@ -23,12 +23,16 @@ POLICIES: dict[str, str] = {
     "successive_halving": "policies.bandits:SuccessiveHalvingPolicy",
     "population": "policies.population:PopulationPolicy",
     "sb3": "policies.sb3_policy:SB3Policy",
+    "proposer_coach": "policies.output_rules:ProposerCoach",
+    "program_coach": "policies.program_adapter:ProgramCoach",
+    "agent_team": "policies.program_adapter:AgentTeam",
 }
 
 PROPOSERS: dict[str, str] = {
     "operators": "policies.proposers:OperatorProposer",
     "rule_induction": "policies.rule_induction:RuleInductionProposer",
     "llm_coach": "policies.llm_coach:LLMCoachProposer",
+    "output_rules": "policies.output_rules:OutputRuleProposer",
 }
 """Proposer names → ``module:Class``; a proposer of your own is named ``module:Class``."""
 

@@ -15,7 +15,16 @@ from selfimprove_rl.checkpoint import (
 )
 from selfimprove_rl.errors import (
     InvalidEdit,
+    ProgramError,
     SelfImproveError,
+)
+from selfimprove_rl.program import MessageTemplate, NodeMatch, Program, ProgramNode
+from selfimprove_rl.program_data import load_pipeline, load_pipeline_file
+from selfimprove_rl.program_state import (
+    NodeEdit,
+    ProgramState,
+    apply_program,
+    parse_program_directives,
 )
 from selfimprove_rl.prompt import (
     AddLine,
@@ -44,7 +53,14 @@ __all__ = [
     "EditLine",
     "EvalConstants",
     "InvalidEdit",
+    "MessageTemplate",
     "NoOp",
+    "NodeEdit",
+    "NodeMatch",
+    "Program",
+    "ProgramError",
+    "ProgramNode",
+    "ProgramState",
     "PromptState",
     "Provenance",
     "ReplaceBlock",
@@ -54,6 +70,10 @@ __all__ = [
     "Splits",
     "__version__",
     "apply",
+    "apply_program",
     "diff",
+    "load_pipeline",
+    "load_pipeline_file",
     "parse_directives",
+    "parse_program_directives",
 ]

@@ -13,6 +13,15 @@ Conventions:
 * ``Sample.output_generation`` is the assistant message that was logged.
 * ``Sample.reference`` is the reference output an eval compares against, when there is one
   (for mimic data sets it is the logged output).
+
+Programs (schema version 2): a checkpoint may hold a :class:`~selfimprove_rl.program.Program`,
+several LLM calls wired by message templates, with one :class:`Action` per node in
+``node_actions``. A sample is then a trace: ``chat_history`` is the trace input,
+``output_generation`` and ``reference`` are the program's (end-to-end) output and expected
+output, and ``node_outputs`` / ``node_references`` hold what each node logged and, when
+known, what it should have said. An eval with ``EvalConstants.node`` set judges that node's
+output; the others judge the end-to-end output. A checkpoint without a program is the
+single-call case, exactly as in schema version 1, which still loads (:func:`migrate`).
 """
 
 from __future__ import annotations
@@ -30,8 +39,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from selfimprove_rl.errors import CheckpointError
 from selfimprove_rl.fileio import atomic_write_text
+from selfimprove_rl.program import Program
 
-CHECKPOINT_SCHEMA_VERSION = 1
+CHECKPOINT_SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)
 
 EvalKind = Literal["classifier", "exact_match", "bleu", "embedding_similarity"]
 SplitName = Literal["train", "test", "holdout"]
@@ -78,6 +89,14 @@ class Sample(BaseModel):
     trace_id: str | None = None
     timestamp: datetime | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    node_outputs: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Programs: node name -> the assistant message that node logged.",
+    )
+    node_references: dict[str, str] = Field(
+        default_factory=dict,
+        description="Programs: node name -> what that node should have said, when known.",
+    )
 
     @field_validator("chat_history")
     @classmethod
@@ -215,6 +234,10 @@ class EvalConstants(BaseModel):
     eval_parameters: dict[str, Any] = Field(
         default_factory=dict, description="Invocation parameters sent to the judge model."
     )
+    node: str | None = Field(
+        default=None,
+        description="Programs: the node whose output this eval judges (None: end to end).",
+    )
 
     @model_validator(mode="after")
     def _classifier_has_template_and_rails(self) -> EvalConstants:
@@ -286,9 +309,28 @@ class Checkpoint(BaseModel):
 
     schema_version: int = CHECKPOINT_SCHEMA_VERSION
     samples: list[Sample]
-    action: Action
+    action: Action = Field(
+        description="The call's action; for a program, its output node's (see node_actions)."
+    )
     eval_constants: list[EvalConstants]
     provenance: Provenance
+    program: Program | None = Field(
+        default=None, description="The wiring of a multi-call program (None: a single call)."
+    )
+    node_actions: dict[str, Action] = Field(
+        default_factory=dict, description="Programs: node name -> that node's logged action."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _action_of_output_node(cls, data: Any) -> Any:
+        # A program's `action` is its output node's: filled in when left out.
+        if isinstance(data, dict) and "action" not in data and data.get("program") is not None:
+            program = Program.model_validate(data["program"])
+            actions = data.get("node_actions") or {}
+            if program.output_name in actions:
+                data = {**data, "action": actions[program.output_name]}
+        return data
 
     @model_validator(mode="after")
     def _ids_unique_and_evals_named(self) -> Checkpoint:
@@ -299,7 +341,55 @@ class Checkpoint(BaseModel):
         names = [constants.name for constants in self.eval_constants]
         if len(set(names)) != len(names):
             raise ValueError(f"eval names must be unique; got {names}")
+        self._check_program()
         return self
+
+    def _check_program(self) -> None:
+        if self.program is None:
+            if self.node_actions:
+                raise ValueError("node_actions needs a program; a single call uses `action`")
+            nodes = sorted({c.node for c in self.eval_constants if c.node is not None})
+            if nodes:
+                raise ValueError(f"evals name nodes {nodes} but the checkpoint has no program")
+            return
+        names = set(self.program.names)
+        if set(self.node_actions) != names:
+            raise ValueError(
+                f"node_actions must hold one action per node: expected {sorted(names)}, "
+                f"got {sorted(self.node_actions)}"
+            )
+        if self.action != self.node_actions[self.program.output_name]:
+            raise ValueError(
+                f"action must be the output node's ({self.program.output_name!r}) action"
+            )
+        for constants in self.eval_constants:
+            if constants.node is not None and constants.node not in names:
+                raise ValueError(
+                    f"eval {constants.name!r} judges node {constants.node!r}, which the program "
+                    f"does not have (nodes: {sorted(names)})"
+                )
+        if not any(c.node is None for c in self.eval_constants):
+            raise ValueError("a program needs at least one end-to-end eval (node = None)")
+
+    @property
+    def is_program(self) -> bool:
+        """Whether the checkpoint holds a multi-call program rather than a single call."""
+        return self.program is not None
+
+    def as_program(self) -> tuple[Program, dict[str, Action]]:
+        """Return the program and one action per node; a single call is a one-node program.
+
+        Example:
+            >>> checkpoint = Checkpoint(samples=[], action=Action(system_prompt="s", model="m"),
+            ...                         eval_constants=[], provenance=Provenance(source="manual"))
+            >>> program, actions = checkpoint.as_program()
+            >>> program.names, actions["call"].model
+            (('call',), 'm')
+        """
+        if self.program is None:
+            program = Program.single()
+            return program, {program.output_name: self.action}
+        return self.program, dict(self.node_actions)
 
     def save(self, path: str | Path) -> Path:
         """Write the checkpoint as JSON atomically; returns the path written."""
@@ -338,13 +428,14 @@ class Checkpoint(BaseModel):
                 f"got a JSON {type(data).__name__}."
             )
         version = data.get("schema_version", CHECKPOINT_SCHEMA_VERSION)
-        if version != CHECKPOINT_SCHEMA_VERSION:
+        if version not in READABLE_SCHEMA_VERSIONS:
+            readable = ", ".join(str(v) for v in READABLE_SCHEMA_VERSIONS)
             raise CheckpointError(
                 f"{target} has schema_version {version!r}; this version of "
-                f"selfimprove-rl reads {CHECKPOINT_SCHEMA_VERSION}. Rebuild the checkpoint."
+                f"selfimprove-rl reads {readable}. Rebuild the checkpoint."
             )
         try:
-            return cls.model_validate(data)
+            return cls.model_validate(migrate(data))
         except ValidationError as exc:
             raise CheckpointError(f"{target} is not a valid checkpoint:\n{exc}") from exc
 
@@ -426,6 +517,22 @@ class Checkpoint(BaseModel):
             shuffle = rng.permutation(len(part))
             part[:] = [part[i] for i in shuffle]
         return Splits(*parts)
+
+
+def migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """Bring checkpoint JSON of an older schema version up to the current one.
+
+    Version 1 (single calls only) differs from version 2 only by the fields version 2 added,
+    which all default to "no program", so migrating sets the version number.
+
+    Example:
+        >>> migrate({"schema_version": 1, "samples": []})["schema_version"]
+        2
+    """
+    version = data.get("schema_version", CHECKPOINT_SCHEMA_VERSION)
+    if version == 1:
+        data = {**data, "schema_version": 2}
+    return data
 
 
 def _stratified_counts(sizes: list[int], fractions: tuple[float, float, float]) -> list[list[int]]:

@@ -66,9 +66,10 @@ class DataConfig(BaseModel):
 
     model_config = _STRICT
 
-    kind: Literal["dataset", "mimic", "checkpoint", "phoenix"] = Field(
+    kind: Literal["dataset", "mimic", "checkpoint", "phoenix", "pipeline"] = Field(
         default="dataset",
-        description="A shipped data set name, a mimic JSONL, a checkpoint JSON, or Phoenix.",
+        description="A shipped data set name, a mimic JSONL, a checkpoint JSON, Phoenix, or a "
+        "pipeline (a shipped pipeline name or a pipeline definition JSON).",
     )
     path: Name = Field(
         default="coffee_sports", description="Data set name or file path (not for Phoenix)."

@@ -24,6 +24,8 @@ InvalidEditReason = Literal[
     "conflicting_edits",
     "duplicate_block",
     "demo_out_of_range",
+    "unknown_node",
+    "frozen_node",
 ]
 
 
@@ -64,6 +66,10 @@ class InvalidEdit(SelfImproveError):
         self.reason: InvalidEditReason = reason
         self.block = block
         self.line = line
+
+
+class ProgramError(SelfImproveError):
+    """A program's wiring is invalid (unknown node, cycle, malformed template placeholder)."""
 
 
 class ReplayError(SelfImproveError):

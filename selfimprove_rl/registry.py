@@ -21,12 +21,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from selfimprove_rl.errors import RegistryError
 from selfimprove_rl.fileio import append_jsonl, read_jsonl
+from selfimprove_rl.program_state import NodeEdit, ProgramState, program_directive
 from selfimprove_rl.prompt import Edit, PromptState, to_directive
 
 ScoreSplit = Literal["minibatch", "train", "test", "holdout"]
@@ -44,15 +45,18 @@ class SplitScore(BaseModel):
     failed: int = Field(default=0, ge=0, description="Samples whose replay failed (scored 0).")
 
 
-class Build(BaseModel):
-    """One prompt version and where it came from."""
+StateT = TypeVar("StateT", bound=PromptState | ProgramState)
+
+
+class Build(BaseModel, Generic[StateT]):
+    """One prompt version and where it came from (a single call's or a program's state)."""
 
     model_config = ConfigDict(frozen=True)
 
     version_id: str
     parent_id: str | None
-    edits: list[Edit] = Field(default_factory=list)
-    state: PromptState
+    edits: list[Edit] | list[NodeEdit] = Field(default_factory=list)
+    state: StateT
     fingerprint: str
     origin: str = Field(default="", description="Who proposed it (policy name, 'baseline').")
     created_at: datetime
@@ -60,7 +64,11 @@ class Build(BaseModel):
     @property
     def directive(self) -> str:
         """The edits as directive text (empty for the baseline)."""
-        return "\n".join(to_directive(edit) for edit in self.edits)
+        if isinstance(self.state, ProgramState):
+            return program_directive([e for e in self.edits if isinstance(e, NodeEdit)])
+        return "\n".join(
+            to_directive(edit) for edit in self.edits if not isinstance(edit, NodeEdit)
+        )
 
 
 class BuildRecord(BaseModel):
@@ -202,7 +210,7 @@ class Registry:
     def _apply(self, event: dict[str, Any]) -> None:
         kind = event["event"]
         if kind == "version":
-            build = Build.model_validate(event["build"])
+            build: Build[Any] = Build.model_validate(event["build"])
             status = "baseline" if not self._records else "candidate"
             self._records[build.version_id] = BuildRecord(build=build, status=status)
             self._by_fingerprint.setdefault(build.fingerprint, build.version_id)
@@ -255,16 +263,16 @@ class Registry:
         """Return the build of a version (see :meth:`record`)."""
         return self.record(version_id).build
 
-    def find(self, state: PromptState) -> str | None:
+    def find(self, state: PromptState | ProgramState) -> str | None:
         """Return the id of the version with this exact prompt state, if any."""
         return self._by_fingerprint.get(state.fingerprint())
 
     def add(
         self,
-        state: PromptState,
+        state: PromptState | ProgramState,
         *,
         parent_id: str | None,
-        edits: Sequence[Edit] = (),
+        edits: Sequence[Edit] | Sequence[NodeEdit] = (),
         origin: str = "",
     ) -> Build:
         """Register a prompt version, or return the existing one with the same fingerprint.
@@ -279,7 +287,7 @@ class Registry:
             return self.build(existing)
         if parent_id is not None:
             self.record(parent_id)
-        build = Build(
+        build: Build[Any] = Build(
             version_id=f"v{len(self._records):04d}",
             parent_id=parent_id,
             edits=list(edits),

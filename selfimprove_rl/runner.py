@@ -11,6 +11,12 @@ report. Everything lands in the run directory:
 step), ``versions.jsonl`` (the registry's event log), ``policy_state.json``, ``curves.csv``,
 ``reward_curve.png``, ``final_prompt.txt``, ``prompt.diff``, ``summary.json``.
 
+The env is any registered env with versions: ``registry``, ``usage``, ``budget_exhausted()``,
+``score_version(version_id, split)`` and ``evaluators``, as :class:`~envs.prompt_env.PromptEnv`
+and :class:`~envs.program_env.ProgramEnv` have; an env may also show a version its own way
+(``observation_for(version_id, scores)``, used when resuming) and diff two versions
+(``version_diff(before_id, after_id)``, for ``prompt.diff``).
+
 ``resume=True`` continues a run killed half-way: the registry and the step log are reloaded,
 the policy's memory is restored (and brought up to date with the last logged step if the kill
 came between the two writes), a candidate left ungated is gated, and the next step draws the
@@ -100,6 +106,12 @@ def load_checkpoint_for(config: ExperimentConfig, *, progress: bool = True) -> C
     from selfimprove_rl.mimic import load_dataset, load_mimic_jsonl
 
     model = config.target.model or "sim-large"
+    if data.kind == "pipeline":
+        from selfimprove_rl.program_data import load_pipeline, load_pipeline_file
+
+        if data.path.endswith(".json"):
+            return load_pipeline_file(data.path, model=model)
+        return load_pipeline(data.path, model=model)
     if data.kind == "mimic":
         return load_mimic_jsonl(data.path, model=model)
     return load_dataset(data.path, model=model)
@@ -271,6 +283,9 @@ class ExperimentRunner:
             self._save_policy_state(line["step"])
 
     def _observation_for(self, version_id: str, scores: dict[str, float]) -> dict[str, Any]:
+        own = getattr(self.env.unwrapped, "observation_for", None)
+        if own is not None:  # an env that shows its versions its own way (programs)
+            return dict(own(version_id, scores))
         from envs.observation import build_observation
 
         state = self.registry.build(version_id).state
@@ -453,9 +468,15 @@ class ExperimentRunner:
         live = registry.build(live_id)
         baseline = registry.build(baseline_id)
         atomic_write_text(self.run_dir / "final_prompt.txt", live.state.render() + "\n")
+        version_diff = getattr(unwrapped, "version_diff", None)
         atomic_write_text(
             self.run_dir / "prompt.diff",
-            diff(baseline.state, live.state, name="system_prompt") + "\n",
+            (
+                version_diff(baseline_id, live_id)
+                if version_diff is not None
+                else diff(baseline.state, live.state, name="system_prompt")
+            )
+            + "\n",
         )
         write_curves(self.steps, self.run_dir / "curves.csv")
         write_reward_plot(self.steps, self.run_dir / "reward_curve.png", title=self.config.name)

@@ -234,7 +234,7 @@ def test_schema_version_mismatch_is_reported_before_field_errors(tmp_path: Path)
     path.write_text(json.dumps(data), encoding="utf-8")
     message = (
         f"{path} has schema_version {CHECKPOINT_SCHEMA_VERSION + 1}; this version of "
-        f"selfimprove-rl reads {CHECKPOINT_SCHEMA_VERSION}. Rebuild the checkpoint."
+        "selfimprove-rl reads 1, 2. Rebuild the checkpoint."
     )
     with pytest.raises(CheckpointError, match=re.escape(message)):
         Checkpoint.load(path)

@@ -12,6 +12,8 @@ The workflow, end to end::
     source = PhoenixSource(url, "support-bot")
     frames = source.fetch(since=start)                    # progress bar; source.summary
     checkpoint = build_checkpoint(frames)                 # or source.checkpoint()
+    # multi-call programs: PhoenixSource(url, project, roots=True), then
+    # build_program_checkpoint(frames): one sample per trace, one node per call
     ...                                                   # optimize
     version = publish_version(url, "support-bot", new_action, scores=...)
     promote_version(url, version.version_id)              # only when asked
@@ -41,6 +43,7 @@ from selfimprove_rl.telemetry.instrument import (
     uninstrument_evals,
 )
 from selfimprove_rl.telemetry.optimizer_tracing import OptimizerTracer
+from selfimprove_rl.telemetry.program_builder import build_program_checkpoint
 from selfimprove_rl.telemetry.publish import (
     CANDIDATE_TAG,
     PRODUCTION_TAG,
@@ -83,6 +86,7 @@ __all__ = [
     "TelemetrySource",
     "build_callbacks",
     "build_checkpoint",
+    "build_program_checkpoint",
     "evaluating",
     "find_phoenix_executable",
     "flush_evals",

@@ -32,6 +32,7 @@ from pydantic import BaseModel, Field
 
 from selfimprove_rl.errors import ConfigError, TelemetryError
 from selfimprove_rl.fileio import atomic_write_text
+from selfimprove_rl.program_state import ProgramState
 from selfimprove_rl.telemetry.publish import (
     PRODUCTION_TAG,
     PhoenixPrompts,
@@ -42,7 +43,7 @@ from selfimprove_rl.telemetry.publish import (
 )
 
 if TYPE_CHECKING:
-    from selfimprove_rl.checkpoint import Checkpoint
+    from selfimprove_rl.checkpoint import Action, Checkpoint
     from selfimprove_rl.config import ExperimentConfig
     from selfimprove_rl.registry import GateDecision, Registry
     from selfimprove_rl.runner import ExperimentRunner, RunCallback
@@ -53,11 +54,12 @@ RESULT_SPLITS = ("test", "holdout")
 
 
 class PublishedBuild(BaseModel):
-    """One build published as a Phoenix prompt version."""
+    """One build published as a Phoenix prompt version (for a program: one node of it)."""
 
     registry_version: str
     phoenix_version_id: str
     prompt_name: str
+    node: str | None = Field(default=None, description="The program node, for programs.")
     scores: dict[str, float] = Field(description="Split -> aggregate score at publication.")
     published_at: datetime
 
@@ -129,9 +131,22 @@ class PhoenixRunRecord(BaseModel):
         """Write ``run_dir/phoenix.json`` atomically."""
         return atomic_write_text(run_dir / RUN_RECORD, self.model_dump_json(indent=2) + "\n")
 
-    def published_for(self, registry_version: str) -> PublishedBuild | None:
-        """The publication of a build, if it was published."""
-        return next((p for p in self.published if p.registry_version == registry_version), None)
+    def published_for(
+        self, registry_version: str, node: str | None = None
+    ) -> PublishedBuild | None:
+        """The publication of a build (of one node of a program build), if it was published."""
+        return next(
+            (
+                p
+                for p in self.published
+                if p.registry_version == registry_version and p.node == node
+            ),
+            None,
+        )
+
+    def published_nodes(self, registry_version: str) -> list[PublishedBuild]:
+        """Every publication of a build: one, or one per node of a program build."""
+        return [p for p in self.published if p.registry_version == registry_version]
 
 
 def phoenix_endpoint(config: ExperimentConfig) -> str | None:
@@ -217,13 +232,60 @@ def publish_build(
     Raises:
         TelemetryError: Phoenix refused the version.
     """
-    existing = record.published_for(version_id)
+    build = registry.build(version_id)
+    if isinstance(build.state, ProgramState):
+        program, base_actions = checkpoint.as_program()
+        actions = build.state.to_actions(base_actions)
+        entries = [
+            _publish_one(
+                px,
+                f"{prompt_name}-{node}",
+                actions[node],
+                run_dir=run_dir,
+                config=config,
+                registry=registry,
+                checkpoint=checkpoint,
+                version_id=version_id,
+                record=record,
+                node=node,
+            )
+            for node in program.order
+        ]
+        return entries[program.order.index(program.output_name)]
+    return _publish_one(
+        px,
+        prompt_name,
+        build.state.to_action(checkpoint.action),
+        run_dir=run_dir,
+        config=config,
+        registry=registry,
+        checkpoint=checkpoint,
+        version_id=version_id,
+        record=record,
+    )
+
+
+def _publish_one(
+    px: PhoenixPrompts,
+    prompt_name: str,
+    action: Action,
+    *,
+    run_dir: Path,
+    config: ExperimentConfig,
+    registry: Registry,
+    checkpoint: Checkpoint,
+    version_id: str,
+    record: PhoenixRunRecord,
+    node: str | None = None,
+) -> PublishedBuild:
+    """Publish one action of a build (a program's: one node's) once, and record it."""
+    existing = record.published_for(version_id, node)
     if existing is not None:
         return existing
     build = registry.build(version_id)
-    action = build.state.to_action(checkpoint.action)
     baseline_id = registry.baseline_id
-    previous = record.published[-1].phoenix_version_id if record.published else None
+    earlier = [p for p in record.published if p.prompt_name == prompt_name]
+    previous = earlier[-1].phoenix_version_id if earlier else None
     source = checkpoint.provenance.phoenix_prompt or {}
     if previous is None and source.get("name") == prompt_name:
         previous = source.get("version_id")
@@ -245,6 +307,7 @@ def publish_build(
             "policy": config.policy.name,
             "backend": config.backend.describe(),
             "registry_version": version_id,
+            "node": node,
             "parent_phoenix_version": previous,
             "lineage": registry.lineage(version_id),
             "edits": build.directive,
@@ -258,6 +321,7 @@ def publish_build(
         registry_version=version_id,
         phoenix_version_id=published.version_id,
         prompt_name=prompt_name,
+        node=node,
         scores={split: float(s["aggregate"]) for split, s in scores.items()},
         published_at=datetime.now(UTC),
     )
@@ -370,9 +434,10 @@ class PhoenixReporter:
                     record.production.registry_version == live_id
                 )
                 if self.promote and live_id != registry.baseline_id and not moved:
-                    entry = record.published_for(live_id)
-                    assert entry is not None
-                    _move_production(px, entry, record, by="run")
+                    entries = record.published_nodes(live_id)
+                    assert entries
+                    for entry in entries:  # a program moves every node's prompt
+                        _move_production(px, entry, record, by="run")
             if self.log_results:
                 self._log_results(px, run, record)
         record.save(run.run_dir)
@@ -564,7 +629,8 @@ def promote_run(
             f"{registry.promoted_ids}."
         )
     with PhoenixPrompts(url) as px:
-        entry = record.published_for(chosen)
+        nodes = record.published_nodes(chosen)
+        entry = record.published_for(chosen) or (nodes[-1] if nodes else None)
         published_now = False
         source = checkpoint.provenance.phoenix_prompt or {}
         if entry is None and chosen == registry.baseline_id and source.get("name") == name:
@@ -588,6 +654,9 @@ def promote_run(
             )
             published_now = True
         record.prompt_name = record.prompt_name or name
+        for node_entry in record.published_nodes(chosen):  # a program: every node's prompt
+            if node_entry.node is not None and node_entry is not entry:
+                _move_production(px, node_entry, record, by="promote")
         move = _move_production(px, entry, record, by="promote")
     record.save(folder)
     return PromotionResult(

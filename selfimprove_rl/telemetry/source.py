@@ -169,6 +169,9 @@ class PhoenixSource(_SourceBase):
         progress: show tqdm progress bars.
         timeout: seconds per HTTP request.
         api_key: for a Phoenix with authentication.
+        roots: also fetch the root span of every trace (any kind), where a multi-call
+            application's end-to-end evals sit (see
+            :mod:`selfimprove_rl.telemetry.program_builder`).
 
     Example:
         >>> source = PhoenixSource("http://127.0.0.1:6006", "support-bot")  # doctest: +SKIP
@@ -187,6 +190,7 @@ class PhoenixSource(_SourceBase):
         progress: bool = True,
         timeout: int = 60,
         api_key: str | None = None,
+        roots: bool = False,
     ) -> None:
         if page_size < 1:
             raise ConfigError(f"Expects page_size >= 1, got {page_size}.")
@@ -199,6 +203,7 @@ class PhoenixSource(_SourceBase):
         self.progress = progress
         self.timeout = timeout
         self._api_key = api_key
+        self.roots = roots
         self._client: Any = None
         self.pages = 0
 
@@ -281,7 +286,8 @@ class PhoenixSource(_SourceBase):
     def _pages(self, since: datetime, until: datetime | None) -> Iterator[pd.DataFrame]:
         from phoenix.client.types.spans import SpanQuery
 
-        query = SpanQuery().where("span_kind == 'LLM'")
+        wanted = "span_kind == 'LLM' or parent_id is None" if self.roots else "span_kind == 'LLM'"
+        query = SpanQuery().where(wanted)
         end = until
         size = self.page_size
         seen: set[str] = set()

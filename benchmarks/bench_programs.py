@@ -1,0 +1,196 @@
+"""Programs: which bootstrap remedy works, and one coach editing both nodes vs two agents.
+
+The shipped two-call pipeline (``support_pipeline``: a router labels the ``support_intents``
+message, a responder answers from the label alone) starts from blank prompts on the
+simulated model. Every run goes through ``selfimprove-rl``'s runner (gate on test, report on
+holdout) and is stopped by the same budget of model calls (replay, counterfactual and gate
+calls all count).
+
+Part ``bootstrap`` — one coach (``program_coach``, per-node ``output_rules`` proposers):
+
+* ``alternate/strict``   one node per step, accept only end-to-end improvements;
+* ``alternate/ties``     one node per step, up to ``tie_moves`` zero-reward moves in a row;
+* ``alternate/shaping``  one node per step, reward += ``node_shaping`` x node-eval delta;
+* ``joint/strict``       every node proposes each step, the edits go out together.
+
+Part ``agents`` — at the same budget: one coach editing both nodes (``alternate/ties``, the
+chosen remedy, and ``joint/strict``) vs two agents (``agent_team`` on
+``selfimprove_rl/ProgramAgents-v0``, difference rewards; strict, and with bounded ties).
+
+Printed per setup: runs, final test and holdout (end to end, mean and 95% interval), the
+router's label accuracy on test, calls spent, and calls until the live build's end-to-end
+test score first reached each threshold (mean over the runs that reached it, and how many).
+
+    .venv/bin/python benchmarks/bench_programs.py                       # both parts, 3 seeds
+    .venv/bin/python benchmarks/bench_programs.py --part agents --seeds 5 --budget 4000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from selfimprove_rl.compare import mean_ci95, summarise_run
+from selfimprove_rl.config import parse_config
+from selfimprove_rl.fileio import atomic_write_text
+from selfimprove_rl.runner import run_experiment
+
+NODE_POLICY = {"policy": "proposer_coach", "policy_kwargs": {"proposer": "output_rules"}}
+SETUPS: dict[str, dict[str, Any]] = {
+    "alternate/strict": {"policy": {"mode": "alternate"}, "env": {}},
+    "alternate/ties": {"policy": {"mode": "alternate"}, "env": {"tie_moves": 3}},
+    "alternate/shaping": {"policy": {"mode": "alternate"}, "env": {"node_shaping": 0.5}},
+    "joint/strict": {"policy": {"mode": "joint"}, "env": {}},
+    "two agents/strict": {"agents": True, "env": {"agent_reward": "difference"}},
+    "two agents/ties": {"agents": True, "env": {"agent_reward": "difference", "tie_moves": 3}},
+}
+PARTS = {
+    "bootstrap": ["alternate/strict", "alternate/ties", "alternate/shaping", "joint/strict"],
+    "agents": ["alternate/ties", "joint/strict", "two agents/strict", "two agents/ties"],
+}
+
+
+def config_for(setup: str, seed: int, budget: int) -> dict[str, Any]:
+    spec = SETUPS[setup]
+    agents = bool(spec.get("agents"))
+    return {
+        "name": f"bench-programs-{setup.replace('/', '-').replace(' ', '-')}",
+        "seed": seed,
+        "env_id": "selfimprove_rl/ProgramAgents-v0" if agents else "selfimprove_rl/ProgramEnv-v0",
+        "data": {"kind": "pipeline", "path": "support_pipeline"},
+        "target": {"model": "sim-large"},
+        "policy": {
+            "name": "agent_team" if agents else "program_coach",
+            "kwargs": {**NODE_POLICY, **spec.get("policy", {})},
+        },
+        "env": {
+            "minibatch_size": 32,
+            "max_steps": 40,
+            "target_score": None,
+            "observe_on_no_op": True,
+            "max_calls": budget,
+            **spec["env"],
+        },
+        "gate": {"min_improvement": 0.01, "max_eval_regression": 0.05},
+        "stopping": {"max_total_steps": 1000, "stagnation_steps": None, "test_threshold": None},
+    }
+
+
+def run(setup: str, seed: int, budget: int, out: Path, thresholds: list[float]) -> dict[str, Any]:
+    run_dir = out / setup.replace("/", "-").replace(" ", "-") / f"seed-{seed}"
+    started = time.perf_counter()
+    result = run_experiment(
+        parse_config(config_for(setup, seed, budget)), out=run_dir, progress=False
+    )
+    summary = result.summary
+    reached = {}
+    for threshold in thresholds:
+        record = summarise_run(setup, seed, run_dir, summary, threshold)
+        reached[str(threshold)] = record.calls_to_threshold
+    router = _router_accuracy(result)
+    return {
+        "setup": setup,
+        "seed": seed,
+        "test": summary["test"],
+        "holdout": summary["holdout"],
+        "router_test": router,
+        "calls": summary["calls"],
+        "steps": summary["steps"],
+        "calls_to": reached,
+        "seconds": round(time.perf_counter() - started, 1),
+        "run_dir": str(run_dir),
+    }
+
+
+def _router_accuracy(result: Any) -> float | None:
+    """The live build's router label accuracy on test, replayed from the run's checkpoint."""
+    from envs.program_factory import make_program_env
+    from selfimprove_rl.registry import Registry
+
+    registry = Registry(Path(result.run_dir) / "versions.jsonl")
+    env = make_program_env(
+        data=str(Path(result.run_dir) / "checkpoint.json"), model="sim-large", registry=registry
+    )
+    try:
+        report, _ = env.evaluate_version(registry.live_id, "test")
+        samples = env.splits.test
+        right = [
+            outcome.text.strip().lower() == (sample.node_references.get("router") or "").lower()
+            for sample, outcome in zip(samples, report.nodes["router"].outcomes, strict=True)
+        ]
+        return sum(right) / len(right) if right else None
+    finally:
+        env.close()
+
+
+def fmt(values: list[float], digits: int = 3) -> str:
+    mean, half = mean_ci95(values)
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:.{digits}f}" + ("" if math.isnan(half) else f" ± {half:.{digits}f}")
+
+
+def table(rows: list[dict[str, Any]], setups: list[str], thresholds: list[float]) -> str:
+    head = "| setup | runs | test | holdout | router labels (test) | calls |"
+    head += "".join(f" calls to test ≥ {t:g} (reached) |" for t in thresholds)
+    lines = [head, "|" + "---|" * (6 + len(thresholds))]
+    for setup in setups:
+        runs = [r for r in rows if r["setup"] == setup]
+        if not runs:
+            continue
+        cells = [
+            setup,
+            str(len(runs)),
+            fmt([r["test"] for r in runs]),
+            fmt([r["holdout"] for r in runs]),
+            fmt([r["router_test"] for r in runs if r["router_test"] is not None]),
+            fmt([float(r["calls"]) for r in runs], 0),
+        ]
+        for threshold in thresholds:
+            hits = [r["calls_to"][str(threshold)] for r in runs]
+            done = [float(h) for h in hits if h is not None]
+            cells.append(f"{fmt(done, 0)} ({len(done)}/{len(runs)})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--part", choices=["bootstrap", "agents", "all"], default="all")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--budget", type=int, default=3000, help="Model calls per run.")
+    parser.add_argument("--thresholds", default="0.75,0.9", help="Test scores to time.")
+    parser.add_argument("--out", default="runs/bench_programs")
+    args = parser.parse_args()
+    thresholds = [float(t) for t in args.thresholds.split(",")]
+    setups = list(dict.fromkeys(PARTS["bootstrap"] + PARTS["agents"]))
+    if args.part != "all":
+        setups = PARTS[args.part]
+    out = Path(args.out)
+    results_path = out / "results.jsonl"
+    done = []
+    if results_path.exists():
+        done = [json.loads(line) for line in results_path.open() if line.strip()]
+    for setup in setups:
+        for seed in range(args.seeds):
+            if any(r["setup"] == setup and r["seed"] == seed for r in done):
+                continue
+            row = run(setup, seed, args.budget, out, thresholds)
+            done.append(row)
+            with results_path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row) + "\n")
+            print(json.dumps({k: row[k] for k in ("setup", "seed", "test", "holdout", "calls")}))
+    report = f"support_pipeline on sim-large, {args.budget} calls per run\n\n"
+    for part, names in PARTS.items():
+        if args.part in (part, "all"):
+            report += f"## {part}\n\n{table(done, names, thresholds)}\n\n"
+    atomic_write_text(out / "report.md", report)
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
