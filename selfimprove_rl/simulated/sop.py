@@ -29,6 +29,11 @@ instructions people write for real models:
     ``otherwise``, ``in all other cases``, ``for anything else`` and ``if none of these
     apply`` are synonyms of ``else``.
 
+Free-form ``if``/``when`` lines with an action (``If a customer cannot sign in, reply: ...``)
+    A semantic rule whose description is the condition without its lead-in words; and
+    ``For anything else ..., reply: ...`` is an ``else``. This is how a small model reads an
+    instruction it was not trained on a grammar for: by its gist.
+
 ``- "<reply>"`` under a line that asks for *one of these/the following* replies
     A listed reply option (a bare quoted line counts anywhere). When nothing else answers,
     a model that reads semantics picks the listed reply closest in meaning to the input.
@@ -106,6 +111,28 @@ _ELSE = re.compile(
     r"^(?:else|otherwise|in\s+all\s+other\s+cases|in\s+any\s+other\s+case|"
     r"for\s+(?:anything|everything)\s+else|if\s+none\s+of\s+(?:these|the\s+above)"
     r"(?:\s+rules)?\s+appl(?:y|ies))\s*[:,]?\s*" + _ACTION + _REPLY + r"$",
+    re.IGNORECASE,
+)
+_LOOSE_IF = re.compile(
+    r"^(?:if|when|whenever)\s+(?P<cond>.+?)(?:\s*[:,]\s*(?:then\s+)?|\s+then\s+)"
+    + _ACTION
+    + _REPLY
+    + r"$",
+    re.IGNORECASE,
+)
+_LOOSE_ELSE = re.compile(
+    r"^(?:for|in|with)\s+(?:anything|everything|all|any)\s+(?:else|other)\b.*?[:,]\s*"
+    + _ACTION
+    + _REPLY
+    + r"$",
+    re.IGNORECASE,
+)
+_LEAD_IN = re.compile(
+    r"^(?:(?:the\s+|a\s+|an\s+)?(?:(?:user|customer)(?:'s|’s)\s+)?(?:input|message|user|request|customer|"
+    r"question|query|they|someone|it)\s+)?(?:is\s+|are\s+|has\s+|have\s+|was\s+)?"
+    r"(?:(?:asking|talking|writing|complaining|worried|upset|curious|asks|talks|writes|"
+    r"complains|mentions|wants|needs)\s+)?"
+    r"(?:about|regarding|concerning|for|with|on)?\s*",
     re.IGNORECASE,
 )
 _OPTION = re.compile(r"^[\"“](?P<reply>.+)[\"”]\s*\.?$")
@@ -298,7 +325,33 @@ def parse_line(raw: str, number: int) -> Statement | None:
     found = _OPTION.match(text)
     if found and found["reply"].strip():
         return Statement(kind="option", reply=found["reply"].strip(), line=number, text=text)
-    return None
+    return _loose_line(text, number)
+
+
+def _loose_line(text: str, number: int) -> Statement | None:
+    """Read a free-form instruction the way a small model does: its gist, semantically.
+
+    ``If a customer cannot sign in or forgot a password, reply: ...`` becomes an ``about``
+    rule whose description is the condition without its lead-in (``cannot sign in or forgot a
+    password``); ``For anything else (feedback, ...), reply: ...`` becomes an ``else``.
+    """
+    found = _LOOSE_ELSE.match(text)
+    if found and _reply_of(found):
+        return Statement(kind="else", reply=_reply_of(found), line=number, text=text)
+    found = _LOOSE_IF.match(text)
+    if not found or not _reply_of(found):
+        return None
+    description = _clean(_LEAD_IN.sub("", found["cond"].strip(), count=1)).strip(" .;:")
+    if len(description) < 2 or re.fullmatch(_LITERAL_OP + "|" + _SEMANTIC_OP, description, re.I):
+        return None
+    return Statement(
+        kind="about",
+        reply=_reply_of(found),
+        line=number,
+        text=text,
+        description=description,
+        facets=facets_of(description),
+    )
 
 
 @lru_cache(maxsize=4096)

@@ -84,7 +84,6 @@ def test_examples_and_else_lines() -> None:
         "Always answer politely about coffee.",
         'if input mentions coffee: respond ""',
         "if input mentions coffee: be brief",
-        "if the weather mentions coffee, reply with exactly: x",
         'if input mentions : respond "x"',
         'if input mentions coffee: respond "x" and then ask a question',
         'example: "only an input"',
@@ -121,6 +120,14 @@ def test_lines_it_cannot_parse_are_ignored(line: str) -> None:
         ("Otherwise, reply with exactly: Tell me more.", "else", None, "Tell me more."),
         ('If none of these apply, reply "Thanks!"', "else", None, "Thanks!"),
         ('- "We will call you back."', "option", None, "We will call you back."),
+        (
+            "- If a customer cannot sign in or is locked out, reply: Try a password reset.",
+            "about",
+            "cannot sign in or is locked out",
+            "Try a password reset.",
+        ),
+        ("When someone asks about coffee, say: Coffee!", "about", "coffee", "Coffee!"),
+        ("For anything else (feedback, ideas), reply: Thanks!", "else", None, "Thanks!"),
     ],
 )
 def test_plain_language_instructions_are_understood(
