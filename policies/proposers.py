@@ -304,3 +304,65 @@ class OperatorProposer:
 def no_change_candidate(proposer: str, rationale: str) -> Candidate:
     """Return the candidate that changes nothing, labelled with who decided so and why."""
     return Candidate(edits=[NoOp()], rationale=rationale, proposer=proposer, kind="no_change")
+
+
+class CombinedProposer:
+    """Several proposers as one: their candidates interleaved, best of each first.
+
+    A bandit over ``"rule_induction+llm_coach"`` treats the offline coach's and the LLM
+    coach's candidates as arms of the same round, so measured reward decides between them.
+    Feedback goes to the proposer that made the candidate.
+
+    Args:
+        proposers: the proposers, in priority order (the first one's best candidate leads).
+
+    Example:
+        >>> combined = CombinedProposer([OperatorProposer(seed=0), OperatorProposer(seed=1)])
+        >>> combined.name
+        'operators+operators'
+    """
+
+    def __init__(self, proposers: Sequence[Any]) -> None:
+        self.proposers = list(proposers)
+        self.name = "+".join(str(p.name) for p in self.proposers)
+
+    def propose(self, observation: Observation, info: Mapping[str, Any], k: int) -> list[Candidate]:
+        """Return up to ``k`` candidates, taking each proposer's next best in turn."""
+        queues = [list(p.propose(observation, info, k)) for p in self.proposers]
+        chosen: list[Candidate] = []
+        seen: set[str] = set()
+        while len(chosen) < k and any(queues):
+            for queue in queues:
+                while queue:
+                    candidate = queue.pop(0)
+                    if candidate.directive_text() not in seen:
+                        seen.add(candidate.directive_text())
+                        chosen.append(candidate)
+                        break
+                if len(chosen) >= k:
+                    break
+        return chosen
+
+    def feedback(
+        self, candidate: Candidate, reward: float, accepted: bool, info: Mapping[str, Any]
+    ) -> None:
+        """Pass the env's verdict to the proposer that made ``candidate``."""
+        for proposer in self.proposers:
+            learn = getattr(proposer, "feedback", None)
+            if proposer.name == candidate.proposer and callable(learn):
+                learn(candidate, reward, accepted, info)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return each proposer's memory, by position."""
+        states = []
+        for proposer in self.proposers:
+            save = getattr(proposer, "state_dict", None)
+            states.append(save() if callable(save) else None)
+        return {"proposers": states}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved."""
+        for proposer, saved in zip(self.proposers, state.get("proposers", []), strict=False):
+            load = getattr(proposer, "load_state_dict", None)
+            if saved is not None and callable(load):
+                load(saved)

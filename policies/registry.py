@@ -115,9 +115,12 @@ def make_proposer(
 
     Args:
         spec: ``None`` (the default: rule induction when available, else operators), a name in
-            :data:`PROPOSERS`, ``"module:Class"``, or an object with a ``propose`` method.
+            :data:`PROPOSERS`, ``"module:Class"``, several joined by ``+`` (a
+            :class:`~policies.proposers.CombinedProposer`), or an object with a ``propose``
+            method.
         seed: passed to proposers whose constructor takes ``seed``.
-        kwargs: constructor keyword arguments.
+        kwargs: constructor keyword arguments; for a ``+`` combination, a mapping from each
+            proposer's name to its own keyword arguments.
 
     Raises:
         PolicyError: unknown name, import failure, or the class rejects the arguments.
@@ -133,6 +136,19 @@ def make_proposer(
             )
         return spec
     name = spec or default_proposer_name()
+    if "+" in name:
+        from policies.proposers import CombinedProposer
+
+        parts = [part.strip() for part in name.split("+") if part.strip()]
+        options = dict(kwargs or {})
+        unknown = sorted(set(options) - set(parts))
+        if unknown:
+            raise PolicyError(
+                f"Expects proposer_kwargs keyed by the combined proposers {parts}, got {unknown}."
+            )
+        return CombinedProposer(
+            [make_proposer(part, seed=seed, kwargs=options.get(part)) for part in parts]
+        )
     entry_point = PROPOSERS.get(name, name)
     if ":" not in entry_point:
         raise PolicyError(

@@ -5,6 +5,7 @@ import math
 import re
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from proposer_helpers import (
@@ -29,6 +30,7 @@ from policies.bandits import (
     ucb1_index,
 )
 from policies.proposers import Candidate
+from selfimprove_rl.errors import PolicyError
 
 
 @pytest.fixture
@@ -223,3 +225,29 @@ def test_state_dict_is_json_and_round_trips(env: PromptEnv, policy_class: type) 
     assert json.loads(json.dumps(restored.state_dict())) == state
     observation = env._observation()
     assert restored.act(observation, {}) == policy.act(observation, {})
+
+
+def test_a_combined_proposer_interleaves_and_routes_feedback() -> None:
+    from policies.proposers import CombinedProposer
+    from policies.registry import make_proposer
+
+    class Fixed:
+        def __init__(self, name: str, texts: list[str]) -> None:
+            self.name, self.texts, self.heard = name, texts, []
+
+        def propose(self, observation: Any, info: Any, k: int) -> list[Candidate]:
+            return [Candidate(edits=f"ADD: {t}", proposer=self.name) for t in self.texts[:k]]
+
+        def feedback(self, candidate: Candidate, reward: float, accepted: bool, info: Any) -> None:
+            self.heard.append(candidate.directive_text())
+
+    first, second = Fixed("a", ["x", "y", "z"]), Fixed("b", ["x", "w"])
+    combined = CombinedProposer([first, second])
+    found = combined.propose({}, {}, k=4)
+    assert [c.directive_text() for c in found] == ["ADD: x", "ADD: w", "ADD: y", "ADD: z"]
+    combined.feedback(found[1], 0.1, True, {})
+    assert (first.heard, second.heard) == ([], ["ADD: w"])
+    built = make_proposer("operators+rule_induction", seed=0, kwargs={"rule_induction": {}})
+    assert built.name == "operators+rule_induction"
+    with pytest.raises(PolicyError, match="keyed by the combined proposers"):
+        make_proposer("operators+rule_induction", kwargs={"max_demos": 3})
