@@ -9,7 +9,8 @@ Monroe, Colaresi & Quinn (2008) on binary presence: with document frequencies ``
 ``z = delta / sqrt(1/(y_in+a) + 1/(n_in-y_in+a) + 1/(y_out+a) + 1/(n_out-y_out+a))``.
 
 A term must occur in at least ``min_df`` inputs of the reply (one-off words are memorized,
-not learned), reach ``z_min`` and a precision of ``min_precision``. Terms are then taken
+not learned; a word of the reply's own text needs only one, since the reply names its topic),
+reach ``z_min`` and a precision of ``min_precision``. Terms are then taken
 greedily by how many *new* inputs of the reply they cover, so a description names different
 facets rather than synonyms of one. This is a statistic of the data only: it assumes nothing
 about how the target model reads the description; the env's reward decides whether it helps.
@@ -102,7 +103,7 @@ def describe(
 
     Args:
         texts: remembered inputs.
-        labels: the reply key of each input.
+        labels: the reply key of each input (the reply text itself).
         label: the reply to describe.
         stats: the term filters.
 
@@ -124,9 +125,10 @@ def describe(
     for terms in inside:
         for term in terms:
             df_in[term] = df_in.get(term, 0) + 1
+    own_words = {t for t in content_terms(label) if " " not in t}
     scored: list[tuple[float, str]] = []
     for term, y_in in df_in.items():
-        if y_in < stats.min_df:
+        if y_in < (1 if term in own_words else stats.min_df):
             continue
         y_out = sum(1 for terms in outside if term in terms)
         if y_in / (y_in + y_out) < stats.min_precision:
