@@ -592,6 +592,7 @@ def _spans_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
         return empty_frame("spans")
     rows.sort(key=lambda row: (row["start_time"], row["_row"]))
     frame = pd.DataFrame(rows).drop(columns="_row")
+    frame["start_time"] = pd.to_datetime(frame["start_time"], utc=True)
     return conform(frame, "spans")
 
 
