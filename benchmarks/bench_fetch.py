@@ -176,6 +176,14 @@ def load(client: Any, project: str, n: int, start: datetime) -> dict[str, float]
     }
 
 
+def process_cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc), 0 without one."""
+    if not pid:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory so far, in MB."""
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
@@ -202,6 +210,9 @@ def main() -> None:
     parser.add_argument("--page-size", type=int, help="PhoenixSource page size (its default).")
     parser.add_argument("--workers", type=int, help="PhoenixSource workers (its default).")
     parser.add_argument(
+        "--server-pid", type=int, help="With --endpoint: report that server's CPU seconds."
+    )
+    parser.add_argument(
         "--endpoint", help="Use this running Phoenix instead of starting one (keeps the data)."
     )
     parser.add_argument("--project", default="bench-fetch", help="Project to load and fetch.")
@@ -214,10 +225,12 @@ def main() -> None:
     project = args.project
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory())
+        server: Any = None
         if args.endpoint:
             url = args.endpoint
         else:
-            url = stack.enter_context(PhoenixServer(Path(tmp) / "px")).url
+            server = stack.enter_context(PhoenixServer(Path(tmp) / "px"))
+            url = server.url
         from phoenix.client import Client
 
         loader = Client(http_client=httpx.Client(base_url=url, timeout=LOAD_TIMEOUT))
@@ -233,10 +246,16 @@ def main() -> None:
         source = PhoenixSource(url, project, progress=False, **options)
         checkpoint = None
         rss_before = peak_rss_mb()
+        # the server object keeps its process private; its pid is only read here
+        server_pid = args.server_pid or getattr(getattr(server, "_process", None), "pid", None)
+        server_cpu: list[float] = []
         for _ in range(args.trials):
+            cpu_before = process_cpu_seconds(server_pid)
             began = time.perf_counter()
             frames = source.fetch(since=start)
             fetched = time.perf_counter()
+            if server_pid:
+                server_cpu.append(process_cpu_seconds(server_pid) - cpu_before)
             checkpoint = build_checkpoint(frames)
             built = time.perf_counter()
             checkpoint.save(Path(tmp) / "checkpoint.json")
@@ -259,6 +278,7 @@ def main() -> None:
                     "pages": summary.pages,
                     "fetch_seconds": stats(fetch_times),
                     "fetch_steps_seconds": summary.step_seconds,
+                    "server_cpu_seconds_during_fetch": stats(server_cpu) if server_cpu else None,
                     "build_seconds": stats(build_times),
                     "fetch_and_build_seconds": stats(total),
                     "spans_per_second": {
