@@ -31,7 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -347,12 +347,16 @@ class PhoenixSource(_SourceBase):
         self.pages = 0
         _ = self.client  # the shared HTTP client exists before the threads start
         with (
-            tqdm(desc="LLM spans", unit="span", disable=not self.progress) as bar,
+            tqdm(desc="spans", unit="span", disable=not self.progress) as bar,
             ThreadPoolExecutor(max_workers=self.workers) as pool,
         ):
             windows: dict[Future[Any], _Window] = {}
             batches: set[Future[Any]] = set()
-            windows[pool.submit(self._span_page, _Window(since, until))] = _Window(since, until)
+            for first in [
+                _Window(since, until),
+                *([_Window(since, until, roots=True)] * self.roots),
+            ]:
+                windows[pool.submit(self._span_page, first)] = first
             try:
                 while windows or batches:
                     done, _ = wait([*windows, *batches], return_when=FIRST_COMPLETED)
@@ -384,14 +388,17 @@ class PhoenixSource(_SourceBase):
         return spans, annotations
 
     def _span_page(self, window: _Window) -> tuple[list[dict[str, Any]], str | None]:
-        """One page of LLM spans of ``window``, as canonical rows, and the next cursor."""
+        """One page of ``window``'s LLM (or root) spans, as canonical rows, and the next cursor."""
         params: dict[str, Any] = {
             "limit": self.page_size,
             "sort": "start_time",
             "order": "asc",
-            "span_kind": "LLM",
             "start_time": window.start.isoformat(),
         }
+        if window.roots:
+            params["parent_id"] = "null"
+        else:
+            params["span_kind"] = "LLM"
         if window.end is not None:
             params["end_time"] = window.end.isoformat()
         if window.cursor:
@@ -408,6 +415,8 @@ class PhoenixSource(_SourceBase):
         response.raise_for_status()
         body = response.json()
         rows = [_span_row(span) for span in body.get("data") or []]
+        if window.roots:
+            return [row for row in rows if row["parent_id"] is None], body.get("next_cursor")
         return [row for row in rows if row["span_kind"] == "LLM"], body.get("next_cursor")
 
     def _annotations_of(self, span_ids: list[str]) -> list[dict[str, Any]]:
@@ -478,11 +487,15 @@ class PhoenixSource(_SourceBase):
 
 @dataclass(frozen=True)
 class _Window:
-    """Spans that started in ``[start, end)`` (``end`` None: no end), after ``cursor``."""
+    """Spans that started in ``[start, end)`` (``end`` None: no end), after ``cursor``.
+
+    ``roots``: the traces' root spans (any kind) instead of the LLM spans.
+    """
 
     start: datetime
     end: datetime | None
     cursor: str | None = None
+    roots: bool = False
 
     def rest(
         self, page: Sequence[Mapping[str, Any]], cursor: str, now: datetime, *, idle: bool
@@ -497,7 +510,7 @@ class _Window:
         spans share one start time says nothing about width; the rest is then halved if a
         worker is idle.
         """
-        whole = [_Window(self.start, self.end, cursor)]
+        whole = [replace(self, cursor=cursor)]
         if not page:
             return whole
         first, last = page[0]["start_time"], page[-1]["start_time"]
@@ -513,9 +526,9 @@ class _Window:
         cuts = [cut for cut in cuts if cut < upper]
         if not cuts:
             return whole
-        windows = [_Window(self.start, cuts[0], cursor)]
-        windows += [_Window(low, high) for low, high in itertools.pairwise(cuts)]
-        windows.append(_Window(cuts[-1], self.end))
+        windows = [replace(self, end=cuts[0], cursor=cursor)]
+        windows += [_Window(low, high, roots=self.roots) for low, high in itertools.pairwise(cuts)]
+        windows.append(_Window(cuts[-1], self.end, roots=self.roots))
         return windows
 
 

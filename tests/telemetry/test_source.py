@@ -388,3 +388,25 @@ def test_windows_read_in_parallel_give_every_span_once_in_order(
 def test_workers_must_be_positive() -> None:
     with pytest.raises(ConfigError, match=re.escape("Expects workers >= 1, got 0.")):
         PhoenixSource("http://127.0.0.1:9", "p", workers=0)
+
+
+def test_roots_adds_each_traces_root_span_once(
+    phoenix_server: Any, px_client: Any, project: str, t0: datetime
+) -> None:
+    root = llm_span(t0, user="root")
+    root.update(name="pipeline", span_kind="CHAIN")
+    root["attributes"] = {"openinference.span.kind": "CHAIN", "input.value": "hi"}
+    child = llm_span(t0 + timedelta(seconds=1), user="child")
+    child["context"]["trace_id"] = root["context"]["trace_id"]
+    child["parent_id"] = root["context"]["span_id"]
+    lone = llm_span(t0 + timedelta(seconds=2), user="an LLM call that is its own root")
+    log_spans(px_client, project, [root, child, lone])
+    plain = PhoenixSource(phoenix_server.url, project, progress=False).fetch(since=t0)
+    assert list(plain.spans["span_id"]) == [child["context"]["span_id"], lone["context"]["span_id"]]
+    source = PhoenixSource(phoenix_server.url, project, roots=True, progress=False)
+    frames = source.fetch(since=t0)
+    assert list(frames.spans["span_id"]) == [s["context"]["span_id"] for s in (root, child, lone)]
+    assert frames.spans["attributes"].iloc[0]["input.value"] == "hi"
+    parents = frames.spans["parent_id"]
+    assert parents.isna().tolist() == [True, False, True]
+    assert parents.iloc[1] == root["context"]["span_id"]
