@@ -14,6 +14,17 @@ Measured, ``--trials`` times each (best and median reported, as ``timeit`` does)
 * ``build``: ``build_checkpoint(frames)`` — the checkpoint with every sample;
 * ``save_checkpoint``: ``Checkpoint.save`` of the result (JSON).
 
+Also printed: fetch + build total and spans per second, ``fetch_steps_seconds`` (reading
+pages, building frames, reading eval constants), the server's own CPU seconds during each
+fetch (the server this script starts, or ``--server-pid`` with ``--endpoint``; on a shared
+machine the steadier figure), this process's peak RSS, and a digest of the checkpoint's
+samples, action and evals (equal digests: the same checkpoint from two versions of the code).
+
+Loading 100,000 spans takes tens of minutes on a loaded 2-core machine (Phoenix ingests a few
+hundred spans a second); load once into a server you keep, then measure with ``--skip-load``:
+``.venv/bin/python benchmarks/bench_fetch.py --endpoint URL --server-pid PID --project p100k
+--spans 100000`` (loads and measures), then ``... --skip-load`` for further runs.
+
 Run: ``.venv/bin/python benchmarks/bench_fetch.py [--spans 10000]``.
 """
 
