@@ -14,6 +14,17 @@ Measured, ``--trials`` times each (best and median reported, as ``timeit`` does)
 * ``build``: ``build_checkpoint(frames)`` — the checkpoint with every sample;
 * ``save_checkpoint``: ``Checkpoint.save`` of the result (JSON).
 
+Also printed: fetch + build total and spans per second, ``fetch_steps_seconds`` (reading
+pages, building frames, reading eval constants), the server's own CPU seconds during each
+fetch (the server this script starts, or ``--server-pid`` with ``--endpoint``; on a shared
+machine the steadier figure), this process's peak RSS, and a digest of the checkpoint's
+samples, action and evals (equal digests: the same checkpoint from two versions of the code).
+
+Loading 100,000 spans takes tens of minutes on a loaded 2-core machine (Phoenix ingests a few
+hundred spans a second); load once into a server you keep, then measure with ``--skip-load``:
+``.venv/bin/python benchmarks/bench_fetch.py --endpoint URL --server-pid PID --project p100k
+--spans 100000`` (loads and measures), then ``... --skip-load`` for further runs.
+
 Run: ``.venv/bin/python benchmarks/bench_fetch.py [--spans 10000]``.
 """
 
@@ -21,8 +32,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
+import resource
 import secrets
 import statistics
 import tempfile
@@ -30,6 +43,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 os.environ.setdefault("PHOENIX_DISCOVER_CONFIG", "false")
 
@@ -40,6 +55,8 @@ from selfimprove_rl.telemetry.instrument import (
     META_VARIABLES,
     constants_id,
 )
+
+LOAD_TIMEOUT = 600  # a loaded machine's Phoenix takes long to ingest 1,000 spans
 
 SOP = (
     'if input mentions coffee or espresso: respond "I see you are a person of taste! '
@@ -90,6 +107,37 @@ def llm_span(i: int, start: datetime) -> dict[str, Any]:
     }
 
 
+def log_spans(client: Any, project: str, spans: list[dict[str, Any]]) -> None:
+    """Log spans; when Phoenix's ingestion queue is full (HTTP 503), wait and send again."""
+    for _ in range(120):
+        try:
+            client.spans.log_spans(project_identifier=project, spans=spans, timeout=LOAD_TIMEOUT)
+            return
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code != 503:
+                raise
+            time.sleep(5)
+    raise RuntimeError("Phoenix kept answering 503 (ingestion queue full) for 10 minutes")
+
+
+def wait_for_spans(client: Any, project: str, span_ids: list[str]) -> None:
+    """Wait until Phoenix has ingested every span (asked 100 ids at a time, cheaply)."""
+    deadline = time.monotonic() + LOAD_TIMEOUT * 4
+    pending = list(span_ids)
+    while pending:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Phoenix did not ingest {len(pending)} spans in time")
+        batch = pending[-100:]
+        found = client.spans.get_spans(
+            project_identifier=project, span_ids=batch, limit=len(batch), timeout=LOAD_TIMEOUT
+        )
+        got = {span["context"]["span_id"] for span in found}
+        if len(got) == len(batch):
+            del pending[-100:]
+        else:
+            time.sleep(2)
+
+
 def load(client: Any, project: str, n: int, start: datetime) -> dict[str, float]:
     """Log ``n`` LLM spans, their annotations and the evaluator span; wait for ingestion."""
     started = time.perf_counter()
@@ -110,16 +158,9 @@ def load(client: Any, project: str, n: int, start: datetime) -> dict[str, float]
         },
     }
     for i in range(0, n, 1000):
-        client.spans.log_spans(project_identifier=project, spans=spans[i : i + 1000])
-    client.spans.log_spans(project_identifier=project, spans=[evaluator])
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        frame = client.spans.get_spans_dataframe(project_identifier=project, limit=n + 10)
-        if len(frame) >= n + 1:
-            break
-        time.sleep(2)
-    else:
-        raise RuntimeError("Phoenix did not ingest the spans within 10 minutes")
+        log_spans(client, project, spans[i : i + 1000])
+    log_spans(client, project, [evaluator])
+    wait_for_spans(client, project, [s["context"]["span_id"] for s in [*spans, evaluator]])
     ingested = time.perf_counter()
     annotations = [
         {
@@ -146,6 +187,29 @@ def load(client: Any, project: str, n: int, start: datetime) -> dict[str, float]
     }
 
 
+def process_cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc), 0 without one."""
+    if not pid:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def checkpoint_digest(checkpoint: Any) -> str:
+    """A hash of the samples, action and eval constants (not the creation time)."""
+    body = {
+        "samples": [s.model_dump(mode="json") for s in checkpoint.samples],
+        "action": checkpoint.action.model_dump(mode="json"),
+        "evals": [c.model_dump(mode="json") for c in checkpoint.eval_constants],
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def stats(values: list[float]) -> dict[str, float]:
     return {"best": round(min(values), 3), "median": round(statistics.median(values), 3)}
 
@@ -154,7 +218,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spans", type=int, default=10_000, help="LLM spans to load.")
     parser.add_argument("--trials", type=int, default=3, help="Timed repetitions.")
-    parser.add_argument("--page-size", type=int, default=2000, help="PhoenixSource page size.")
+    parser.add_argument("--page-size", type=int, help="PhoenixSource page size (its default).")
+    parser.add_argument("--workers", type=int, help="PhoenixSource workers (its default).")
+    parser.add_argument(
+        "--server-pid", type=int, help="With --endpoint: report that server's CPU seconds."
+    )
     parser.add_argument(
         "--endpoint", help="Use this running Phoenix instead of starting one (keeps the data)."
     )
@@ -168,22 +236,37 @@ def main() -> None:
     project = args.project
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory())
+        server: Any = None
         if args.endpoint:
             url = args.endpoint
         else:
-            url = stack.enter_context(PhoenixServer(Path(tmp) / "px")).url
+            server = stack.enter_context(PhoenixServer(Path(tmp) / "px"))
+            url = server.url
         from phoenix.client import Client
 
-        loading = {} if args.skip_load else load(Client(base_url=url), project, args.spans, start)
+        loader = Client(http_client=httpx.Client(base_url=url, timeout=LOAD_TIMEOUT))
+        loading = {} if args.skip_load else load(loader, project, args.spans, start)
         fetch_times: list[float] = []
         build_times: list[float] = []
         save_times: list[float] = []
-        source = PhoenixSource(url, project, page_size=args.page_size, progress=False)
+        options = {
+            key: value
+            for key, value in (("page_size", args.page_size), ("workers", args.workers))
+            if value is not None
+        }
+        source = PhoenixSource(url, project, progress=False, **options)
         checkpoint = None
+        rss_before = peak_rss_mb()
+        # the server object keeps its process private; its pid is only read here
+        server_pid = args.server_pid or getattr(getattr(server, "_process", None), "pid", None)
+        server_cpu: list[float] = []
         for _ in range(args.trials):
+            cpu_before = process_cpu_seconds(server_pid)
             began = time.perf_counter()
             frames = source.fetch(since=start)
             fetched = time.perf_counter()
+            if server_pid:
+                server_cpu.append(process_cpu_seconds(server_pid) - cpu_before)
             checkpoint = build_checkpoint(frames)
             built = time.perf_counter()
             checkpoint.save(Path(tmp) / "checkpoint.json")
@@ -201,13 +284,20 @@ def main() -> None:
                     "evaluated_spans": summary.evaluated_spans,
                     "samples": len(checkpoint.samples),
                     "evals": [c.name for c in checkpoint.eval_constants],
-                    "page_size": args.page_size,
+                    "page_size": source.page_size,
+                    "workers": getattr(source, "workers", 1),
                     "pages": summary.pages,
                     "fetch_seconds": stats(fetch_times),
                     "fetch_steps_seconds": summary.step_seconds,
+                    "server_cpu_seconds_during_fetch": stats(server_cpu) if server_cpu else None,
                     "build_seconds": stats(build_times),
                     "fetch_and_build_seconds": stats(total),
-                    "spans_per_second": round(summary.spans / min(total)),
+                    "spans_per_second": {
+                        "best": round(summary.spans / min(total)),
+                        "median": round(summary.spans / statistics.median(total)),
+                    },
+                    "peak_rss_mb": {"before_fetch": rss_before, "after_trials": peak_rss_mb()},
+                    "checkpoint_digest": checkpoint_digest(checkpoint),
                     "save_checkpoint_seconds": stats(save_times),
                     "load_data": loading,
                     "trials": args.trials,

@@ -24,7 +24,7 @@ import gymnasium
 
 from envs.program_spaces import ProgramAction, ProgramActionSpace
 from envs.sb3 import CandidateActions, FeatureObservation, Featurizer, make_sb3_env
-from envs.spaces import EnvAction, PromptActionSpace
+from envs.spaces import PROMPT_CHARSET, Charset, CharsetText, EnvAction, PromptActionSpace
 
 ENV_ID = "selfimprove_rl/PromptEnv-v0"
 LLM_ENV_ID = "selfimprove_rl/PromptEnvLLM-v0"
@@ -61,7 +61,10 @@ __all__ = [
     "ENV_ID",
     "LLM_ENV_ID",
     "PROGRAM_ENV_ID",
+    "PROMPT_CHARSET",
     "CandidateActions",
+    "Charset",
+    "CharsetText",
     "EnvAction",
     "FeatureObservation",
     "Featurizer",

@@ -40,6 +40,12 @@ def phoenix_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Phoenix
         server.stop()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _embedding_store(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A session's own embedding store: tests never read or fill a developer's cache."""
+    os.environ["SELFIMPROVE_EMBEDDING_CACHE"] = str(tmp_path_factory.mktemp("embeddings"))
+
+
 @pytest.fixture(autouse=True)
 def _one_torch_thread() -> None:
     """Small nets are much faster on one thread on 2 cores; only when torch is loaded."""

@@ -270,3 +270,143 @@ def test_malformed_spans_stored_in_phoenix_are_skipped_and_counted(
     assert checkpoint.provenance.skipped == expected
     assert source.summary.build_skipped == expected
     assert "skipped while building:" in str(source.summary)
+
+
+def _dsl_attributes(px_client: Any, project: str, t0: datetime) -> dict[str, dict[str, Any]]:
+    """Span id → attributes as the Phoenix client's query-DSL dataframe gives them."""
+    frame = px_client.spans.get_spans_dataframe(
+        project_identifier=project, start_time=t0, limit=1000
+    )
+    columns = [c for c in frame.columns if c.startswith("attributes.")]
+    found = {}
+    for span_id, values in zip(
+        frame["context.span_id"], frame[columns].itertuples(index=False), strict=True
+    ):
+        found[span_id] = {
+            column[len("attributes.") :]: value
+            for column, value in zip(columns, values, strict=True)
+            if value is not None and value == value  # drops NaN
+        }
+    return found
+
+
+def test_attributes_read_from_the_rest_listing_equal_the_query_dsl_form(
+    phoenix_server: Any, px_client: Any, project: str, t0: datetime
+) -> None:
+    tool_reply = [
+        {
+            "message.role": "assistant",
+            "message.content": "checking",
+            "message.tool_calls": [
+                {"tool_call.id": "c1", "tool_call.function.name": "lookup"},
+                {"tool_call.id": "c2", "tool_call.function.name": "book"},
+            ],
+        }
+    ]
+    parts = [
+        {"message.role": "system", "message.content": "be brief"},
+        {
+            "message.role": "user",
+            "message.contents": [
+                {"message_content.type": "text", "message_content.text": "part one "},
+                {"message_content.type": "text", "message_content.text": "part two"},
+            ],
+        },
+    ]
+    spans = [
+        llm_span(t0, user="plain ☕ ünïcode"),
+        llm_span(t0 + timedelta(seconds=1), extra={"llm.output_messages": tool_reply}),
+        llm_span(
+            t0 + timedelta(seconds=2),
+            extra={
+                "llm.input_messages": parts,
+                "metadata": json.dumps({"phoenix.prompt.version_id": "v7"}),
+                "tag.tags": ["alpha", "beta"],
+                "llm.token_count.prompt": 12,
+                "session.id": "s-1",
+                "custom.flag": True,
+                "custom.score": 0.25,
+            },
+        ),
+        llm_span(  # metadata stored decoded, as spans sent over OTLP are
+            t0 + timedelta(seconds=3),
+            extra={"metadata": {"phoenix.prompt.name": "p", "phoenix.prompt.version_id": "v8"}},
+        ),
+    ]
+    log_spans(px_client, project, spans)
+    frames = PhoenixSource(phoenix_server.url, project, progress=False).fetch(since=t0)
+    dsl = _dsl_attributes(px_client, project, t0)
+    assert len(dsl) == 4
+    custom = {"custom.flag": True, "custom.score": 0.25}
+    for span_id, attributes in zip(
+        frames.spans["span_id"], frames.spans["attributes"], strict=True
+    ):
+        expected = {
+            key: list(value) if hasattr(value, "tolist") else value
+            for key, value in dsl[span_id].items()
+        }
+        if "custom" in expected:  # the DSL nests custom attributes; the listing keeps dots
+            assert expected.pop("custom") == {"flag": True, "score": 0.25}
+            expected.update(custom)
+        assert attributes == expected
+    assert frames.spans["attributes"].iloc[2]["metadata"] == {"phoenix.prompt.version_id": "v7"}
+    assert frames.spans["attributes"].iloc[3]["metadata"]["phoenix.prompt.version_id"] == "v8"
+
+
+def test_windows_read_in_parallel_give_every_span_once_in_order(
+    phoenix_server: Any, px_client: Any, project: str, t0: datetime
+) -> None:
+    gaps = [0, 1, 2, 3, 3, 3, 500, 501, 502, 3600, 3601, 86_400, 86_400, 86_401]
+    spans = [llm_span(t0 + timedelta(seconds=g), user=f"q{i}") for i, g in enumerate(gaps)]
+    log_spans(px_client, project, spans)
+    px_client.spans.log_span_annotations(
+        span_annotations=[
+            {
+                "name": "tone",
+                "annotator_kind": "LLM",
+                "span_id": s["context"]["span_id"],
+                "result": {"label": "ok", "score": 1.0},
+            }
+            for s in spans
+        ],
+        sync=True,
+    )
+    expected = [s["context"]["span_id"] for s in spans]
+    for workers in (1, 3):
+        source = PhoenixSource(
+            phoenix_server.url, project, page_size=2, workers=workers, progress=False
+        )
+        frames = source.fetch(since=t0)
+        assert list(frames.spans["span_id"]) == expected
+        assert sorted(frames.annotations["span_id"]) == sorted(expected)
+        assert source.summary.pages >= len(spans) // 2
+    bounded = PhoenixSource(phoenix_server.url, project, page_size=2, workers=3, progress=False)
+    window = bounded.fetch(since=t0 + timedelta(seconds=3), until=t0 + timedelta(seconds=3601))
+    assert list(window.spans["span_id"]) == expected[3:10]
+
+
+def test_workers_must_be_positive() -> None:
+    with pytest.raises(ConfigError, match=re.escape("Expects workers >= 1, got 0.")):
+        PhoenixSource("http://127.0.0.1:9", "p", workers=0)
+
+
+def test_roots_adds_each_traces_root_span_once(
+    phoenix_server: Any, px_client: Any, project: str, t0: datetime
+) -> None:
+    root = llm_span(t0, user="root")
+    root.update(name="pipeline", span_kind="CHAIN")
+    root["attributes"] = {"openinference.span.kind": "CHAIN", "input.value": "hi"}
+    child = llm_span(t0 + timedelta(seconds=1), user="child")
+    child["context"]["trace_id"] = root["context"]["trace_id"]
+    child["parent_id"] = root["context"]["span_id"]
+    lone = llm_span(t0 + timedelta(seconds=2), user="an LLM call that is its own root")
+    log_spans(px_client, project, [root, child, lone])
+    plain = PhoenixSource(phoenix_server.url, project, progress=False).fetch(since=t0)
+    assert list(plain.spans["span_id"]) == [child["context"]["span_id"], lone["context"]["span_id"]]
+    source = PhoenixSource(phoenix_server.url, project, roots=True, progress=False)
+    frames = source.fetch(since=t0)
+    assert list(frames.spans["span_id"]) == [s["context"]["span_id"] for s in (root, child, lone)]
+    assert frames.spans["attributes"].iloc[0]["input.value"] == "hi"
+    parents = frames.spans["parent_id"]
+    assert parents.isna().tolist() == [True, False, True]
+    assert parents.iloc[1] == root["context"]["span_id"]
