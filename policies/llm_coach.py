@@ -13,11 +13,20 @@ to the current prompt (:func:`selfimprove_rl.prompt.apply`). An invalid reply â€
 malformed JSON, off-schema, or directives that do not parse or apply â€” is answered with the
 error and asked again, up to ``max_retries`` times; then :class:`CoachOutputError` is raised
 by :meth:`LLMCoachProposer.ask`. The policy does not crash a run on that: ``act`` falls back
-to a no-op and records the failure in ``coach_failures`` (counted, with the errors).
+to a no-op and records the failure in ``coach_failures``. Every reply is counted by verdict
+(valid, empty, not_json, off_schema, bad_directives, ...; :meth:`LLMCoachProposer.report`).
 
-Structured output: ``response_format="auto"`` asks for ``json_schema`` first, falls back to
-``json_object`` and then to plain text when the server rejects a format with HTTP 400, and
-remembers what worked; replies fenced as ```json blocks are accepted.
+A coach that cannot be reached is different: ``max_consecutive_failures`` request failures
+in a row (connection refused, timeouts, HTTP errors) raise :class:`CoachUnavailableError`,
+which ends the run with a one-line message and a nonzero exit instead of a run of silent
+no-ops. Retryable failures (connection, timeout, 429, 5xx) wait ``backoff_s``, doubling.
+
+Structured output is negotiated once and remembered (also across ``--resume``):
+``response_format="auto"`` asks for ``json_schema`` first, then ``json_object``, then plain
+text. A server refuses a mode with any 4xx/5xx whose body names ``response_format`` (OpenAI
+and vLLM answer 400; llama.cpp's server answers json_schema with HTTP 500 and a validation
+error naming ``response_format``); other errors are failures, not refusals. Plain-text
+replies go through a JSON extractor (fenced blocks, JSON inside prose).
 
 Trials: with ``trials=N`` the coach proposes N candidates against one base version and tries
 them on consecutive steps (``EnvAction(base_version=...)``); the next round starts from the
@@ -33,6 +42,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from collections.abc import Mapping, Sequence
 from string import Template
 from typing import Any, Literal
@@ -43,13 +53,25 @@ from policies.base import BasePolicy, Observation, Transition
 from policies.coach_report import build_report
 from policies.proposers import Candidate, estimate_tokens, state_from_observation
 from selfimprove_rl.backend import Backend
-from selfimprove_rl.errors import CoachOutputError, InvalidEdit
+from selfimprove_rl.errors import CoachOutputError, CoachUnavailableError, InvalidEdit
 from selfimprove_rl.prompt import NoOp, apply, parse_directives
 
 ResponseFormat = Literal["auto", "json_schema", "json_object", "text"]
 _FORMAT_ORDER: tuple[ResponseFormat, ...] = ("json_schema", "json_object", "text")
 _KEY_PATTERN = re.compile(r"\b(?:sk|key)-[A-Za-z0-9*_\-]{6,}")
 _FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
+_RETRYABLE_STATUS = frozenset({408, 409, 429})
+_MAX_BACKOFF_S = 8.0
+ReplyVerdict = Literal[
+    "valid",
+    "no_change",
+    "empty",
+    "not_json",
+    "off_schema",
+    "unknown_block",
+    "too_many_directives",
+    "bad_directives",
+]
 
 GUIDELINES = Template(
     """You are a prompt coach. You improve the system prompt of one LLM call so that its \
@@ -107,7 +129,15 @@ class CoachReply(BaseModel):
 
 
 class InvalidCoachReply(ValueError):
-    """One coach reply cannot be used; the message is fed back to the model."""
+    """One coach reply cannot be used; the message is fed back to the model.
+
+    Attributes:
+        verdict: why, as a counter key (see ``ReplyVerdict``).
+    """
+
+    def __init__(self, message: str, verdict: ReplyVerdict = "bad_directives") -> None:
+        super().__init__(message)
+        self.verdict: ReplyVerdict = verdict
 
 
 def extract_json(content: str | None) -> Any:
@@ -121,19 +151,37 @@ def extract_json(content: str | None) -> Any:
         {'directives': []}
     """
     if content is None or not content.strip():
-        raise InvalidCoachReply("The reply was empty.")
+        raise InvalidCoachReply("The reply was empty.", "empty")
     text = content.strip()
     fenced = _FENCE.search(text)
     if fenced:
         text = fenced.group(1).strip()
-    elif not text.startswith(("{", "[")) and "{" in text and "}" in text:
-        text = text[text.index("{") : text.rindex("}") + 1]
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
+        embedded = _first_embedded_object(text)
+        if embedded is not None:
+            return embedded
         raise InvalidCoachReply(
-            f"The reply is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})."
+            f"The reply is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}).",
+            "not_json",
         ) from exc
+
+
+def _first_embedded_object(text: str) -> dict[str, Any] | None:
+    """Return the first JSON object inside prose (one with ``directives`` preferred)."""
+    decoder = json.JSONDecoder()
+    first: dict[str, Any] | None = None
+    for start in (i for i, char in enumerate(text) if char == "{"):
+        try:
+            value, _ = decoder.raw_decode(text, start)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            if "directives" in value:
+                return value
+            first = first if first is not None else value
+    return first
 
 
 def parse_reply(content: str | None) -> CoachReply:
@@ -144,7 +192,9 @@ def parse_reply(content: str | None) -> CoachReply:
     """
     value = extract_json(content)
     if not isinstance(value, dict):
-        raise InvalidCoachReply(f"Expected a JSON object, got a JSON {type(value).__name__}.")
+        raise InvalidCoachReply(
+            f"Expected a JSON object, got a JSON {type(value).__name__}.", "off_schema"
+        )
     try:
         return CoachReply.model_validate(value)
     except ValidationError as exc:
@@ -154,7 +204,8 @@ def parse_reply(content: str | None) -> CoachReply:
         )
         raise InvalidCoachReply(
             f"The JSON object does not match the schema ({problems}); expected keys "
-            "target_block (string), directives (list of strings), rationale (string)."
+            "target_block (string), directives (list of strings), rationale (string).",
+            "off_schema",
         ) from exc
 
 
@@ -180,6 +231,17 @@ class LLMCoachConfig(BaseModel):
     subclusters: int = Field(default=2, ge=1, description="Sub-clusters per large cluster.")
     per_cluster: int = Field(default=2, ge=1, description="Representatives per (sub-)cluster.")
     change_log_size: int = Field(default=10, ge=0, description="Change-log entries shown.")
+    seed: int | None = Field(
+        default=None, description="Sampling seed sent with each request (None: not sent)."
+    )
+    max_consecutive_failures: int = Field(
+        default=5,
+        ge=1,
+        description="Request failures in a row that make the coach unavailable (stops the run).",
+    )
+    backoff_s: float = Field(
+        default=0.5, ge=0, description="Wait before retrying a retryable failure (doubles)."
+    )
 
 
 class LLMCoachProposer:
@@ -222,13 +284,21 @@ class LLMCoachProposer:
         )
         self.change_log: list[dict[str, Any]] = []
         self.requests = 0
+        self.refusals: list[dict[str, Any]] = []
+        self.request_failures = 0
+        self.consecutive_failures = 0
+        self.verdicts: dict[str, int] = {}
 
     # ------------------------------------------------------------------ model calls
     @property
     def client(self) -> Any:
-        """The OpenAI client (made on first use; the key is read from the environment then)."""
+        """The OpenAI client (made on first use; the key is read from the environment then).
+
+        A ``local_llm`` backend without ``base_url`` reaches the local model server this
+        process runs (a run starts it; see :meth:`Backend.serving`).
+        """
         if self._client is None:
-            self._client = self.backend.sync_client()
+            self._client = self.backend.resolved().sync_client()
         return self._client
 
     def _format_kwargs(self, mode: ResponseFormat) -> dict[str, Any]:
@@ -243,13 +313,23 @@ class LLMCoachProposer:
             return {"response_format": {"type": "json_object"}}
         return {}
 
+    def _next_mode(self) -> ResponseFormat:
+        """The negotiated mode, or the first one the server has not refused yet."""
+        if self.format is not None:
+            return self.format
+        refused = {r["mode"] for r in self.refusals}
+        return next(m for m in _FORMAT_ORDER if m not in refused)
+
     def _complete(self, messages: list[dict[str, str]]) -> str | None:
-        """Send one chat request; walk down the structured-output modes on HTTP 400."""
+        """Send one chat request, stepping down the structured-output modes on refusals.
+
+        Raises:
+            openai.APIError: the request failed for a reason other than a refused mode.
+        """
         import openai
 
-        modes = [self.format] if self.format else list(_FORMAT_ORDER)
-        for position, mode in enumerate(modes):
-            assert mode is not None
+        while True:
+            mode = self._next_mode()
             kwargs: dict[str, Any] = {
                 "model": self.config.model,
                 "messages": messages,
@@ -258,17 +338,50 @@ class LLMCoachProposer:
             }
             if self.config.max_tokens is not None:
                 kwargs["max_tokens"] = self.config.max_tokens
+            if self.config.seed is not None:
+                kwargs["seed"] = self.config.seed
             self.requests += 1
             try:
                 response = self.client.chat.completions.create(**kwargs)
-            except openai.BadRequestError:
-                if self.format is None and position + 1 < len(modes):
+            except openai.APIStatusError as exc:
+                if self.format is None and mode != "text" and _refuses_format(exc):
+                    self.refusals.append(
+                        {"mode": mode, "status": exc.status_code, "error": self._redact(str(exc))}
+                    )
                     continue
                 raise
             self.format = mode
             choices = getattr(response, "choices", None) or []
             return choices[0].message.content if choices else None
-        return None
+
+    def _request(self, messages: list[dict[str, str]]) -> str | None:
+        """:meth:`_complete` with failure counting, backoff and the systemic-failure stop.
+
+        Raises:
+            openai.APIError: one failed request (counted; the caller may retry).
+            CoachUnavailableError: ``max_consecutive_failures`` failures in a row.
+        """
+        import openai
+
+        try:
+            content = self._complete(messages)
+        except openai.APIError as exc:
+            self.request_failures += 1
+            self.consecutive_failures += 1
+            if self.consecutive_failures >= self.config.max_consecutive_failures:
+                raise CoachUnavailableError(
+                    f"The coach model {self.config.model!r} on {self.backend.describe()} failed "
+                    f"{self.consecutive_failures} requests in a row (last: {type(exc).__name__}: "
+                    f"{' '.join(self._redact(str(exc)).split())}). Check that the server is up "
+                    "and reachable at its base_url, the model name and the API key; "
+                    "max_consecutive_failures sets how many failures stop the run."
+                ) from exc
+            if _retryable(exc) and self.config.backoff_s > 0:
+                exponent = self.consecutive_failures - 1
+                time.sleep(min(_MAX_BACKOFF_S, self.config.backoff_s * 2**exponent))
+            raise
+        self.consecutive_failures = 0
+        return content
 
     def _redact(self, text: str) -> str:
         """Cut an error message to 200 characters with any API key (even masked) removed."""
@@ -298,19 +411,23 @@ class LLMCoachProposer:
         if block not in state.block_names:
             raise InvalidCoachReply(
                 f"target_block {block!r} is not a block of the prompt; use one of "
-                f"{', '.join(state.block_names)}."
+                f"{', '.join(state.block_names)}.",
+                "unknown_block",
             )
         if len(lines) > self.config.max_directives and not lines[0].upper().startswith("REPLACE"):
             raise InvalidCoachReply(
                 f"Expected at most {self.config.max_directives} directives (small steps), "
-                f"got {len(lines)}."
+                f"got {len(lines)}.",
+                "too_many_directives",
             )
         text = "\n".join([f"BLOCK: {block}", *lines])
         try:
             edits = parse_directives(text)
             new_state = apply(state, edits)
         except InvalidEdit as exc:
-            raise InvalidCoachReply(f"The directives do not apply to the prompt: {exc}") from exc
+            raise InvalidCoachReply(
+                f"The directives do not apply to the prompt: {exc}", "bad_directives"
+            ) from exc
         tokens = estimate_tokens(new_state.render()) - estimate_tokens(state.render())
         return Candidate(
             edits=text,
@@ -349,6 +466,7 @@ class LLMCoachProposer:
         Raises:
             CoachOutputError: no valid reply after ``1 + max_retries`` attempts; the message
                 lists each attempt's error.
+            CoachUnavailableError: the coach failed systemically (see :meth:`_request`).
         """
         import openai
 
@@ -356,13 +474,14 @@ class LLMCoachProposer:
         errors: list[str] = []
         for _ in range(1 + self.config.max_retries):
             try:
-                content = self._complete(messages)
+                content = self._request(messages)
             except openai.APIError as exc:
                 errors.append(f"request failed: {type(exc).__name__}: {self._redact(str(exc))}")
                 continue
             try:
-                return self.candidate_from(parse_reply(content), observation)
+                candidate = self.candidate_from(parse_reply(content), observation)
             except InvalidCoachReply as exc:
+                self._count(exc.verdict)
                 errors.append(str(exc))
                 messages = [
                     *messages,
@@ -374,6 +493,9 @@ class LLMCoachProposer:
                         + "\nFix it and answer again with the JSON object only.",
                     },
                 ]
+                continue
+            self._count("no_change" if candidate.kind == "no_change" else "valid")
+            return candidate
         raise CoachOutputError(
             f"The coach model {self.config.model!r} gave no usable reply in {len(errors)} "
             "attempts: " + " | ".join(f"{i}. {e}" for i, e in enumerate(errors, start=1))
@@ -409,19 +531,62 @@ class LLMCoachProposer:
             }
         )
 
+    def _count(self, verdict: ReplyVerdict) -> None:
+        self.verdicts[verdict] = self.verdicts.get(verdict, 0) + 1
+
+    def report(self) -> dict[str, Any]:
+        """Return what the coach did: negotiated mode, refusals, requests, reply verdicts.
+
+        ``valid_share`` is the share of replies (HTTP successes) that validated, a
+        ``no_change`` answer included; ``None`` before the first reply.
+        """
+        replies = sum(self.verdicts.values())
+        usable = self.verdicts.get("valid", 0) + self.verdicts.get("no_change", 0)
+        return {
+            "format": self.format,
+            "refused_formats": [r["mode"] for r in self.refusals],
+            "requests": self.requests,
+            "request_failures": self.request_failures,
+            "replies": replies,
+            "valid_share": round(usable / replies, 4) if replies else None,
+            "verdicts": dict(sorted(self.verdicts.items())),
+        }
+
     def state_dict(self) -> dict[str, Any]:
-        """Return the change log, the structured-output mode and the request count."""
+        """Return the change log, the negotiated format with its refusals, and the counters."""
         return {
             "change_log": [dict(e) for e in self.change_log],
             "format": self.format,
+            "refusals": [dict(r) for r in self.refusals],
             "requests": self.requests,
+            "request_failures": self.request_failures,
+            "consecutive_failures": self.consecutive_failures,
+            "verdicts": dict(self.verdicts),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`state_dict` saved."""
         self.change_log = [dict(e) for e in state.get("change_log", [])]
         self.format = state.get("format")
+        self.refusals = [dict(r) for r in state.get("refusals", [])]
         self.requests = int(state.get("requests", 0))
+        self.request_failures = int(state.get("request_failures", 0))
+        self.consecutive_failures = int(state.get("consecutive_failures", 0))
+        self.verdicts = {str(k): int(v) for k, v in dict(state.get("verdicts", {})).items()}
+
+
+def _refuses_format(exc: Any) -> bool:
+    """Whether an HTTP error says the server does not take the requested ``response_format``."""
+    status = int(getattr(exc, "status_code", 0) or 0)
+    body = getattr(exc, "body", None)
+    text = f"{getattr(exc, 'message', '')} {json.dumps(body, default=str) if body else ''}"
+    return status >= 400 and "response_format" in text
+
+
+def _retryable(exc: Any) -> bool:
+    """Whether a failed request may succeed later (connection, timeout, 408/409/429, 5xx)."""
+    status = getattr(exc, "status_code", None)
+    return status is None or int(status) in _RETRYABLE_STATUS or int(status) >= 500
 
 
 def _json_view(observation: Observation, info: Mapping[str, Any]) -> dict[str, Any]:
@@ -447,7 +612,8 @@ class LLMCoachPolicy(BasePolicy):
     """The LLM coach as a policy: one coach request per trial, several trials keep the best.
 
     Args:
-        seed: the policy seed (the coach itself is as deterministic as its model).
+        seed: the policy seed, also sent as the coach requests' sampling seed (unless
+            ``options`` has one).
         model: the coach model name.
         base_url: an OpenAI-compatible server (default: OpenAI).
         api_key_env: the environment variable holding the key (read when the client is made).
@@ -477,7 +643,7 @@ class LLMCoachPolicy(BasePolicy):
         if trials < 1:
             raise ValueError(f"Expects trials >= 1, got {trials}.")
         self.proposer = LLMCoachProposer(
-            {"model": model, **options},
+            {"model": model, "seed": seed, **options},
             backend=backend,
             client=client,
             embedder=embedder,
@@ -496,6 +662,10 @@ class LLMCoachPolicy(BasePolicy):
     def failure_count(self) -> int:
         """How many decisions fell back to a no-op because the coach model misbehaved."""
         return len(self.coach_failures)
+
+    def report(self) -> dict[str, Any]:
+        """Return the proposer's :meth:`~LLMCoachProposer.report` and the fallen-back decisions."""
+        return {**self.proposer.report(), "no_op_decisions": self.failure_count}
 
     def reset(self, observation: Observation, info: dict[str, Any]) -> None:
         """Start a new episode from the env's current version."""

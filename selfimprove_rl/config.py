@@ -188,6 +188,14 @@ class ExperimentConfig(BaseModel):
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
     phoenix: PhoenixRunConfig = Field(default_factory=PhoenixRunConfig)
 
+    @model_validator(mode="after")
+    def _local_model_is_the_target(self) -> ExperimentConfig:
+        # The local server answers to its alias; a logged model name would mislabel results.
+        if self.backend.kind == "local_llm" and self.target.model is None:
+            target = self.target.model_copy(update={"model": self.backend.local_options.alias})
+            object.__setattr__(self, "target", target)
+        return self
+
     def with_overrides(self, **updates: Any) -> ExperimentConfig:
         """Return a validated copy with top-level or dotted (``policy.name``) fields replaced."""
         data = self.model_dump(mode="json")
