@@ -140,6 +140,7 @@ class LlamaServer:
         self.stop_grace = stop_grace
         self.model_path: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
+        self._command: list[str] = []
         self._log_dir: Path | None = None
         self._log_handle: IO[bytes] | None = None
 
@@ -209,7 +210,7 @@ class LlamaServer:
         """
         if self._process is not None:
             raise LocalModelError("This LlamaServer was already started; create a new one.")
-        command = self.command()
+        command = self._command = self.command()
         self._log_dir = Path(tempfile.mkdtemp(prefix="selfimprove-llm-"))
         assert self.log_path is not None
         self._log_handle = open(self.log_path, "wb")  # closed in stop()
@@ -236,7 +237,7 @@ class LlamaServer:
                 hint = ""
                 if "No module named 'llama_cpp" in tail:
                     hint = (
-                        f" {process.args[0]} has no llama-cpp-python[server]: run `make llm`, "
+                        f" {self._command[0]} has no llama-cpp-python[server]: run `make llm`, "
                         f"or point ${LLM_PYTHON_ENV} at an interpreter that has it."
                     )
                 raise LocalModelError(
