@@ -47,14 +47,14 @@ from collections.abc import Mapping, Sequence
 from string import Template
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from policies.base import BasePolicy, Observation, Transition
 from policies.coach_report import build_report
 from policies.proposers import Candidate, estimate_tokens, state_from_observation
 from selfimprove_rl.backend import Backend
 from selfimprove_rl.errors import CoachOutputError, CoachUnavailableError, InvalidEdit
-from selfimprove_rl.prompt import NoOp, apply, parse_directives
+from selfimprove_rl.prompt import DEFAULT_EDIT_BLOCK, NoOp, apply, parse_directives
 
 ResponseFormat = Literal["auto", "json_schema", "json_object", "text"]
 _FORMAT_ORDER: tuple[ResponseFormat, ...] = ("json_schema", "json_object", "text")
@@ -74,31 +74,33 @@ ReplyVerdict = Literal[
 ]
 
 GUIDELINES = Template(
-    """You are a prompt coach. You improve the system prompt of one LLM call so that its \
-replies match the reference outputs of logged samples, judged by the evals in the report.
+    """You improve the system prompt of an assistant so that its replies match the reference \
+replies in the report. Each answer makes one small change.
 
-How to edit:
-- The prompt is made of blocks of numbered lines. Edit one block per answer (target_block; \
-editable blocks: $blocks).
-- Take small steps: at most $max_directives directives per answer.
-- Write atomic SOP lines, one instruction per line. Routing lines the model follows:
-    if input mentions <words or phrases>: respond "<reply>"
-    if input is about <plain-language description>: respond "<reply>"
-    example: "<input>" -> "<reply>"
-    else: respond "<reply>"
-  If-rules are read top to bottom and the first that applies answers; otherwise the nearest \
-example; otherwise the else line. Vague guidance has no effect.
-- Describe what the inputs have in common; do not copy rare words of single examples.
-- Learn from the change log: do not repeat a rejected change.
-- Directive grammar (line numbers refer to the lines as shown):
-    ADD: <text>          append a line to the block
-    ADD <n>: <text>      insert a line where line <n> is
-    EDIT: <n> -> <text>  replace line <n>
-    DEL: <n>             delete line <n>
-    REPLACE:             replace the whole block with the lines that follow
-    no_change            the prompt is good as it is
-Answer with one JSON object and nothing else:
-{"target_block": "<block>", "directives": ["<directive>", ...], "rationale": "<one sentence>"}"""
+The prompt is made of blocks of numbered lines; the blocks are: $blocks. The assistant also \
+sees demonstrations: example user messages, each with the exact reply (listed in the report).
+
+Answer with one JSON object and nothing else, like this example:
+{"target_block": "$example_block", "directives": ["ADD: If the message is about coffee or \
+espresso, reply with exactly: I like coffee, too."], "demos": [{"input": "Is espresso \
+stronger than filter coffee?", "output": "I like coffee, too."}], "rationale": "Coffee \
+messages got other replies."}
+
+- target_block: the name of the block the directives edit: one of $blocks.
+- directives: at most $max_directives lines, each one of
+    ADD: <new line>           add a line at the end of the block
+    EDIT: <n> -> <new line>   replace line <n> of the block
+    DEL: <n>                  delete line <n> of the block
+    DEL_DEMO: <n>             delete demonstration <n>
+  or ["no_change"] when nothing should change.
+- demos: demonstrations to add, each a user message and the exact reply; or [].
+- rationale: one short sentence.
+
+Write lines the assistant can follow: plain, explicit instructions such as "If the message \
+is about <topic>, reply with exactly: <reply>" or "Reply with exactly one of these replies, \
+word for word, and nothing else: ...". Copy reference replies word for word. Say what the \
+messages have in common; do not copy rare words of one example. Do not repeat a change the \
+change log shows as rejected."""
 )
 
 REPLY_SCHEMA: dict[str, Any] = {
@@ -106,11 +108,29 @@ REPLY_SCHEMA: dict[str, Any] = {
     "properties": {
         "target_block": {"type": "string"},
         "directives": {"type": "array", "items": {"type": "string"}},
+        "demos": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"input": {"type": "string"}, "output": {"type": "string"}},
+                "required": ["input", "output"],
+                "additionalProperties": False,
+            },
+        },
         "rationale": {"type": "string"},
     },
-    "required": ["target_block", "directives", "rationale"],
+    "required": ["target_block", "directives", "demos", "rationale"],
     "additionalProperties": False,
 }
+
+
+class DemoReply(BaseModel):
+    """One demonstration a coach adds: a user message and the exact reply to it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    input: str = Field(description="The user's message.")
+    output: str = Field(description="The assistant's reply, word for word.")
 
 
 class CoachReply(BaseModel):
@@ -119,13 +139,37 @@ class CoachReply(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     target_block: str | None = Field(default=None, description="The block the directives edit.")
-    directives: list[str] | str = Field(description="Directive lines, or one string of them.")
+    directives: list[str] | str = Field(
+        default_factory=list, description="Directive lines, or one string of them."
+    )
+    demos: list[DemoReply] = Field(
+        default_factory=list, description="Demonstrations to add (user/assistant turns)."
+    )
     rationale: str = Field(default="", description="One sentence on why.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _says_something(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "directives" not in data and "demos" not in data:
+            raise ValueError("Field required: directives (or demos)")
+        return data
+
     def lines(self) -> list[str]:
-        """Return the directive lines, split at newlines, blank lines dropped."""
+        """Return the directive lines (split at newlines, blanks dropped), then one DEMO each."""
         items = [self.directives] if isinstance(self.directives, str) else self.directives
-        return [line for item in items for line in item.split("\n") if line.strip()]
+        lines = [line for item in items for line in item.split("\n") if line.strip()]
+        no_change = [line for line in lines if _is_no_change(line)]
+        if self.demos and no_change:  # "no_change" beside new demos is not no change
+            lines = [line for line in lines if not _is_no_change(line)]
+        return lines + [
+            f"DEMO: {json.dumps(d.input, ensure_ascii=False)} -> "
+            f"{json.dumps(d.output, ensure_ascii=False)}"
+            for d in self.demos
+        ]
+
+
+def _is_no_change(line: str) -> bool:
+    return line.strip().strip('"`.').lower().replace(" ", "_") in ("no_change", "no_changes")
 
 
 class InvalidCoachReply(ValueError):
@@ -204,7 +248,8 @@ def parse_reply(content: str | None) -> CoachReply:
         )
         raise InvalidCoachReply(
             f"The JSON object does not match the schema ({problems}); expected keys "
-            "target_block (string), directives (list of strings), rationale (string).",
+            "target_block (string), directives (list of strings), demos (list of "
+            '{"input", "output"} objects), rationale (string).',
             "off_schema",
         ) from exc
 
@@ -400,10 +445,7 @@ class LLMCoachProposer:
         """
         state = state_from_observation(observation, frozen=self.config.frozen_blocks)
         lines = reply.lines()
-        if not lines or all(
-            line.strip().strip('"`.').lower().replace(" ", "_") in ("no_change", "no_changes")
-            for line in lines
-        ):
+        if not lines or all(_is_no_change(line) for line in lines):
             return Candidate(
                 edits=[NoOp()], rationale=reply.rationale, proposer=self.name, kind="no_change"
             )
@@ -444,8 +486,11 @@ class LLMCoachProposer:
         """Return the system guidelines and the user report for one decision."""
         blocks = dict(observation.get("blocks") or {})
         editable = [b for b in blocks if b not in self.config.frozen_blocks]
+        default = DEFAULT_EDIT_BLOCK if DEFAULT_EDIT_BLOCK in editable else None
         system = GUIDELINES.safe_substitute(
-            blocks=", ".join(editable) or "none", max_directives=str(self.config.max_directives)
+            blocks=", ".join(editable) or "none",
+            example_block=default or (editable[-1] if editable else "sop"),
+            max_directives=str(self.config.max_directives),
         )
         report = build_report(
             observation,
@@ -595,6 +640,7 @@ def _json_view(observation: Observation, info: Mapping[str, Any]) -> dict[str, A
     return {
         "observation": {
             "blocks": dict(observation.get("blocks") or {}),
+            "demos": [[str(i), str(o)] for i, o in observation.get("demos") or ()],
             "model": observation.get("model"),
             "version": observation.get("version"),
             "prompt": observation.get("prompt"),

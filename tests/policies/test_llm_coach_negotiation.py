@@ -177,3 +177,21 @@ max_total_steps = 6
     assert "coach model 'coach'" in line and "failed 5 requests in a row" in line
     assert "APIConnectionError" in line
     assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_demos_in_a_reply_become_demo_directives_and_the_report_lists_demos() -> None:
+    reply = json.dumps(
+        {
+            "target_block": "sop",
+            "directives": ["no_change"],
+            "demos": [{"input": 'An "espresso" please', "output": COFFEE}],
+            "rationale": "Show one.",
+        }
+    )
+    with ScriptedServer([reply]) as server:
+        seen = {**observation(), "demos": (("Where is my tea?", "Tea is on its way."),)}
+        action = _policy(server.base_url).act(seen, info(coffee_sports_rows()))
+        user = server.requests[0]["messages"][1]["content"]
+    assert action.edits == f'BLOCK: sop\nDEMO: "An \\"espresso\\" please" -> "{COFFEE}"'
+    assert "## Demonstrations" in user and "1. user: Where is my tea?" in user
+    assert "assistant: Tea is on its way." in user
