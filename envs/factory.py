@@ -22,6 +22,7 @@ from selfimprove_rl.evals import Evaluator
 from selfimprove_rl.evals.factory import build_evaluators
 from selfimprove_rl.mimic import load_dataset, load_mimic_jsonl
 from selfimprove_rl.registry import Registry
+from selfimprove_rl.replay import ReplayConfig
 
 
 def load_checkpoint_source(data: str | Path | Checkpoint, *, model: str) -> Checkpoint:
@@ -136,12 +137,14 @@ def _make(
             judge_llm_kwargs=resolved_backend.phoenix_llm_kwargs(),
             target_model=target_model,
         )
+    replay_defaults = resolved_backend.replay_defaults()
     return env_class(
         checkpoint,
         resolved_backend.async_client(),
         evaluators,
         env_config,
         model=target_model,
+        replay_config=ReplayConfig(**replay_defaults) if replay_defaults else None,
         registry=registry,
         render_mode=render_mode,
     )

@@ -110,6 +110,17 @@ class Backend(BaseModel):
         """The local model server's options (defaults when ``local`` is not set)."""
         return self.local or LocalLLMOptions()
 
+    def replay_defaults(self) -> dict[str, Any]:
+        """``[replay]`` settings this backend needs when a config gives none.
+
+        The local model's server answers one request at a time on a few cores: requests are
+        sent one by one and may take as long as the backend's timeout (the replay's default
+        30 s would cut queued requests off). Other backends need nothing special.
+        """
+        if self.kind != "local_llm":
+            return {}
+        return {"concurrency": 1, "timeout_s": self.timeout_s}
+
     def describe(self) -> str:
         """A short name of the backend for reports (never the key)."""
         if self.kind == "local_llm":

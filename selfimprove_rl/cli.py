@@ -7,9 +7,12 @@ Each subcommand is a pair of functions: ``_add_<name>(subparsers)`` declares its
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import Any
 
 Runner = Callable[[argparse.Namespace], int]
 
@@ -449,11 +452,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     runner: Runner = args.run
+    previous = _exit_on_sigterm()
     try:
         return runner(args)
     except SelfImproveError as exc:
         print(f"selfimprove-rl {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm() -> Any:
+    """Turn SIGTERM into SystemExit so ``with`` blocks stop the servers this run started.
+
+    Phoenix and the local model run in their own sessions (Ctrl-C in a terminal must not kill
+    them before an orderly stop); without this a plain ``kill`` of the command would leave
+    them running. Returns the previous handler (``None`` off the main thread).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def _exit(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, _exit)
 
 
 if __name__ == "__main__":

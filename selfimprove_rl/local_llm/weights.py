@@ -326,6 +326,25 @@ def verify_model(
     return target
 
 
+def check_gguf(path: str | os.PathLike[str]) -> Path:
+    """Check that ``path`` is a file that starts with the GGUF magic (any GGUF model).
+
+    Raises:
+        ModelIntegrityError: the file is missing or is not GGUF.
+    """
+    target = Path(path)
+    if not target.is_file():
+        raise ModelIntegrityError(f"Expected a model file at {target}, found none.")
+    with open(target, "rb") as handle:
+        head = handle.read(len(GGUF_MAGIC))
+    if head != GGUF_MAGIC:
+        raise ModelIntegrityError(
+            f"Expected a GGUF file (magic {GGUF_MAGIC!r}) at {target}, got magic {head!r}; "
+            "llama.cpp serves GGUF models only."
+        )
+    return target
+
+
 def _check(head: bytes, size: int, sha256: str | None, spec: WeightsSpec, *, what: str) -> None:
     fix = (
         "Delete it and run `make llm` (or `selfimprove-rl setup-llm`) again; if it persists, "
