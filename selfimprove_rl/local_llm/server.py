@@ -22,24 +22,22 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import shutil
 import signal
-import subprocess
-import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from selfimprove_rl.errors import LocalModelError
 from selfimprove_rl.local_llm.weights import QWEN_CODER_05B, check_gguf, find_model, verify_model
+
+if TYPE_CHECKING:
+    import subprocess
 
 LLM_PYTHON_ENV = "SELFIMPROVE_LLM_PYTHON"
 LLM_VENV = ".venv-llm"
@@ -210,6 +208,9 @@ class LlamaServer:
                 or it did not answer within ``startup_timeout_s``; the message includes the
                 tail of its log.
         """
+        import subprocess
+        import tempfile
+
         if self._process is not None:
             raise LocalModelError("This LlamaServer was already started; create a new one.")
         command = self._command = self.command()
@@ -257,6 +258,9 @@ class LlamaServer:
 
     def models(self) -> list[str] | None:
         """Return the model ids ``/v1/models`` lists, or ``None`` when it does not answer."""
+        import urllib.error
+        import urllib.request
+
         try:
             with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as response:
                 if response.status != 200:
@@ -276,6 +280,9 @@ class LlamaServer:
 
     def stop(self) -> None:
         """Stop the server: SIGTERM, then SIGKILL after ``stop_grace`` seconds. Idempotent."""
+        import shutil
+        import subprocess
+
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGTERM)

