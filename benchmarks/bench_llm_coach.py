@@ -59,7 +59,7 @@ def ask_many(
         seconds = []
         outcomes = []
         for seed in range(asks):
-            coach.config = coach.config.model_copy(update={"seed": seed})
+            coach.chat.seed = seed
             started = time.perf_counter()
             candidates = coach.propose(view["observation"], view["info"], k=1)
             seconds.append(time.perf_counter() - started)

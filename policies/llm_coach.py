@@ -2,31 +2,26 @@
 
 Each decision, the coach model reads guidelines (system message) and an evaluator report
 (:func:`policies.coach_report.build_report`: scores, clustered worst examples, the change log,
-the numbered prompt blocks) and answers one JSON object::
+the numbered prompt blocks, the demonstrations) and answers one JSON object
+(:mod:`policies.coach_reply`)::
 
-    {"target_block": "sop", "directives": ["ADD: ...", "EDIT: 2 -> ..."], "rationale": "..."}
+    {"target_block": "sop", "directives": ["ADD: ...", "EDIT: 2 -> ..."],
+     "demos": [{"input": "...", "output": "..."}], "rationale": "..."}
 
-validated by pydantic (:class:`CoachReply`; ``directives`` may also be one string, and
-``["no_change"]`` or ``[]`` means no change). The reply is checked locally before the env
-sees it: the directives must parse (:func:`selfimprove_rl.prompt.parse_directives`) and apply
-to the current prompt (:func:`selfimprove_rl.prompt.apply`). An invalid reply — empty,
-malformed JSON, off-schema, or directives that do not parse or apply — is answered with the
-error and asked again, up to ``max_retries`` times; then :class:`CoachOutputError` is raised
-by :meth:`LLMCoachProposer.ask`. The policy does not crash a run on that: ``act`` falls back
-to a no-op and records the failure in ``coach_failures``. Every reply is counted by verdict
-(valid, empty, not_json, off_schema, bad_directives, ...; :meth:`LLMCoachProposer.report`).
+The reply is checked locally before the env sees it: the directives must parse
+(:func:`selfimprove_rl.prompt.parse_directives`) and apply to the current prompt
+(:func:`selfimprove_rl.prompt.apply`). An invalid reply — empty, malformed JSON, off-schema,
+or directives that do not parse or apply — is answered with the error and asked again, up to
+``max_retries`` times; then :class:`CoachOutputError` is raised by
+:meth:`LLMCoachProposer.ask`. The policy does not crash a run on that: ``act`` falls back to
+a no-op and records the failure in ``coach_failures``. Every reply is counted by verdict
+(:meth:`LLMCoachProposer.report`: valid share, verdicts, negotiated mode).
 
-A coach that cannot be reached is different: ``max_consecutive_failures`` request failures
-in a row (connection refused, timeouts, HTTP errors) raise :class:`CoachUnavailableError`,
-which ends the run with a one-line message and a nonzero exit instead of a run of silent
-no-ops. Retryable failures (connection, timeout, 429, 5xx) wait ``backoff_s``, doubling.
-
-Structured output is negotiated once and remembered (also across ``--resume``):
-``response_format="auto"`` asks for ``json_schema`` first, then ``json_object``, then plain
-text. A server refuses a mode with any 4xx/5xx whose body names ``response_format`` (OpenAI
-and vLLM answer 400; llama.cpp's server answers json_schema with HTTP 500 and a validation
-error naming ``response_format``); other errors are failures, not refusals. Plain-text
-replies go through a JSON extractor (fenced blocks, JSON inside prose).
+Requests go through :class:`policies.coach_client.CoachClient`: structured output is
+negotiated once per run (json_schema → json_object → text; a 4xx/5xx naming
+``response_format`` means unsupported, as llama.cpp's 500 does) and kept in the policy state;
+``max_consecutive_failures`` failed requests in a row raise :class:`CoachUnavailableError`,
+which ends the run with a one-line message and a nonzero exit instead of silent no-ops.
 
 Trials: with ``trials=N`` the coach proposes N candidates against one base version and tries
 them on consecutive steps (``EnvAction(base_version=...)``); the next round starts from the
@@ -39,40 +34,43 @@ backend when the client is made, and never stored, logged or saved.
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import time
 from collections.abc import Mapping, Sequence
 from string import Template
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from policies.base import BasePolicy, Observation, Transition
+from policies.coach_client import CoachClient, ResponseFormat
+from policies.coach_reply import (
+    REPLY_SCHEMA,
+    CoachReply,
+    DemoReply,
+    InvalidCoachReply,
+    ReplyVerdict,
+    extract_json,
+    is_no_change,
+    parse_reply,
+)
 from policies.coach_report import build_report
 from policies.proposers import Candidate, estimate_tokens, state_from_observation
 from selfimprove_rl.backend import Backend
-from selfimprove_rl.errors import CoachOutputError, CoachUnavailableError, InvalidEdit
+from selfimprove_rl.errors import CoachOutputError, InvalidEdit
 from selfimprove_rl.prompt import DEFAULT_EDIT_BLOCK, NoOp, apply, parse_directives
 
-ResponseFormat = Literal["auto", "json_schema", "json_object", "text"]
-_FORMAT_ORDER: tuple[ResponseFormat, ...] = ("json_schema", "json_object", "text")
-_KEY_PATTERN = re.compile(r"\b(?:sk|key)-[A-Za-z0-9*_\-]{6,}")
-_FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
-_RETRYABLE_STATUS = frozenset({408, 409, 429})
-_MAX_BACKOFF_S = 8.0
-ReplyVerdict = Literal[
-    "valid",
-    "no_change",
-    "empty",
-    "not_json",
-    "off_schema",
-    "unknown_block",
-    "too_many_directives",
-    "bad_directives",
+__all__ = [
+    "GUIDELINES",
+    "REPLY_SCHEMA",
+    "CoachReply",
+    "DemoReply",
+    "InvalidCoachReply",
+    "LLMCoachConfig",
+    "LLMCoachPolicy",
+    "LLMCoachProposer",
+    "extract_json",
+    "parse_reply",
+    "trial_hint",
 ]
-
 GUIDELINES = Template(
     """You improve the system prompt of an assistant so that its replies match the reference \
 replies in the report. Each answer makes one small change.
@@ -102,156 +100,6 @@ word for word, and nothing else: ...". Copy reference replies word for word. Say
 messages have in common; do not copy rare words of one example. Do not repeat a change the \
 change log shows as rejected."""
 )
-
-REPLY_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "target_block": {"type": "string"},
-        "directives": {"type": "array", "items": {"type": "string"}},
-        "demos": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {"input": {"type": "string"}, "output": {"type": "string"}},
-                "required": ["input", "output"],
-                "additionalProperties": False,
-            },
-        },
-        "rationale": {"type": "string"},
-    },
-    "required": ["target_block", "directives", "demos", "rationale"],
-    "additionalProperties": False,
-}
-
-
-class DemoReply(BaseModel):
-    """One demonstration a coach adds: a user message and the exact reply to it."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    input: str = Field(description="The user's message.")
-    output: str = Field(description="The assistant's reply, word for word.")
-
-
-class CoachReply(BaseModel):
-    """The JSON a coach model must answer."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    target_block: str | None = Field(default=None, description="The block the directives edit.")
-    directives: list[str] | str = Field(
-        default_factory=list, description="Directive lines, or one string of them."
-    )
-    demos: list[DemoReply] = Field(
-        default_factory=list, description="Demonstrations to add (user/assistant turns)."
-    )
-    rationale: str = Field(default="", description="One sentence on why.")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _says_something(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "directives" not in data and "demos" not in data:
-            raise ValueError("Field required: directives (or demos)")
-        return data
-
-    def lines(self) -> list[str]:
-        """Return the directive lines (split at newlines, blanks dropped), then one DEMO each."""
-        items = [self.directives] if isinstance(self.directives, str) else self.directives
-        lines = [line for item in items for line in item.split("\n") if line.strip()]
-        no_change = [line for line in lines if _is_no_change(line)]
-        if self.demos and no_change:  # "no_change" beside new demos is not no change
-            lines = [line for line in lines if not _is_no_change(line)]
-        return lines + [
-            f"DEMO: {json.dumps(d.input, ensure_ascii=False)} -> "
-            f"{json.dumps(d.output, ensure_ascii=False)}"
-            for d in self.demos
-        ]
-
-
-def _is_no_change(line: str) -> bool:
-    return line.strip().strip('"`.').lower().replace(" ", "_") in ("no_change", "no_changes")
-
-
-class InvalidCoachReply(ValueError):
-    """One coach reply cannot be used; the message is fed back to the model.
-
-    Attributes:
-        verdict: why, as a counter key (see ``ReplyVerdict``).
-    """
-
-    def __init__(self, message: str, verdict: ReplyVerdict = "bad_directives") -> None:
-        super().__init__(message)
-        self.verdict: ReplyVerdict = verdict
-
-
-def extract_json(content: str | None) -> Any:
-    r"""Return the JSON value in a reply: bare, fenced as a ```json block, or inside prose.
-
-    Raises:
-        InvalidCoachReply: the reply is empty or holds no valid JSON.
-
-    Example:
-        >>> extract_json('Sure!\n```json\n{"directives": []}\n```')
-        {'directives': []}
-    """
-    if content is None or not content.strip():
-        raise InvalidCoachReply("The reply was empty.", "empty")
-    text = content.strip()
-    fenced = _FENCE.search(text)
-    if fenced:
-        text = fenced.group(1).strip()
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        embedded = _first_embedded_object(text)
-        if embedded is not None:
-            return embedded
-        raise InvalidCoachReply(
-            f"The reply is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}).",
-            "not_json",
-        ) from exc
-
-
-def _first_embedded_object(text: str) -> dict[str, Any] | None:
-    """Return the first JSON object inside prose (one with ``directives`` preferred)."""
-    decoder = json.JSONDecoder()
-    first: dict[str, Any] | None = None
-    for start in (i for i, char in enumerate(text) if char == "{"):
-        try:
-            value, _ = decoder.raw_decode(text, start)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(value, dict):
-            if "directives" in value:
-                return value
-            first = first if first is not None else value
-    return first
-
-
-def parse_reply(content: str | None) -> CoachReply:
-    """Parse and validate a coach reply.
-
-    Raises:
-        InvalidCoachReply: empty, malformed JSON, or off-schema.
-    """
-    value = extract_json(content)
-    if not isinstance(value, dict):
-        raise InvalidCoachReply(
-            f"Expected a JSON object, got a JSON {type(value).__name__}.", "off_schema"
-        )
-    try:
-        return CoachReply.model_validate(value)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc']) or 'reply'}: {error['msg']}"
-            for error in exc.errors()[:5]
-        )
-        raise InvalidCoachReply(
-            f"The JSON object does not match the schema ({problems}); expected keys "
-            "target_block (string), directives (list of strings), demos (list of "
-            '{"input", "output"} objects), rationale (string).',
-            "off_schema",
-        ) from exc
 
 
 class LLMCoachConfig(BaseModel):
@@ -322,118 +170,20 @@ class LLMCoachProposer:
         self.backend = (
             backend if isinstance(backend, Backend) else Backend.model_validate(dict(backend))
         )
-        self._client = client
         self.embedder = embedder
-        self.format: ResponseFormat | None = (
-            None if self.config.response_format == "auto" else self.config.response_format
+        self.chat = CoachClient(
+            self.config.model,
+            self.backend,
+            client=client,
+            temperature=self.config.temperature,
+            max_tokens=self.config.max_tokens,
+            seed=self.config.seed,
+            response_format=self.config.response_format,
+            max_consecutive_failures=self.config.max_consecutive_failures,
+            backoff_s=self.config.backoff_s,
         )
         self.change_log: list[dict[str, Any]] = []
-        self.requests = 0
-        self.refusals: list[dict[str, Any]] = []
-        self.request_failures = 0
-        self.consecutive_failures = 0
         self.verdicts: dict[str, int] = {}
-
-    # ------------------------------------------------------------------ model calls
-    @property
-    def client(self) -> Any:
-        """The OpenAI client (made on first use; the key is read from the environment then).
-
-        A ``local_llm`` backend without ``base_url`` reaches the local model server this
-        process runs (a run starts it; see :meth:`Backend.serving`).
-        """
-        if self._client is None:
-            self._client = self.backend.resolved().sync_client()
-        return self._client
-
-    def _format_kwargs(self, mode: ResponseFormat) -> dict[str, Any]:
-        if mode == "json_schema":
-            return {
-                "response_format": {
-                    "type": "json_schema",
-                    "json_schema": {"name": "coach_edit", "schema": REPLY_SCHEMA, "strict": True},
-                }
-            }
-        if mode == "json_object":
-            return {"response_format": {"type": "json_object"}}
-        return {}
-
-    def _next_mode(self) -> ResponseFormat:
-        """The negotiated mode, or the first one the server has not refused yet."""
-        if self.format is not None:
-            return self.format
-        refused = {r["mode"] for r in self.refusals}
-        return next(m for m in _FORMAT_ORDER if m not in refused)
-
-    def _complete(self, messages: list[dict[str, str]]) -> str | None:
-        """Send one chat request, stepping down the structured-output modes on refusals.
-
-        Raises:
-            openai.APIError: the request failed for a reason other than a refused mode.
-        """
-        import openai
-
-        while True:
-            mode = self._next_mode()
-            kwargs: dict[str, Any] = {
-                "model": self.config.model,
-                "messages": messages,
-                "temperature": self.config.temperature,
-                **self._format_kwargs(mode),
-            }
-            if self.config.max_tokens is not None:
-                kwargs["max_tokens"] = self.config.max_tokens
-            if self.config.seed is not None:
-                kwargs["seed"] = self.config.seed
-            self.requests += 1
-            try:
-                response = self.client.chat.completions.create(**kwargs)
-            except openai.APIStatusError as exc:
-                if self.format is None and mode != "text" and _refuses_format(exc):
-                    self.refusals.append(
-                        {"mode": mode, "status": exc.status_code, "error": self._redact(str(exc))}
-                    )
-                    continue
-                raise
-            self.format = mode
-            choices = getattr(response, "choices", None) or []
-            return choices[0].message.content if choices else None
-
-    def _request(self, messages: list[dict[str, str]]) -> str | None:
-        """:meth:`_complete` with failure counting, backoff and the systemic-failure stop.
-
-        Raises:
-            openai.APIError: one failed request (counted; the caller may retry).
-            CoachUnavailableError: ``max_consecutive_failures`` failures in a row.
-        """
-        import openai
-
-        try:
-            content = self._complete(messages)
-        except openai.APIError as exc:
-            self.request_failures += 1
-            self.consecutive_failures += 1
-            if self.consecutive_failures >= self.config.max_consecutive_failures:
-                raise CoachUnavailableError(
-                    f"The coach model {self.config.model!r} on {self.backend.describe()} failed "
-                    f"{self.consecutive_failures} requests in a row (last: {type(exc).__name__}: "
-                    f"{' '.join(self._redact(str(exc)).split())}). Check that the server is up "
-                    "and reachable at its base_url, the model name and the API key; "
-                    "max_consecutive_failures sets how many failures stop the run."
-                ) from exc
-            if _retryable(exc) and self.config.backoff_s > 0:
-                exponent = self.consecutive_failures - 1
-                time.sleep(min(_MAX_BACKOFF_S, self.config.backoff_s * 2**exponent))
-            raise
-        self.consecutive_failures = 0
-        return content
-
-    def _redact(self, text: str) -> str:
-        """Cut an error message to 200 characters with any API key (even masked) removed."""
-        secret = os.environ.get(self.backend.api_key_env)
-        if secret:
-            text = text.replace(secret, "[redacted]")
-        return _KEY_PATTERN.sub("[redacted]", text)[:200]
 
     # ------------------------------------------------------------------ validation
     def candidate_from(self, reply: CoachReply, observation: Observation) -> Candidate:
@@ -445,7 +195,7 @@ class LLMCoachProposer:
         """
         state = state_from_observation(observation, frozen=self.config.frozen_blocks)
         lines = reply.lines()
-        if not lines or all(_is_no_change(line) for line in lines):
+        if not lines or all(is_no_change(line) for line in lines):
             return Candidate(
                 edits=[NoOp()], rationale=reply.rationale, proposer=self.name, kind="no_change"
             )
@@ -511,7 +261,8 @@ class LLMCoachProposer:
         Raises:
             CoachOutputError: no valid reply after ``1 + max_retries`` attempts; the message
                 lists each attempt's error.
-            CoachUnavailableError: the coach failed systemically (see :meth:`_request`).
+            CoachUnavailableError: the coach failed systemically (see
+                :meth:`CoachClient.complete <policies.coach_client.CoachClient.complete>`).
         """
         import openai
 
@@ -519,9 +270,9 @@ class LLMCoachProposer:
         errors: list[str] = []
         for _ in range(1 + self.config.max_retries):
             try:
-                content = self._request(messages)
+                content = self.chat.complete(messages)
             except openai.APIError as exc:
-                errors.append(f"request failed: {type(exc).__name__}: {self._redact(str(exc))}")
+                errors.append(f"request failed: {type(exc).__name__}: {self.chat.redact(str(exc))}")
                 continue
             try:
                 candidate = self.candidate_from(parse_reply(content), observation)
@@ -588,10 +339,7 @@ class LLMCoachProposer:
         replies = sum(self.verdicts.values())
         usable = self.verdicts.get("valid", 0) + self.verdicts.get("no_change", 0)
         return {
-            "format": self.format,
-            "refused_formats": [r["mode"] for r in self.refusals],
-            "requests": self.requests,
-            "request_failures": self.request_failures,
+            **self.chat.report(),
             "replies": replies,
             "valid_share": round(usable / replies, 4) if replies else None,
             "verdicts": dict(sorted(self.verdicts.items())),
@@ -601,37 +349,15 @@ class LLMCoachProposer:
         """Return the change log, the negotiated format with its refusals, and the counters."""
         return {
             "change_log": [dict(e) for e in self.change_log],
-            "format": self.format,
-            "refusals": [dict(r) for r in self.refusals],
-            "requests": self.requests,
-            "request_failures": self.request_failures,
-            "consecutive_failures": self.consecutive_failures,
+            **self.chat.state_dict(),
             "verdicts": dict(self.verdicts),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`state_dict` saved."""
         self.change_log = [dict(e) for e in state.get("change_log", [])]
-        self.format = state.get("format")
-        self.refusals = [dict(r) for r in state.get("refusals", [])]
-        self.requests = int(state.get("requests", 0))
-        self.request_failures = int(state.get("request_failures", 0))
-        self.consecutive_failures = int(state.get("consecutive_failures", 0))
+        self.chat.load_state_dict(dict(state))
         self.verdicts = {str(k): int(v) for k, v in dict(state.get("verdicts", {})).items()}
-
-
-def _refuses_format(exc: Any) -> bool:
-    """Whether an HTTP error says the server does not take the requested ``response_format``."""
-    status = int(getattr(exc, "status_code", 0) or 0)
-    body = getattr(exc, "body", None)
-    text = f"{getattr(exc, 'message', '')} {json.dumps(body, default=str) if body else ''}"
-    return status >= 400 and "response_format" in text
-
-
-def _retryable(exc: Any) -> bool:
-    """Whether a failed request may succeed later (connection, timeout, 408/409/429, 5xx)."""
-    status = getattr(exc, "status_code", None)
-    return status is None or int(status) in _RETRYABLE_STATUS or int(status) >= 500
 
 
 def _json_view(observation: Observation, info: Mapping[str, Any]) -> dict[str, Any]:

@@ -51,7 +51,7 @@ def test_a_500_naming_response_format_steps_down_to_json_object_and_is_remembere
         assert report["format"] == "json_object"
         assert report["refused_formats"] == ["json_schema"]
         assert report["request_failures"] == 0, "a refused mode is negotiation, not a failure"
-        assert policy.proposer.refusals[0]["status"] == 500
+        assert policy.proposer.chat.refusals[0]["status"] == 500
 
         restored = _policy(server.base_url)
         restored.load_state_dict(json.loads(json.dumps(policy.state_dict())))
@@ -78,7 +78,7 @@ def test_a_500_that_does_not_name_response_format_is_a_failure_not_a_refusal() -
         report = policy.report()
         assert report["format"] == "json_schema" and report["refused_formats"] == []
         assert report["request_failures"] == 1 and report["requests"] == 2
-        assert policy.proposer.consecutive_failures == 0, "a success resets the streak"
+        assert policy.proposer.chat.consecutive_failures == 0, "a success resets the streak"
 
 
 def test_replies_are_counted_by_verdict() -> None:
@@ -120,7 +120,7 @@ def test_an_unreachable_coach_raises_after_consecutive_failures() -> None:
     message = str(err.value)
     assert "\n" not in message and "APIConnectionError" in message
     assert f"127.0.0.1:{port}" in message
-    assert policy.proposer.request_failures == 3
+    assert policy.proposer.chat.request_failures == 3
 
 
 def test_failures_count_across_decisions_until_the_threshold() -> None:

@@ -21,6 +21,6 @@ def test_the_coach_negotiates_json_object_with_llama_cpp(local_llm: Backend) -> 
     coach.propose(observation(), info(coffee_sports_rows()[:6]), k=1)
     report = coach.report()
     assert report["refused_formats"] == ["json_schema"]
-    assert coach.refusals[0]["status"] == 500 and report["format"] == "json_object"
+    assert coach.chat.refusals[0]["status"] == 500 and report["format"] == "json_object"
     assert report["replies"] >= 1 and report["request_failures"] == 0
     assert sum(report["verdicts"].values()) == report["replies"]
