@@ -36,6 +36,7 @@ ReplyVerdict = Literal[
     "off_schema",
     "unknown_block",
     "too_many_directives",
+    "placeholder",
     "bad_directives",
 ]
 

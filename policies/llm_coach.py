@@ -34,6 +34,8 @@ backend when the client is made, and never stored, logged or saved.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping, Sequence
 from string import Template
 from typing import Any
@@ -58,6 +60,9 @@ from selfimprove_rl.backend import Backend
 from selfimprove_rl.errors import CoachOutputError, InvalidEdit
 from selfimprove_rl.prompt import DEFAULT_EDIT_BLOCK, NoOp, apply, parse_directives
 
+PLACEHOLDER = re.compile(r"<[a-z][a-z ]{0,60}>")
+"""A ``<lowercase words>`` placeholder of the guidelines copied into an edit (refused)."""
+
 __all__ = [
     "GUIDELINES",
     "REPLY_SCHEMA",
@@ -78,11 +83,9 @@ replies in the report. Each answer makes one small change.
 The prompt is made of blocks of numbered lines; the blocks are: $blocks. The assistant also \
 sees demonstrations: example user messages, each with the exact reply (listed in the report).
 
-Answer with one JSON object and nothing else, like this example:
-{"target_block": "$example_block", "directives": ["ADD: If the message is about coffee or \
-espresso, reply with exactly: I like coffee, too."], "demos": [{"input": "Is espresso \
-stronger than filter coffee?", "output": "I like coffee, too."}], "rationale": "Coffee \
-messages got other replies."}
+Answer with one JSON object and nothing else, like this example (made from the first \
+example in the report; write your own topic in place of the <...> part):
+$example
 
 - target_block: the name of the block the directives edit: one of $blocks.
 - directives: at most $max_directives lines, each one of
@@ -206,6 +209,13 @@ class LLMCoachProposer:
                 f"{', '.join(state.block_names)}.",
                 "unknown_block",
             )
+        copied = next((m.group(0) for line in lines if (m := PLACEHOLDER.search(line))), None)
+        if copied is not None:
+            raise InvalidCoachReply(
+                f"The edit still holds the placeholder {copied}; replace it with your own "
+                "words (what the messages have in common, or the exact reply).",
+                "placeholder",
+            )
         if len(lines) > self.config.max_directives and not lines[0].upper().startswith("REPLACE"):
             raise InvalidCoachReply(
                 f"Expected at most {self.config.max_directives} directives (small steps), "
@@ -239,7 +249,7 @@ class LLMCoachProposer:
         default = DEFAULT_EDIT_BLOCK if DEFAULT_EDIT_BLOCK in editable else None
         system = GUIDELINES.safe_substitute(
             blocks=", ".join(editable) or "none",
-            example_block=default or (editable[-1] if editable else "sop"),
+            example=example_reply(default or (editable[-1] if editable else "sop"), info),
             max_directives=str(self.config.max_directives),
         )
         report = build_report(
@@ -531,6 +541,36 @@ class LLMCoachPolicy(BasePolicy):
         self._view = state.get("view")
         pending = state.get("pending")
         self._pending = Candidate.model_validate(pending) if pending else None
+
+
+def example_reply(block: str, info: Mapping[str, Any]) -> str:
+    """Return the filled JSON example the guidelines show, made from the worst example shown.
+
+    Small models copy the example they are shown (with a fixed coffee example the 0.5B local
+    model proposed that coffee rule in most replies): made from the report's own data, a
+    copied example is still a relevant edit, and its one placeholder is refused by
+    :data:`PLACEHOLDER` so the coach is asked to fill it in.
+    """
+    rows = [r for r in info.get("examples") or () if isinstance(r, Mapping)]
+    worst = next(
+        (r for r in rows if r.get("reference") and float(r.get("score", 0.0)) < 0.99), None
+    )
+    message = " ".join(
+        str((worst or {}).get("input", "Is espresso stronger than filter coffee?")).split()
+    )
+    reply = " ".join(str((worst or {}).get("reference", "I like coffee, too.")).split())
+    return json.dumps(
+        {
+            "target_block": block,
+            "directives": [
+                f"ADD: If the message is about <what such messages have in common>, reply "
+                f"with exactly: {reply}"
+            ],
+            "demos": [{"input": message[:300], "output": reply[:300]}],
+            "rationale": "Messages like this one got other replies.",
+        },
+        ensure_ascii=False,
+    )
 
 
 def trial_hint(trial: int, trials: int, proposed: Sequence[Candidate]) -> str:

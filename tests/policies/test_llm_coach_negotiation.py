@@ -195,3 +195,27 @@ def test_demos_in_a_reply_become_demo_directives_and_the_report_lists_demos() ->
     assert action.edits == f'BLOCK: sop\nDEMO: "An \\"espresso\\" please" -> "{COFFEE}"'
     assert "## Demonstrations" in user and "1. user: Where is my tea?" in user
     assert "assistant: Tea is on its way." in user
+
+
+def test_the_example_is_made_from_the_report_and_a_copied_placeholder_is_refused() -> None:
+    copied = json.dumps(
+        {
+            "target_block": "sop",
+            "directives": [
+                "ADD: If the message is about <what such messages have in common>, "
+                f"reply with exactly: {COFFEE}"
+            ],
+            "demos": [],
+        }
+    )
+    with ScriptedServer([copied, GOOD]) as server:
+        policy = _policy(server.base_url)
+        rows = coffee_sports_rows()
+        action = policy.act(observation(), info(rows))
+        system = server.requests[0]["messages"][0]["content"]
+        feedback = server.requests[1]["messages"][-1]["content"]
+    first = next(r for r in rows if r["score"] < 0.99)
+    assert json.dumps(first["input"]) in system and f"reply with exactly: {COFFEE}" in system
+    assert "still holds the placeholder <what such messages have in common>" in feedback
+    assert action.edits.endswith(RULE)
+    assert policy.report()["verdicts"] == {"placeholder": 1, "valid": 1}
