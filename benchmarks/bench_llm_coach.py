@@ -8,10 +8,11 @@ model (Qwen2.5-Coder-0.5B-Instruct Q4, llama.cpp) as the target *and* as the coa
    ``--formats`` setting (``auto`` negotiates json_schema -> json_object -> text; ``text``
    pins plain text), and prints per setting: the negotiated mode and refusals, replies, the
    share of replies that validated, the verdicts, and seconds per decision.
-2. ``--run-steps K``: a short ``selfimprove-rl run`` of the ``llm_coach`` policy, printing
-   the summary, the coach's report (modes, valid share, verdicts) and the wall time.
+2. ``--run-steps K``: a short ``selfimprove-rl run`` of the ``llm_coach`` policy (on the
+   first ``--run-rows`` lines, or all), printing the summary, the coach's report (modes,
+   valid share, verdicts) and the wall time.
 
-    .venv/bin/python benchmarks/bench_llm_coach.py --asks 4 --run-steps 4
+    .venv/bin/python benchmarks/bench_llm_coach.py --asks 4 --run-steps 4 --run-rows 48
 
 The figures come from a 0.5B model on whatever CPU runs this; they say how a small real coach
 behaves, not how a production model would.
@@ -78,16 +79,27 @@ def ask_many(
     return rows
 
 
-def short_run(steps: int, minibatch: int, out: Path) -> dict[str, Any]:
-    """Run the llm_coach policy for ``steps`` steps with the local model as coach and target."""
+def short_run(steps: int, minibatch: int, rows: int, out: Path) -> dict[str, Any]:
+    """Run the llm_coach policy for ``steps`` steps with the local model as coach and target.
+
+    ``rows`` > 0 keeps the first ``rows`` lines of support_intents (its splits and the final
+    report then cost fewer calls: each takes seconds on a busy 2-core machine).
+    """
     from selfimprove_rl.config import parse_config
+    from selfimprove_rl.mimic import dataset_path
     from selfimprove_rl.runner import run_experiment
 
+    data: dict[str, str] = {"kind": "dataset", "path": "support_intents"}
+    if rows:
+        lines = dataset_path("support_intents").read_text(encoding="utf-8").splitlines()
+        subset = out.parent / "support_intents_subset.jsonl"
+        subset.write_text("\n".join(lines[:rows]) + "\n", encoding="utf-8")
+        data = {"kind": "mimic", "path": str(subset)}
     config = parse_config(
         {
             "name": "llm_coach_local",
             "backend": {"kind": "local_llm"},
-            "data": {"kind": "dataset", "path": "support_intents"},
+            "data": data,
             "env": {"minibatch_size": minibatch, "observe_on_no_op": True},
             "policy": {
                 "name": "llm_coach",
@@ -102,6 +114,7 @@ def short_run(steps: int, minibatch: int, out: Path) -> dict[str, Any]:
     keys = ("train", "test", "holdout", "baseline", "calls", "steps", "promotions")
     figures = {k: summary[k] for k in keys} | {"wall_s": round(wall), "run_dir": str(out)}
     figures["coach"] = summary.get("policy_report")
+    figures["rows"] = rows or "all"
     print(json.dumps(figures, indent=2))
     return figures
 
@@ -113,6 +126,7 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--minibatch", type=int, default=8)
     parser.add_argument("--run-steps", type=int, default=0, help="Steps of the short run.")
+    parser.add_argument("--run-rows", type=int, default=0, help="Data lines of the run (0: all).")
     parser.add_argument("--out", default=None, help="Folder for results (default: temporary).")
     args = parser.parse_args()
     # `kill <pid>` must still stop the model server this script starts.
@@ -126,7 +140,7 @@ def main() -> None:
             formats = [f.strip() for f in args.formats.split(",") if f.strip()]
             results["asks"] = ask_many(live, args.asks, formats, args.minibatch, args.temperature)
         if args.run_steps:
-            results["run"] = short_run(args.run_steps, args.minibatch, out / "run")
+            results["run"] = short_run(args.run_steps, args.minibatch, args.run_rows, out / "run")
     (out / "bench_llm_coach.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     print(f"results: {out / 'bench_llm_coach.json'}")
 

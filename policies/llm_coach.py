@@ -84,7 +84,7 @@ The prompt is made of blocks of numbered lines; the blocks are: $blocks. The ass
 sees demonstrations: example user messages, each with the exact reply (listed in the report).
 
 Answer with one JSON object and nothing else, like this example (made from the first \
-example in the report; write your own topic in place of the <...> part):
+example in the report):
 $example
 
 - target_block: the name of the block the directives edit: one of $blocks.
@@ -546,10 +546,12 @@ class LLMCoachPolicy(BasePolicy):
 def example_reply(block: str, info: Mapping[str, Any]) -> str:
     """Return the filled JSON example the guidelines show, made from the worst example shown.
 
-    Small models copy the example they are shown (with a fixed coffee example the 0.5B local
-    model proposed that coffee rule in most replies): made from the report's own data, a
-    copied example is still a relevant edit, and its one placeholder is refused by
-    :data:`PLACEHOLDER` so the coach is asked to fill it in.
+    Small models copy the example they are shown. Measured with the 0.5B local model: with a
+    fixed coffee example it proposed that coffee rule in most replies; with a placeholder in
+    the example (``<what such messages have in common>``) it kept the placeholder in 7 of 9
+    replies even when told to fill it in. Made from the report's own data, a copied example
+    is still a relevant edit (a rule and a demonstration for a failing message) that the
+    env's reward then judges.
     """
     rows = [r for r in info.get("examples") or () if isinstance(r, Mapping)]
     worst = next(
@@ -563,8 +565,8 @@ def example_reply(block: str, info: Mapping[str, Any]) -> str:
         {
             "target_block": block,
             "directives": [
-                f"ADD: If the message is about <what such messages have in common>, reply "
-                f"with exactly: {reply}"
+                f"ADD: If the message is like {json.dumps(message[:120], ensure_ascii=False)}, "
+                f"reply with exactly: {reply}"
             ],
             "demos": [{"input": message[:300], "output": reply[:300]}],
             "rationale": "Messages like this one got other replies.",

@@ -215,7 +215,10 @@ def test_the_example_is_made_from_the_report_and_a_copied_placeholder_is_refused
         system = server.requests[0]["messages"][0]["content"]
         feedback = server.requests[1]["messages"][-1]["content"]
     first = next(r for r in rows if r["score"] < 0.99)
-    assert json.dumps(first["input"]) in system and f"reply with exactly: {COFFEE}" in system
+    rule = f"If the message is like {json.dumps(first['input'])}"
+    assert json.dumps(rule)[1:-1] in system, "the rule is quoted inside the JSON example"
+    example = system.split("(made from the first example in the report):\n")[1].splitlines()[0]
+    assert f"reply with exactly: {COFFEE}" in example and "<" not in example
     assert "still holds the placeholder <what such messages have in common>" in feedback
     assert action.edits.endswith(RULE)
     assert policy.report()["verdicts"] == {"placeholder": 1, "valid": 1}
