@@ -106,7 +106,7 @@ def _add_serve_llm(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
         "honest checks, not a production model.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="Interface to bind.")
-    parser.add_argument("--port", type=int, help="Port to bind (default: a free one).")
+    parser.add_argument("--port", type=_port, help="Port to bind (default or 0: a free one).")
     parser.add_argument("--model-path", help="GGUF file (default: .models/ from `make llm`).")
     parser.add_argument("--alias", help="Model name the server answers to.")
     parser.add_argument("--n-ctx", type=int, help="Context window in tokens (default 4096).")
@@ -119,7 +119,7 @@ def _run_serve_llm(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
-    from selfimprove_rl.errors import ConfigError
+    from selfimprove_rl.errors import ConfigError, validation_summary
     from selfimprove_rl.local_llm import LlamaServer, LocalLLMOptions
 
     given = {"model_path": args.model_path, "alias": args.alias, "n_ctx": args.n_ctx}
@@ -127,7 +127,7 @@ def _run_serve_llm(args: argparse.Namespace) -> int:
     try:
         options = LocalLLMOptions(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as exc:
-        raise ConfigError(f"Invalid serve-llm options: {exc}") from exc
+        raise ConfigError(f"Invalid serve-llm options: {validation_summary(exc)}") from exc
     with LlamaServer(options, host=args.host, port=args.port) as server:
         print(f"serving {server.model_path} as {options.alias!r} at {server.base_url}")
         print("Ctrl-C stops it.", flush=True)

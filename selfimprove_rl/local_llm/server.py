@@ -53,7 +53,12 @@ class LocalLLMOptions(BaseModel):
     model_path: str | None = Field(
         default=None, description="GGUF file (default: the model `make llm` assembles)."
     )
-    alias: str = Field(default=DEFAULT_ALIAS, description="The model name the server answers to.")
+    alias: str = Field(
+        default=DEFAULT_ALIAS,
+        min_length=1,
+        pattern=r"\S",
+        description="The model name the server answers to.",
+    )
     n_ctx: int = Field(default=4096, ge=256, description="Context window in tokens.")
     n_threads: int | None = Field(
         default=None, ge=1, description="CPU threads (default: every core)."
