@@ -69,9 +69,8 @@ def test_a_good_reply_becomes_an_action_against_the_current_version(
     system, user = request["messages"]
     assert "one small change" in system["content"] and "no_change" in system["content"]
     assert (
-        '{"target_block": "sop", "directives": ["ADD: If the message is about'
-        in (system["content"])
-    ), "a filled example shows a real block name (small models copy placeholders)"
+        '{"target_block": "sop", "directives": ["ADD: If the message is like' in (system["content"])
+    ), "a filled example shows a real block name (small models copy the example)"
     for section in (
         "## Scores",
         "## Worst examples",
