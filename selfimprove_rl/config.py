@@ -189,6 +189,19 @@ class ExperimentConfig(BaseModel):
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
     phoenix: PhoenixRunConfig = Field(default_factory=PhoenixRunConfig)
 
+    @model_validator(mode="after")
+    def _local_model_defaults(self) -> ExperimentConfig:
+        # The local server answers to its alias (a logged model name would mislabel results)
+        # and one request at a time (see Backend.replay_defaults).
+        if self.backend.kind == "local_llm" and self.target.model is None:
+            target = self.target.model_copy(update={"model": self.backend.local_options.alias})
+            object.__setattr__(self, "target", target)
+        given = self.replay.model_fields_set
+        missing = {k: v for k, v in self.backend.replay_defaults().items() if k not in given}
+        if missing:
+            object.__setattr__(self, "replay", self.replay.model_copy(update=missing))
+        return self
+
     def with_overrides(self, **updates: Any) -> ExperimentConfig:
         """Return a validated copy with top-level or dotted (``policy.name``) fields replaced."""
         data = self.model_dump(mode="json")

@@ -111,6 +111,14 @@ class NoUsableSamplesError(TelemetryError):
     """A checkpoint build found no usable rows; the message says why rows were skipped."""
 
 
+class LocalModelError(SelfImproveError):
+    """The local model server cannot be set up, found, started or reached."""
+
+
+class ModelIntegrityError(LocalModelError):
+    """Model weights fail the GGUF magic, size or checksum check."""
+
+
 class EnvError(SelfImproveError):
     """The prompt environment was misused (step before reset, unknown base version)."""
 
@@ -121,6 +129,10 @@ class PolicyError(SelfImproveError):
 
 class CoachOutputError(PolicyError):
     """A coach model's reply could not be parsed into valid edits after all retries."""
+
+
+class CoachUnavailableError(PolicyError):
+    """The coach model failed systemically (consecutive request failures); the run stops."""
 
 
 class RegistryError(SelfImproveError):

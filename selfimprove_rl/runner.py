@@ -146,6 +146,7 @@ class ExperimentRunner:
         self.checkpoint: Checkpoint | None = None
         self.env: Any = None
         self.policy: Any = None
+        self.backend = config.backend
         self.stop_reason = ""
 
     # ------------------------------------------------------------------ setup
@@ -190,7 +191,7 @@ class ExperimentRunner:
         model = self.config.target.model or self.checkpoint.action.model
         evaluators = build_evaluators(
             constants,
-            judge_llm_kwargs=self.config.backend.phoenix_llm_kwargs(),
+            judge_llm_kwargs=self.backend.phoenix_llm_kwargs(),
             target_model=model,
         )
         env_options = dict(self.config.env)
@@ -200,7 +201,7 @@ class ExperimentRunner:
             self.config.env_id,
             data=self.checkpoint,
             model=model,
-            backend=self.config.backend,
+            backend=self.backend,
             evaluators=evaluators,
             config=env_options,
             registry=Registry(self.run_dir / "versions.jsonl"),
@@ -510,6 +511,9 @@ class ExperimentRunner:
             "promotions": len(registry.promoted_ids) - 1,
             "stopped_because": self.stop_reason,
         }
+        policy_report = getattr(self.policy, "report", None)  # e.g. the LLM coach's reply counts
+        if callable(policy_report):
+            summary["policy_report"] = policy_report()
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         for callback in self.callbacks:
             callback.on_finish(self, summary)
@@ -524,6 +528,12 @@ class ExperimentRunner:
                 for ``--resume``.
         """
         self._prepare()
+        # A local model server (backend kind "local_llm") runs for the duration of the run.
+        with self.config.backend.serving() as backend:
+            self.backend = backend
+            return self._run_prepared()
+
+    def _run_prepared(self) -> RunResult:
         self.env = self._build_env()
         error: BaseException | None = None
         try:

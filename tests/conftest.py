@@ -18,6 +18,7 @@ import pytest
 os.environ["PHOENIX_DISCOVER_CONFIG"] = "false"
 
 if TYPE_CHECKING:
+    from selfimprove_rl.backend import Backend
     from selfimprove_rl.telemetry.server import PhoenixServer
 
 
@@ -52,3 +53,29 @@ def _one_torch_thread() -> None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.get_num_threads() != 1:
         torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def local_llm() -> Iterator[Backend]:
+    """A ``local_llm`` backend whose real server runs for the session (tests marked ``llm``).
+
+    Skips with the reason when the local model is not set up (``make llm``).
+    """
+    import subprocess
+
+    from selfimprove_rl.backend import Backend
+    from selfimprove_rl.errors import LocalModelError
+    from selfimprove_rl.local_llm import find_llm_python, find_model
+
+    try:
+        python = find_llm_python()
+        find_model()
+    except LocalModelError as exc:
+        pytest.skip(f"the local model is not set up: {exc}")
+    probe = subprocess.run(
+        [str(python), "-c", "import llama_cpp.server"], capture_output=True, check=False
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"{python} cannot import llama_cpp.server yet; run `make llm`.")
+    with Backend(kind="local_llm").serving() as backend:
+        yield backend

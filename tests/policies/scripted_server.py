@@ -3,8 +3,9 @@
 Tests drive the LLM coach through the real ``openai`` SDK against it: each request gets the
 next scripted reply (message content, ``None`` for an empty reply, or an :class:`HTTPError`
 to answer with an error status), and every request body is recorded. Response formats listed
-in ``reject_formats`` are refused with HTTP 400 without consuming a reply, like a server that
-does not support structured output.
+in ``reject_formats`` are refused without consuming a reply, like a server that does not
+support structured output: with HTTP 400 naming ``response_format`` (OpenAI, vLLM), or with
+``reject_status=500`` and the validation-error body llama.cpp's server sends for json_schema.
 """
 
 from __future__ import annotations
@@ -40,12 +41,21 @@ class ScriptedServer:
 
     Args:
         replies: what each successive request gets.
-        reject_formats: ``response_format`` types answered with HTTP 400.
+        reject_formats: ``response_format`` types the server refuses.
+        reject_status: the status of a refusal: 400 (an OpenAI-style message) or 500 (the
+            body llama.cpp's server answers json_schema with).
     """
 
-    def __init__(self, replies: Iterable[Reply], *, reject_formats: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        replies: Iterable[Reply],
+        *,
+        reject_formats: Iterable[str] = (),
+        reject_status: int = 400,
+    ) -> None:
         self.replies = list(replies)
         self.reject_formats = set(reject_formats)
+        self.reject_status = reject_status
         self.requests: list[dict[str, Any]] = []
         self.rejected: list[dict[str, Any]] = []
         self._lock = threading.Lock()
@@ -91,7 +101,11 @@ class ScriptedServer:
         with self._lock:
             if response_format in self.reject_formats:
                 self.rejected.append(body)
-                return _error(400, f"response_format {response_format} is not supported")
+                if self.reject_status == 500:
+                    return _llama_cpp_validation_error(response_format)
+                return _error(
+                    self.reject_status, f"response_format {response_format} is not supported"
+                )
             self.requests.append(body)
             if not self.replies:
                 return _error(500, "the script has no more replies")
@@ -120,4 +134,28 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse(
         {"error": {"message": message, "type": "invalid_request_error", "code": None}},
         status_code=status,
+    )
+
+
+def _llama_cpp_validation_error(response_format: str) -> JSONResponse:
+    """The 500 llama-cpp-python's server (0.3.36) answers an unsupported response_format with.
+
+    Recorded from the real server (``.venv-llm``); the traceback lines it appends are left out.
+    """
+    detail = (
+        "{'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), "
+        "'msg': \"Input should be 'text' or 'json_object'\", 'input': '"
+        + response_format
+        + "', 'ctx': {'expected': \"'text' or 'json_object'\"}}"
+    )
+    return JSONResponse(
+        {
+            "error": {
+                "message": f"1 validation error:\n  {detail}\n",
+                "type": "internal_server_error",
+                "param": None,
+                "code": None,
+            }
+        },
+        status_code=500,
     )

@@ -67,13 +67,17 @@ def test_a_good_reply_becomes_an_action_against_the_current_version(
     assert request["model"] == "coach-model"
     assert request["response_format"]["type"] == "json_schema"
     system, user = request["messages"]
-    assert "Edit one block per answer" in system["content"] and "no_change" in system["content"]
+    assert "one small change" in system["content"] and "no_change" in system["content"]
+    assert (
+        '{"target_block": "sop", "directives": ["ADD: If the message is like' in (system["content"])
+    ), "a filled example shows a real block name (small models copy the example)"
     for section in (
         "## Scores",
         "## Worst examples",
         "## Change log",
         "## Prompt",
         "[sop]\n1. Answer",
+        "## Demonstrations",
     ):
         assert section in user["content"]
 
