@@ -15,12 +15,14 @@ from pydantic import ValidationError
 
 from envs.prompt_env import PromptEnv, PromptEnvConfig
 from selfimprove_rl.backend import Backend
+from selfimprove_rl.cache import ResponseCache
 from selfimprove_rl.checkpoint import Checkpoint
 from selfimprove_rl.errors import ConfigError, validation_summary
 from selfimprove_rl.evals import Evaluator
 from selfimprove_rl.evals.factory import build_evaluators
 from selfimprove_rl.mimic import load_dataset, load_mimic_jsonl
 from selfimprove_rl.registry import Registry
+from selfimprove_rl.replay import ReplayConfig
 
 
 def load_checkpoint_source(data: str | Path | Checkpoint, *, model: str) -> Checkpoint:
@@ -49,6 +51,8 @@ def make_prompt_env(
     evaluators: Sequence[Evaluator] | None = None,
     config: PromptEnvConfig | dict[str, Any] | None = None,
     registry: Registry | None = None,
+    cache: ResponseCache | None = None,
+    replay_config: ReplayConfig | dict[str, Any] | None = None,
     render_mode: str | None = None,
     **config_overrides: Any,
 ) -> PromptEnv:
@@ -61,6 +65,10 @@ def make_prompt_env(
         evaluators: default: built from the checkpoint's eval constants, judged on ``backend``.
         config: env options.
         registry: where versions live (default: in memory).
+        cache: the response cache (default: a new in-memory one); a run passes one on disk so
+            a resumed run neither pays twice nor forgets what was paid.
+        replay_config: concurrency, retries, timeouts and failure thresholds of the replay
+            (a ``[replay]`` table).
         render_mode: ``"ansi"`` or ``None``.
         **config_overrides: env options merged on top of ``config``.
 
@@ -102,6 +110,12 @@ def make_prompt_env(
         evaluators,
         env_config,
         model=target_model,
+        cache=cache,
+        replay_config=(
+            replay_config
+            if isinstance(replay_config, ReplayConfig) or replay_config is None
+            else ReplayConfig.model_validate(replay_config)
+        ),
         registry=registry,
         render_mode=render_mode,
     )
