@@ -52,12 +52,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from envs.observation import build_observation
 from envs.spaces import EnvAction, PromptActionSpace, observation_space
-from envs.spend import SpendMeter
+from envs.spend import SpendMeter, judge_calls_bound
 from selfimprove_rl.aio import BackgroundLoop
 from selfimprove_rl.cache import ResponseCache
 from selfimprove_rl.checkpoint import Checkpoint, Sample, SplitName
 from selfimprove_rl.errors import EnvError, InvalidEdit
-from selfimprove_rl.evals import EvalItem, Evaluator, ScoreTable
+from selfimprove_rl.evals import Evaluator, ScoreTable
 from selfimprove_rl.evals.scoring import score_outcomes
 from selfimprove_rl.prompt import (
     EDIT_TYPES,
@@ -267,19 +267,8 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
         Retries come on top.
         """
         plan = self.replayer.plan(samples, state.to_action(self.checkpoint.action))
-        known = [
-            EvalItem(sample, outcome.text)
-            for sample, outcome in zip(samples, plan.outcomes, strict=True)
-            if outcome is not None
-        ]
-        unknown = len(samples) - len(known)
-        calls = plan.calls
-        for evaluator in self.evaluators:
-            if not hasattr(evaluator, "calls"):
-                continue
-            pending = getattr(evaluator, "pending_calls", None)
-            calls += unknown + (int(pending(known)) if pending is not None else len(known))
-        return calls
+        texts = [None if outcome is None else outcome.text for outcome in plan.outcomes]
+        return plan.calls + judge_calls_bound(self.evaluators, samples, texts)
 
     def reset_calls_bound(self) -> int:
         """The most calls a reset sends (retries aside): a minibatch replayed and judged."""

@@ -22,7 +22,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from selfimprove_rl.cache import Payment
-from selfimprove_rl.evals import Evaluator
+from selfimprove_rl.checkpoint import Sample
+from selfimprove_rl.evals import EvalItem, Evaluator
 from selfimprove_rl.replay import Replayer
 
 _CHARGED = ("calls", "replay_calls", "retries", "tokens", "failures")
@@ -229,3 +230,23 @@ def _charges(payment: Payment, *, failed: bool) -> dict[str, int]:
     if failed:
         charges["failures"] = 1
     return charges
+
+
+def judge_calls_bound(
+    evaluators: Sequence[Evaluator], samples: Sequence[Sample], texts: Sequence[str | None]
+) -> int:
+    """The most calls the judges among ``evaluators`` send to score ``texts`` (retries aside).
+
+    A judge is an evaluator with a ``calls`` counter. For an output already known, its
+    ``pending_calls(items)`` says whether the verdict is cached (one call per item when it
+    has no such method); an output not known yet (``None``) costs one call per judge.
+    """
+    known = [EvalItem(s, t) for s, t in zip(samples, texts, strict=True) if t is not None]
+    unknown = len(samples) - len(known)
+    calls = 0
+    for evaluator in evaluators:
+        if not hasattr(evaluator, "calls"):
+            continue
+        pending = getattr(evaluator, "pending_calls", None)
+        calls += unknown + (int(pending(known)) if pending is not None else len(known))
+    return calls

@@ -18,7 +18,8 @@ directory back to the commit:
 
 When the loop ends, the last state is saved again with its ``stop_reason``: a resumed run then
 goes straight to the final report (redone from the cache if the kill came during it), and a
-run whose ``summary.json`` was written is finished and left as it is.
+run whose ``summary.json`` was written is finished and left as it is; unless the stop was the
+stopping rule's and the rule, as configured now, allows more steps: then the run continues.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ class RunState(BaseModel):
     )
     stop_reason: str = Field(
         default="", description="Why the loop ended ('' while it runs); the report comes next."
+    )
+    stop_by_budget: bool = Field(
+        default=False, description="Whether the budget ended it (a resume keeps that stop)."
     )
 
 

@@ -17,9 +17,9 @@ response paid for, with the ledger of what it cost), ``curves.csv``, ``reward_cu
 The env is any registered env with versions, as :class:`~envs.prompt_env.PromptEnv` and
 :class:`~envs.program_env.ProgramEnv` are: ``registry``, ``evaluators``, ``usage``,
 ``budget_exhausted()``, ``score_version(version_id, split)``, ``spend`` (an
-:class:`~envs.spend.SpendMeter`), ``reserved_calls``, ``calls_to_score_version(version_id,
-split)``, ``reset_calls_bound()``, ``state_dict()`` and ``reset(options={"restore": ...})``;
-it may also diff two versions its own way (``version_diff(before_id, after_id)``, for
+:class:`~envs.spend.SpendMeter`), ``calls_to_score_version(version_id, split)``,
+``reset_calls_bound()``, ``state_dict()`` and ``reset(options={"restore": ...})``; it may
+also diff two versions its own way (``version_diff(before_id, after_id)``, for
 ``prompt.diff``).
 
 **Resume is exact.** ``resume=True`` brings the directory back to its last commit and
@@ -27,7 +27,8 @@ continues from there with the saved policy memory, env episode and spend counter
 killed at any moment (``kill -9``) and resumed ends with the same steps, versions, final
 prompt and calls as one that was never interrupted (against a deterministic backend; judge
 verdicts are not persisted, so a classifier eval may re-judge outputs after a resume). A
-finished run is reported as it is, without rewriting its summary.
+finished run is reported as it is, without rewriting its summary, unless the stopping rule
+(as configured now; a budget stop always stands) allows more steps.
 
 **The call budget is hard** (``[env] max_calls``): every call counts (replay, gate, final
 report, judge), and the run holds back what the final report will need: the promoted and the
@@ -311,7 +312,7 @@ class ExperimentRunner:
         reserve, refusal = self.budget.gate_refusal(version_id)
         if refusal is not None:
             return None, refusal
-        unwrapped.reserved_calls = reserve
+        unwrapped.spend.reserved_calls = reserve
         self._ensure_test_score(live_id)
         self._ensure_test_score(version_id)
         decision = registry.gate(version_id, self.config.gate)
@@ -382,15 +383,17 @@ class ExperimentRunner:
         return observation, info, ended
 
     # ------------------------------------------------------------------ the loop
-    def _stop_reason(self, since_promotion: int, needs_reset: bool) -> str:
+    def _rule_stop(self, registry: Registry) -> str:
+        """Why the stopping rule ends the run, from the step log, registry and config alone."""
         stopping = self.config.stopping
         if self.steps and self.steps[-1].get("budget_stop"):
             return str(self.steps[-1]["budget_stop"])
         if len(self.steps) >= stopping.max_total_steps:
             return f"reached max_total_steps={stopping.max_total_steps}"
+        since_promotion = self._steps_since_promotion()
         if stopping.stagnation_steps is not None and since_promotion >= stopping.stagnation_steps:
             return f"no promotion in {since_promotion} steps (stagnation_steps)"
-        live = self.registry.record(self.registry.live_id)
+        live = registry.record(registry.live_id)
         threshold = stopping.test_threshold
         if (
             threshold is not None
@@ -398,23 +401,44 @@ class ExperimentRunner:
             and live.scores["test"].aggregate >= threshold
         ):
             return f"live build test score {live.scores['test'].aggregate:.4f} >= {threshold}"
+        return ""
+
+    def _stop_reason(self, needs_reset: bool) -> tuple[str, bool]:
+        """Why the run ends before the next step (``""``: it goes on), and whether by budget.
+
+        A budget stop is kept by a resume (the spend moves on once the report is scored); a
+        rule's stop is checked again against the config as it is then.
+        """
+        reason = self._rule_stop(self.registry)
+        if reason:
+            return reason, False
         unwrapped = self.env.unwrapped
-        unwrapped.reserved_calls = self.budget.reserve()
+        unwrapped.spend.reserved_calls = self.budget.reserve()
         if unwrapped.budget_exhausted():
             return (
                 f"call/token budget spent: {unwrapped.usage['calls']} calls of max_calls="
-                f"{unwrapped.config.max_calls} with {unwrapped.reserved_calls} reserved for the "
-                "final report"
-            )
+                f"{unwrapped.config.max_calls} with {unwrapped.spend.reserved_calls} reserved "
+                "for the final report"
+            ), True
         refusal = self.budget.reset_refusal() if needs_reset else None
         if refusal is not None:
-            return refusal
+            return refusal, True
         for callback in self.callbacks:
             asked = getattr(callback, "should_stop", None)
             reason = asked(self) if asked is not None else ""
             if reason:
-                return str(reason)
-        return ""
+                return str(reason), False
+        return "", False
+
+    def _still_stopped(self, registry: Registry) -> bool:
+        """On resume: whether the saved stop holds.
+
+        A budget stop always does; a rule's if the config, as it is now, still says stop.
+        """
+        state = self._state
+        if state is None or not state.stop_reason:
+            return False
+        return state.stop_by_budget or bool(self._rule_stop(registry))
 
     def _episode_seed(self, episode: int) -> int:
         return self.config.seed * 1000 + episode
@@ -426,10 +450,16 @@ class ExperimentRunner:
         unwrapped = env.unwrapped
         observation, info, needs_reset = self._start()
         assert self._state is not None
-        stopped = self._state.stop_reason
-        since_promotion = self._steps_since_promotion()
+        stopped = self._state.stop_reason if self._still_stopped(self.registry) else ""
+        by_budget = self._state.stop_by_budget
         bar = self._progress_bar() if not stopped else None
-        while not (reason := stopped or self._stop_reason(since_promotion, needs_reset)):
+        while True:
+            if stopped:
+                reason = stopped
+                break
+            reason, by_budget = self._stop_reason(needs_reset)
+            if reason:
+                break
             if needs_reset:
                 self.episode, self.episode_step = self.episode + 1, 0
                 self._notify("on_episode_start", self.episode)
@@ -454,9 +484,6 @@ class ExperimentRunner:
                 )
             )
             self._commit(line)
-            since_promotion = (
-                0 if decision is not None and decision.promoted else since_promotion + 1
-            )
             self._notify("on_step_end", line)
             if bar is not None:
                 bar.update(1)
@@ -466,7 +493,9 @@ class ExperimentRunner:
         if bar is not None:
             bar.close()
         if not stopped:
-            self._state = self._state.model_copy(update={"stop_reason": reason})
+            self._state = self._state.model_copy(
+                update={"stop_reason": reason, "stop_by_budget": by_budget}
+            )
             save_run_state(self.run_dir, self._state)
         self.stop_reason = reason
         self._notify("on_loop_end", reason)
@@ -634,7 +663,11 @@ class ExperimentRunner:
                 the message says how to continue once it is fixed.
         """
         self._prepare()
-        if self.resume and finished(self.run_dir, self._state):
+        if (
+            self.resume
+            and finished(self.run_dir, self._state)
+            and self._still_stopped(Registry(self.run_dir / "versions.jsonl"))
+        ):
             assert self._state is not None
             self.stop_reason = self._state.stop_reason
             summary = json.loads((self.run_dir / "summary.json").read_text(encoding="utf-8"))

@@ -207,3 +207,45 @@ def test_reconcile_appends_a_committed_line_and_refuses_a_hand_edited_log(
     (out / RUN_STATE_FILE).write_text("{not json")
     with pytest.raises(ConfigError, match="is not a readable run state"):
         load_run_state(out)
+
+
+def test_a_program_run_resumes_exactly_and_keeps_its_budget(
+    setup: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from selfimprove_rl.program_data import load_pipeline
+
+    folder, _ = setup
+    pipeline = load_pipeline(model="sim-keyword", limit=60).save(tmp_path / "pipeline.json")
+    config = tmp_path / "program.toml"
+    config.write_text(
+        f"""
+name = "program"
+env_id = "selfimprove_rl/ProgramEnv-v0"
+[data]
+kind = "checkpoint"
+path = "{pipeline}"
+[target]
+model = "sim-keyword"
+[policy]
+name = "program_coach"
+kwargs = {{ mode = "joint" }}
+[env]
+minibatch_size = 8
+max_steps = 4
+observe_on_no_op = true
+max_calls = 260
+[stopping]
+max_total_steps = 8
+stagnation_steps = 100
+""",
+        encoding="utf-8",
+    )
+    reference = tmp_path / "reference"
+    assert _run(folder, config, reference) == 0
+    expected = _outcome(reference)
+    assert expected["summary"]["calls"] <= 260 and expected["summary"]["promotions"] >= 1
+    out = tmp_path / "killed"
+    for stage, nth in (("promotion", 1), ("saved", 3)):
+        assert _run(folder, config, out, stage, nth) == -9
+    assert _run(folder, config, out) == 0
+    assert _outcome(out) == expected
