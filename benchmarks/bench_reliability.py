@@ -17,10 +17,27 @@ Sections (run all, or pick with ``--sections a,b``; ``--quick`` shrinks every se
     ``conform`` and ``build_checkpoint``; a quarter also through a JSONL export and reload.
     An accepted checkpoint must save and load back equal.
 
+``faults``
+    The same experiment (rule-induction coach, coffee/sports, ``sim-keyword``) runs on a clean
+    in-process backend and on one answering 20% of requests with a fault (429 with
+    Retry-After, 500, a timeout, a malformed 200). Violations: a fault the run did not count
+    (injected by kind vs failed requests counted by reason in ``summary.json``), a promoted
+    prompt different from the clean run's, a run that does not complete.
+``kill``
+    A reference run, then the same run killed with SIGKILL at K random moments (a real
+    subprocess each time, resumed with ``--resume``) and finally resumed to the end.
+    Violations: a step or version lost or duplicated, steps, versions, final prompt or calls
+    different from the reference.
+``secrets``
+    A fake API key in the environment; runs against ``serve-sim`` over HTTP (one that
+    finishes, one whose backend is down), stdout and stderr captured. Violations: any byte
+    sequence of the key in the run directories (every file, the response cache included) or
+    in the captured output.
+
 Each section prints: inputs tried, accepted, rejected with a typed error (by reason),
-skipped rows (by reason), invariant violations and uncaught exceptions (both goal 0). The
-last line is one JSON object with every section's figures. Exit status 1 when any section
-has an uncaught exception or an invariant violation.
+skipped rows (by reason), invariant violations and uncaught exceptions (both goal 0), and
+its own figures. The last line is one JSON object with every section's figures. Exit status
+1 when any section has an uncaught exception or an invariant violation.
 
     .venv/bin/python benchmarks/bench_reliability.py [--quick] [--sections directives,jsonl]
 """
@@ -59,6 +76,7 @@ class Tally:
     uncaught: Counter[str] = field(default_factory=Counter)
     examples: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def reject(self, reason: str) -> None:
         self.rejected[reason] += 1
@@ -85,6 +103,7 @@ class Tally:
             "uncaught_exceptions": sum(self.uncaught.values()),
             "uncaught_by_kind": dict(self.uncaught.most_common()),
             "seconds": round(self.seconds, 2),
+            **self.extra,
         }
 
     def failed(self) -> bool:
@@ -110,6 +129,8 @@ class Tally:
             print(f"      {count:6d}  {kind}")
         for key, example in list(self.examples.items())[:8]:
             print(f"      e.g. {key}: {example}")
+        for key, value in self.extra.items():
+            print(f"   {key}: {json.dumps(value)}")
 
 
 def _short(text: str, limit: int) -> str:
@@ -701,12 +722,321 @@ def section_frames(args: argparse.Namespace) -> Tally:
     return tally
 
 
+# -- runs: injected faults, kill -9 and resume, API keys ----------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+FAULT_TO_REASON = {
+    "rate_limit": "http_429",
+    "server_error": "http_500",
+    "timeout": "timeout",
+    "malformed": "malformed",
+}
+
+
+def _run_config(folder: Path, *, samples: int, steps: int, **sections: Any) -> dict[str, Any]:
+    """An experiment on a frozen coffee/sports checkpoint (exact match, sim-keyword)."""
+    from selfimprove_rl.mimic import load_dataset
+
+    checkpoint = folder / "checkpoint.json"
+    if not checkpoint.exists():
+        load_dataset(
+            "coffee_sports", model="sim-keyword", eval_kind="exact_match", limit=samples
+        ).save(checkpoint)
+    config: dict[str, Any] = {
+        "name": "reliability",
+        "seed": 0,
+        "data": {"kind": "checkpoint", "path": str(checkpoint)},
+        "target": {"model": "sim-keyword"},
+        "policy": {"name": "rule_induction"},
+        "env": {"minibatch_size": 16, "max_steps": 6},
+        "stopping": {"max_total_steps": steps, "stagnation_steps": steps},
+    }
+    for name, values in sections.items():
+        config[name] = {**config.get(name, {}), **values}
+    return config
+
+
+def _injected(run: Any) -> dict[str, int]:
+    """Faults the in-process simulated transport injected (by kind) into a run's replays."""
+    transport = run.env.unwrapped.replayer.client._client._transport
+    injector = transport.api.injector
+    return dict(injector.counts) if injector is not None else {}
+
+
+class _InjectedFaults:
+    """Run callback: keeps the faults the in-process transport injected, by kind."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def on_finish(self, run: Any, summary: dict[str, Any]) -> None:
+        self.counts = _injected(run)
+
+    def on_promotion(self, run: Any, version_id: str, decision: Any) -> None:
+        pass
+
+
+def section_faults(args: argparse.Namespace) -> Tally:
+    """A run under 20% injected faults against the same run on a clean backend."""
+    from selfimprove_rl.config import parse_config
+    from selfimprove_rl.runner import run_experiment
+
+    tally = Tally("faults")
+    steps = 6 if args.quick else 14
+    replay = {"max_retries": 8, "backoff_initial_s": 0.002, "backoff_max_s": 0.02}
+    faults = {"fail_rate": 0.2, "seed": args.seed, "timeout_hold_s": 0.05, "retry_after_s": 0.01}
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for name, backend in (("clean", {}), ("faulty", {"faults": faults})):
+            config = _run_config(folder, samples=120, steps=steps, replay=replay, backend=backend)
+            probe = _InjectedFaults()
+            tally.tried += 1
+            try:
+                result = run_experiment(
+                    parse_config(config), out=folder / name, progress=False, callbacks=[probe]
+                )
+            except Exception as exc:
+                tally.crash(exc, name)
+                continue
+            tally.accepted += 1
+            summary = result.summary
+            results[name] = {
+                "summary": summary,
+                "injected": probe.counts,
+                "prompt": (folder / name / "final_prompt.txt").read_text(encoding="utf-8"),
+            }
+    if len(results) < 2:
+        return tally
+    clean, faulty = results["clean"], results["faulty"]
+    counted = dict(faulty["summary"]["failed_requests_by_reason"])
+    injected = {FAULT_TO_REASON[k]: v for k, v in faulty["injected"].items() if v}
+    for reason in sorted(set(counted) | set(injected)):
+        if counted.get(reason, 0) != injected.get(reason, 0):
+            tally.violate(
+                "injected fault not counted",
+                f"{reason}: injected {injected.get(reason, 0)}, counted {counted.get(reason, 0)}",
+            )
+    if clean["prompt"] != faulty["prompt"]:
+        tally.violate("promoted prompt differs from the clean run", faulty["prompt"][:200])
+    keys = ("calls", "retries", "failures", "steps", "promotions", "test", "holdout")
+    tally.extra = {
+        "faults_injected_by_kind": faulty["injected"],
+        "failed_requests_counted_by_reason": counted,
+        "uncounted_fault_kinds": tally.violations["injected fault not counted"],
+        "same_promoted_prompt": clean["prompt"] == faulty["prompt"],
+        "clean": {k: clean["summary"][k] for k in keys},
+        "faulty": {k: faulty["summary"][k] for k in keys},
+        "samples_failed_after_retries": faulty["summary"]["failures"],
+    }
+    return tally
+
+
+def _subprocess_env() -> dict[str, str]:
+    import os
+
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def _cli_run(config: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "selfimprove_rl.cli", "run", str(config), "--out", str(out),
+            "--no-progress", *extra]  # fmt: skip
+
+
+def _outcome(out: Path) -> dict[str, Any]:
+    """What must match between an interrupted run and the reference."""
+    from selfimprove_rl.fileio import read_jsonl
+
+    events = list(read_jsonl(out / "versions.jsonl"))
+    for event in events:
+        event.pop("at", None)
+        event.get("build", {}).pop("created_at", None)
+    summary = json.loads((out / "summary.json").read_text())
+    summary.pop("run_dir")
+    return {
+        "steps": list(read_jsonl(out / "steps.jsonl")),
+        "events": events,
+        "summary": summary,
+        "prompt": (out / "final_prompt.txt").read_text(encoding="utf-8"),
+    }
+
+
+def section_kill(args: argparse.Namespace) -> Tally:
+    """K random SIGKILLs of a real run, each followed by --resume, against a reference run."""
+    import signal
+    import subprocess
+
+    tally = Tally("kill")
+    kills = 3 if args.quick else 8
+    rng = random.Random(args.seed + 4)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        config = _run_config(
+            folder,
+            samples=80,
+            steps=8 if args.quick else 12,
+            backend={"faults": {"latency_ms": 40.0}},
+            env={"max_calls": 900},
+        )
+        path = folder / "config.json"
+        path.write_text(json.dumps(config), encoding="utf-8")
+        toml = folder / "config.toml"
+        toml.write_text(_to_toml(config), encoding="utf-8")
+        started = time.perf_counter()
+        reference = subprocess.run(
+            _cli_run(toml, folder / "reference"), capture_output=True, text=True,
+            env=_subprocess_env(), cwd=REPO, timeout=1800,
+        )  # fmt: skip
+        duration = time.perf_counter() - started
+        if reference.returncode != 0:
+            tally.crash(RuntimeError(reference.stderr[-500:]), "reference run")
+            return tally
+        out = folder / "killed"
+        killed = 0
+        for _ in range(kills):
+            resume = ("--resume",) if (out / "config.json").exists() else ()
+            process = subprocess.Popen(
+                _cli_run(toml, out, *resume), stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, env=_subprocess_env(), cwd=REPO,
+            )  # fmt: skip
+            time.sleep(rng.uniform(0.2, 0.8) * duration)
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+                killed += 1
+            process.wait(timeout=60)
+        tally.tried = kills
+        resume = ("--resume",) if (out / "config.json").exists() else ()
+        final = subprocess.run(
+            _cli_run(toml, out, *resume), capture_output=True, text=True,
+            env=_subprocess_env(), cwd=REPO, timeout=1800,
+        )  # fmt: skip
+        if final.returncode != 0:
+            tally.crash(RuntimeError(final.stderr[-500:]), "final resume")
+            return tally
+        expected, got = _outcome(folder / "reference"), _outcome(out)
+        numbers = [line["step"] for line in got["steps"]]
+        lost_steps = len(set(range(1, len(expected["steps"]) + 1)) - set(numbers))
+        duplicated_steps = len(numbers) - len(set(numbers))
+        versions = [e["build"]["version_id"] for e in got["events"] if e["event"] == "version"]
+        reference_versions = [
+            e["build"]["version_id"] for e in expected["events"] if e["event"] == "version"
+        ]
+        lost_versions = len(set(reference_versions) - set(versions))
+        duplicated_versions = len(versions) - len(set(versions))
+        for what, count in (
+            ("lost step", lost_steps),
+            ("duplicated step", duplicated_steps),
+            ("lost version", lost_versions),
+            ("duplicated version", duplicated_versions),
+        ):
+            if count:
+                tally.violations[what] += count
+        for key in ("steps", "events", "prompt"):
+            if got[key] != expected[key]:
+                tally.violate(f"{key} differ from the uninterrupted run", key)
+        if got["summary"] != expected["summary"]:
+            diff = [
+                k for k in expected["summary"] if got["summary"].get(k) != expected["summary"][k]
+            ]
+            tally.violate("summary differs from the uninterrupted run", ", ".join(diff))
+        tally.accepted = killed
+        tally.extra = {
+            "kills_sent": killed,
+            "run_seconds_uninterrupted": round(duration, 1),
+            "steps": len(got["steps"]),
+            "lost_steps": lost_steps,
+            "duplicated_steps": duplicated_steps,
+            "lost_versions": lost_versions,
+            "duplicated_versions": duplicated_versions,
+            "same_final_prompt": got["prompt"] == expected["prompt"],
+            "calls": {
+                "reference": expected["summary"]["calls"],
+                "resumed": got["summary"]["calls"],
+            },
+        }
+    return tally
+
+
+def _to_toml(config: dict[str, Any]) -> str:
+    """A minimal TOML writer for the flat tables of a run config."""
+    lines = [f"{k} = {json.dumps(v)}" for k, v in config.items() if not isinstance(v, dict)]
+    for table, values in config.items():
+        if isinstance(values, dict):
+            nested = {k: v for k, v in values.items() if isinstance(v, dict)}
+            lines.append(f"[{table}]")
+            lines += [f"{k} = {json.dumps(v)}" for k, v in values.items() if k not in nested]
+            for name, inner in nested.items():
+                lines.append(f"[{table}.{name}]")
+                lines += [f"{k} = {json.dumps(v)}" for k, v in inner.items()]
+    return "\n".join(lines) + "\n"
+
+
+def section_secrets(args: argparse.Namespace) -> Tally:
+    """A fake API key in the environment must not reach any file, log or output."""
+    import socket
+    import subprocess
+
+    from selfimprove_rl.simulated.server import running_server
+
+    tally = Tally("secrets")
+    secret = "sk-bench-" + "".join(random.Random(args.seed).choices("abcdef0123456789", k=40))
+    env = {**_subprocess_env(), "SELFIMPROVE_BENCH_KEY": secret}
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    captured: list[bytes] = []
+    with tempfile.TemporaryDirectory() as tmp, running_server() as base_url:
+        folder = Path(tmp)
+        for name, url in (("served", base_url), ("down", f"http://127.0.0.1:{closed}/v1")):
+            config = _run_config(
+                folder,
+                samples=60,
+                steps=3,
+                backend={"kind": "openai", "base_url": url, "api_key_env": "SELFIMPROVE_BENCH_KEY"},
+                replay={"backoff_initial_s": 0.01, "backoff_max_s": 0.05, "max_retries": 1},
+            )
+            toml = folder / f"{name}.toml"
+            toml.write_text(_to_toml(config), encoding="utf-8")
+            done = subprocess.run(
+                _cli_run(toml, folder / name), capture_output=True, env=env, cwd=REPO,
+                timeout=1800,
+            )  # fmt: skip
+            captured += [done.stdout, done.stderr]
+            tally.extra[f"{name}_exit_code"] = done.returncode
+        files = [path for path in folder.rglob("*") if path.is_file()]
+        found = 0
+        needle = secret.encode()
+        for path in files:
+            tally.tried += 1
+            if needle in path.read_bytes():
+                found += 1
+                tally.violate("API key in a written file", str(path.relative_to(folder)))
+            else:
+                tally.accepted += 1
+        for index, stream in enumerate(captured):
+            tally.tried += 1
+            if needle in stream:
+                found += 1
+                tally.violate("API key in captured output", f"stream {index}")
+            else:
+                tally.accepted += 1
+        tally.extra["files_scanned"] = len(files)
+        tally.extra["bytes_scanned"] = sum(p.stat().st_size for p in files) + sum(
+            map(len, captured)
+        )
+        tally.extra["api_key_occurrences"] = found
+    return tally
+
+
 # -- main --------------------------------------------------------------------------------------
 
 SECTIONS: dict[str, Callable[[argparse.Namespace], Tally]] = {
     "directives": section_directives,
     "jsonl": section_jsonl,
     "frames": section_frames,
+    "faults": section_faults,
+    "kill": section_kill,
+    "secrets": section_secrets,
 }
 
 

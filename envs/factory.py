@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from envs.prompt_env import PromptEnv, PromptEnvConfig
 from selfimprove_rl.backend import Backend
+from selfimprove_rl.cache import ResponseCache
 from selfimprove_rl.checkpoint import Checkpoint
 from selfimprove_rl.errors import ConfigError, validation_summary
 from selfimprove_rl.evals import Evaluator
@@ -51,6 +52,8 @@ def make_prompt_env(
     evaluators: Sequence[Evaluator] | None = None,
     config: PromptEnvConfig | dict[str, Any] | None = None,
     registry: Registry | None = None,
+    cache: ResponseCache | None = None,
+    replay_config: ReplayConfig | dict[str, Any] | None = None,
     render_mode: str | None = None,
     **config_overrides: Any,
 ) -> PromptEnv:
@@ -66,6 +69,10 @@ def make_prompt_env(
         evaluators: default: built from the checkpoint's eval constants, judged on ``backend``.
         config: env options.
         registry: where versions live (default: in memory).
+        cache: the response cache (default: a new in-memory one); a run passes one on disk so
+            a resumed run neither pays twice nor forgets what was paid.
+        replay_config: concurrency, retries, timeouts and failure thresholds of the replay
+            (a ``[replay]`` table).
         render_mode: ``"ansi"`` or ``None``.
         **config_overrides: env options merged on top of ``config``.
 
@@ -86,6 +93,8 @@ def make_prompt_env(
         "evaluators": evaluators,
         "config": config,
         "registry": registry,
+        "cache": cache,
+        "replay_config": replay_config,
         "render_mode": render_mode,
         "config_overrides": config_overrides,
     }
@@ -111,6 +120,8 @@ def _make(
     evaluators: Sequence[Evaluator] | None,
     config: PromptEnvConfig | dict[str, Any] | None,
     registry: Registry | None,
+    cache: ResponseCache | None,
+    replay_config: ReplayConfig | dict[str, Any] | None,
     render_mode: str | None,
     config_overrides: dict[str, Any],
 ) -> PromptEnv:
@@ -137,17 +148,29 @@ def _make(
             judge_llm_kwargs=resolved_backend.phoenix_llm_kwargs(),
             target_model=target_model,
         )
-    replay_defaults = resolved_backend.replay_defaults()
     return env_class(
         checkpoint,
         resolved_backend.async_client(),
         evaluators,
         env_config,
         model=target_model,
-        replay_config=ReplayConfig(**replay_defaults) if replay_defaults else None,
+        cache=cache,
+        replay_config=_replay_config(replay_config, resolved_backend),
         registry=registry,
         render_mode=render_mode,
     )
+
+
+def _replay_config(
+    given: ReplayConfig | dict[str, Any] | None, backend: Backend
+) -> ReplayConfig | None:
+    """The replay settings: what the caller gave, with the backend's needs where it gave none."""
+    if isinstance(given, ReplayConfig):
+        return given
+    defaults = backend.replay_defaults()
+    if given is None and not defaults:
+        return None
+    return ReplayConfig.model_validate({**defaults, **(given or {})})
 
 
 class _ServedPromptEnv(PromptEnv):

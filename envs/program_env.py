@@ -33,6 +33,12 @@ nodes; the env takes several node edits at once), *tie acceptance with a bound*
 can wait for its responder edit, while drift stays bounded), and *node evals as shaping*
 (``node_shaping``: a router edit that gets more labels right is rewarded although the end-to-
 end score has not moved yet).
+
+Budgets, spend and resume work as in :class:`~envs.prompt_env.PromptEnv`: a hard call budget
+(a step whose calls, bounded by :meth:`ProgramReplayer.plan
+<selfimprove_rl.program_replay.ProgramReplayer.plan>`, do not fit next to ``reserved_calls``
+is refused), the accounts in ``env.spend`` (:class:`~envs.spend.SpendMeter`), and
+:meth:`ProgramEnv.state_dict` with ``reset(options={"restore": ...})`` for exact resume.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from envs.program_spaces import ProgramAction, ProgramActionSpace, program_observation_space
 from envs.program_views import ProgramEvaluation, node_observation, node_rows, trace_rows
 from envs.spaces import EnvAction
+from envs.spend import SpendMeter, judge_calls_bound
 from selfimprove_rl.aio import BackgroundLoop
 from selfimprove_rl.cache import ResponseCache
 from selfimprove_rl.checkpoint import Action, Checkpoint, Sample, SplitName
@@ -111,7 +118,9 @@ class ProgramEnvConfig(BaseModel):
         description="Terminate when the current end-to-end minibatch score reaches it.",
     )
     max_calls: int | None = Field(
-        default=None, ge=0, description="Model calls (replay and judge) this env may send in all."
+        default=None,
+        ge=0,
+        description="Model calls (replay, gate, report and judge) this env may send in all; hard.",
     )
     max_tokens: int | None = Field(default=None, ge=0, description="Tokens it may spend in all.")
     transition: Literal["if_improved", "always"] = Field(
@@ -187,8 +196,16 @@ class ProgramEnv(gymnasium.Env[Observation, Any]):
         )
         if not self.splits.train:
             raise EnvError("The train split is empty; use more traces or a larger train share.")
-        self.replayer = Replayer(client, cache=cache or ResponseCache(), config=replay_config)
+        self.replayer = Replayer(
+            client, cache=cache if cache is not None else ResponseCache(), config=replay_config
+        )
         self.program_replayer = ProgramReplayer(self.replayer, self.program)
+        self.spend = SpendMeter(
+            self.replayer,
+            self.all_evaluators,
+            max_calls=self.config.max_calls,
+            max_tokens=self.config.max_tokens,
+        )
         initial = ProgramState.from_actions(
             self.program, self.base_actions, model=model, frozen_blocks=self._frozen_blocks()
         )
@@ -247,25 +264,47 @@ class ProgramEnv(gymnasium.Env[Observation, Any]):
     # ----------------------------------------------------------------- accounting
     @property
     def usage(self) -> dict[str, int]:
-        """Model calls and tokens actually sent by this env so far (cache hits excluded)."""
-        replay = self.replayer.usage
-        judge_calls = sum(int(getattr(e, "calls", 0)) for e in self.all_evaluators)
-        return {
-            "replay_calls": replay.calls,
-            "judge_calls": judge_calls,
-            "calls": replay.calls + judge_calls,
-            "tokens": replay.prompt_tokens + replay.completion_tokens,
-            "cache_hits": replay.cache_hits,
-        }
+        """What was sent so far (see :attr:`envs.spend.SpendMeter.usage`)."""
+        return self.spend.usage
+
+    @property
+    def reserved_calls(self) -> int:
+        """Calls held back from steps for a caller's later work (the runner's report)."""
+        return self.spend.reserved_calls
+
+    @reserved_calls.setter
+    def reserved_calls(self, calls: int) -> None:
+        self.spend.reserved_calls = int(calls)
 
     def budget_exhausted(self) -> bool:
-        """Whether the configured call or token budget is spent."""
-        usage = self.usage
-        over_calls = self.config.max_calls is not None and usage["calls"] >= self.config.max_calls
-        over_tokens = (
-            self.config.max_tokens is not None and usage["tokens"] >= self.config.max_tokens
-        )
-        return over_calls or over_tokens
+        """Whether the call or token budget is spent (or a step was refused for want of it)."""
+        return self.spend.exhausted()
+
+    def calls_to_score(self, state: ProgramState, samples: Sequence[Sample]) -> int:
+        """The most calls replaying and judging ``state`` on ``samples`` sends now.
+
+        Node requests priced by :meth:`ProgramReplayer.plan`; end-to-end judges by
+        :func:`~envs.spend.judge_calls_bound`; node judges one call per trace. Retries aside.
+        """
+        samples = list(samples)
+        plan = self.program_replayer.plan(samples, self.actions_of(state))
+        output = plan.texts[self.program.output_name]
+        calls = plan.calls + judge_calls_bound(self.evaluators, samples, output)
+        for evaluators in self.node_evaluators.values():
+            calls += judge_calls_bound(evaluators, samples, [None] * len(samples))
+        return calls
+
+    def calls_to_score_version(self, version_id: str, split: SplitName) -> int:
+        """:meth:`calls_to_score` for a registered version on a whole split."""
+        return self.calls_to_score(self._state(version_id), self.splits.by_name(split))
+
+    def reset_calls_bound(self) -> int:
+        """The most calls a reset sends (retries aside): every node and judge on a minibatch."""
+        size = len(self.splits.train)
+        if self.config.minibatch_size is not None:
+            size = min(size, self.config.minibatch_size)
+        judges = sum(1 for evaluator in self.all_evaluators if hasattr(evaluator, "calls"))
+        return size * (len(self.program.order) + judges)
 
     # ----------------------------------------------------------------- evaluation
     def actions_of(self, state: ProgramState) -> dict[str, Action]:
@@ -367,23 +406,76 @@ class ProgramEnv(gymnasium.Env[Observation, Any]):
         Args:
             seed: seeds ``np_random`` (and through it the minibatch draws).
             options: ``version`` — the version to start from; ``step`` — the step index to
-                continue at (a resumed run keeps its minibatch sequence).
+                continue at (a resumed run keeps its minibatch sequence); ``restore`` — a
+                :meth:`state_dict` to continue exactly where it was taken (``seed`` ignored).
         """
         super().reset(seed=seed)
         self._require_open()
         options = options or {}
-        start = options.get("version") or self.registry.live_id
-        self._state(start)
-        self._episode_seed = int(self.np_random.integers(2**31))
-        self._step_index = int(options.get("step", 0))
-        self._tie_streak = 0
-        self._current_id = start
-        evaluation = self._loop.run(self._evaluate(self._state(start), self._minibatch()))
-        self._current_eval = evaluation
+        self.spend.refused = None
+        if options.get("restore") is not None:
+            start = self._restore(dict(options["restore"]))
+        else:
+            start = options.get("version") or self.registry.live_id
+            self._state(start)
+            self._episode_seed = int(self.np_random.integers(2**31))
+            self._step_index = int(options.get("step", 0))
+            self._tie_streak = 0
+            self._current_id = start
+            self._current_eval = self._loop.run(
+                self._evaluate(self._state(start), self._minibatch())
+            )
+        evaluation = self._current_eval
+        assert evaluation is not None
         info = self._info(
             start, start, evaluation, evaluation, accepted=True, edits=[], invalid=None
         )
         return self._observation(), info
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return where the episode is (JSON-serialisable), for ``reset(options={"restore": ...})``.
+
+        Raises:
+            EnvError: before the first reset.
+        """
+        if self._current_id is None or self._current_eval is None:
+            raise EnvError("No episode to save before reset(); call env.reset() first.")
+        return {
+            "current_version": self._current_id,
+            "current_samples": [sample.sample_id for sample in self._current_eval.samples],
+            "last_samples": [sample.sample_id for sample in self._last_samples],
+            "episode_seed": self._episode_seed,
+            "step_index": self._step_index,
+            "tie_streak": self._tie_streak,
+            "np_random": self.np_random.bit_generator.state,
+        }
+
+    def _restore(self, state: dict[str, Any]) -> str:
+        """Continue the episode saved by :meth:`state_dict`; returns the current version."""
+        by_id = {sample.sample_id: sample for sample in self.splits.train}
+        try:
+            current = str(state["current_version"])
+            samples = [by_id[str(i)] for i in state["current_samples"]]
+            last = [by_id[str(i)] for i in state.get("last_samples", [])]
+            episode_seed, step_index = int(state["episode_seed"]), int(state["step_index"])
+            tie_streak = int(state.get("tie_streak", 0))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EnvError(
+                f"Cannot restore the env: its saved state is malformed or names traces not in "
+                f"this checkpoint's train split ({exc}); resume with the checkpoint and split "
+                "settings the run started with."
+            ) from exc
+        self._state(current)
+        if state.get("np_random") is not None:
+            self.np_random.bit_generator.state = state["np_random"]
+        self._episode_seed, self._step_index = episode_seed, step_index
+        self._tie_streak, self._current_id = tie_streak, current
+        hits_before = self.replayer.usage.cache_hits
+        with self.spend.unbudgeted():
+            self._current_eval = self._loop.run(self._evaluate(self._state(current), samples))
+        self.spend.hide_cache_hits(self.replayer.usage.cache_hits - hits_before)
+        self._last_samples = last or samples
+        return current
 
     def step(self, action: Any) -> tuple[Observation, float, bool, bool, dict[str, Any]]:
         """Apply node edits to a base version, replay both through the program, reward the delta.
@@ -411,11 +503,14 @@ class ProgramEnv(gymnasium.Env[Observation, Any]):
             )
         self._step_index += 1
         base_state = self._state(base_id)
-        if self.budget_exhausted():
+        refusal = self._refusal(base_id, base_state, raw)
+        if refusal is not None:
+            self.spend.refused = refusal
             current = self._current_eval
             info = self._info(
                 base_id, base_id, current, current, accepted=False, edits=[], invalid=None
             )
+            info["budget_refusal"] = refusal
             return self._observation(), 0.0, False, True, info
         invalid: InvalidEdit | None = None
         edits: list[NodeEdit] = []
@@ -482,6 +577,34 @@ class ProgramEnv(gymnasium.Env[Observation, Any]):
             tie_move=tie_move,
         )
         return self._observation(), float(reward), bool(terminated), bool(truncated), info
+
+    def _refusal(self, base_id: str, base_state: ProgramState, raw: Any) -> str | None:
+        """Why the step may not run for want of budget (``None``: it may); sends nothing."""
+        refusal = self.spend.token_refusal()
+        if refusal is not None or self.config.max_calls is None:
+            return refusal
+        try:
+            new_state = apply_program(base_state, self._node_edits(raw), allowed_models=self.models)
+            invalid = False
+        except InvalidEdit:
+            new_state, invalid = base_state, True
+        samples = self._peek_minibatch()
+        planned: list[ProgramState] = []
+        if new_state != base_state:
+            planned = [base_state, new_state]
+            if base_id != self._current_id and self._current_id is not None:
+                planned.append(self._state(self._current_id))
+        elif base_id != self._current_id or (self.config.observe_on_no_op and not invalid):
+            planned = [base_state]
+        return self.spend.call_refusal(sum(self.calls_to_score(s, samples) for s in planned))
+
+    def _peek_minibatch(self) -> list[Sample]:
+        """The step's minibatch, without recording it as the last one replayed."""
+        last = self._last_samples
+        try:
+            return self._minibatch()
+        finally:
+            self._last_samples = last
 
     def _accepts(
         self,

@@ -16,12 +16,14 @@ from typing import Any
 
 from envs.program_env import ProgramEnv, ProgramEnvConfig
 from selfimprove_rl.backend import Backend
+from selfimprove_rl.cache import ResponseCache
 from selfimprove_rl.checkpoint import Checkpoint
 from selfimprove_rl.errors import DataError
 from selfimprove_rl.evals import Evaluator
 from selfimprove_rl.evals.factory import build_evaluators
 from selfimprove_rl.program_data import load_pipeline, load_pipeline_file, pipeline_names
 from selfimprove_rl.registry import Registry
+from selfimprove_rl.replay import ReplayConfig
 
 
 def load_program_source(data: str | Path | Checkpoint, *, model: str) -> Checkpoint:
@@ -61,6 +63,8 @@ def make_program_env(
     evaluators: Sequence[Evaluator] | None = None,
     config: ProgramEnvConfig | dict[str, Any] | None = None,
     registry: Registry | None = None,
+    cache: ResponseCache | None = None,
+    replay_config: ReplayConfig | dict[str, Any] | None = None,
     render_mode: str | None = None,
     **config_overrides: Any,
 ) -> ProgramEnv:
@@ -74,6 +78,8 @@ def make_program_env(
         evaluators: default: built from the checkpoint's eval constants, judged on ``backend``.
         config: env options.
         registry: where program versions live (default: in memory).
+        cache: the response cache (default: a new in-memory one; a run passes its own).
+        replay_config: the replay's concurrency, retries, timeouts and failure thresholds.
         render_mode: ``"ansi"`` or ``None``.
         **config_overrides: env options merged on top of ``config``.
 
@@ -99,6 +105,12 @@ def make_program_env(
         evaluators,
         env_config,
         model=model,
+        cache=cache,
+        replay_config=(
+            replay_config
+            if isinstance(replay_config, ReplayConfig) or replay_config is None
+            else ReplayConfig.model_validate(replay_config)
+        ),
         registry=registry,
         render_mode=render_mode,
     )

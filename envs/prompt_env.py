@@ -24,6 +24,20 @@ Invariants:
 Episodes start from the registry's live build (or ``options["version"]``), end with
 ``terminated`` when the current version's minibatch score reaches ``target_score``, and with
 ``truncated`` after ``max_steps`` steps or when the call/token budget is spent.
+
+**The call budget is hard.** Before a step replays anything, the env works out what it will
+send (distinct uncached requests, plus judge requests for verdicts it has not seen) and refuses
+the step (``truncated``, ``info["budget_refusal"]``, nothing sent, no version registered)
+when that plus ``reserved_calls`` (what a caller holds back, e.g. the runner's final report)
+would pass ``max_calls``; every request, retries included, is also checked as it leaves (the
+replayer's call guard). Judge retries are the one thing not checked request by request. The
+token budget is checked between steps. The accounts live in ``env.spend``
+(:class:`~envs.spend.SpendMeter`).
+
+**Exact resume.** :meth:`state_dict` and ``reset(options={"restore": state})`` carry the
+episode (current version, its minibatch, the minibatch seed and step, ``np_random``) across
+processes; ``env.spend.state()`` and ``env.spend.restore(...)`` carry the spend counters,
+with what the cache's ledger says a killed process paid after the state was saved.
 """
 
 from __future__ import annotations
@@ -38,6 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from envs.observation import build_observation
 from envs.spaces import EnvAction, PromptActionSpace, observation_space
+from envs.spend import SpendMeter, judge_calls_bound
 from selfimprove_rl.aio import BackgroundLoop
 from selfimprove_rl.cache import ResponseCache
 from selfimprove_rl.checkpoint import Checkpoint, Sample, SplitName
@@ -87,7 +102,9 @@ class PromptEnvConfig(BaseModel):
         default=0.99, description="Terminate when the current version's minibatch score reaches it."
     )
     max_calls: int | None = Field(
-        default=None, ge=0, description="Model calls (replay and judge) this env may send in all."
+        default=None,
+        ge=0,
+        description="Model calls (replay, gate, report and judge) this env may send in all; hard.",
     )
     max_tokens: int | None = Field(
         default=None, ge=0, description="Tokens this env may spend in all."
@@ -184,7 +201,15 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
         )
         if not self.splits.train:
             raise EnvError("The train split is empty; use more samples or a larger train share.")
-        self.replayer = Replayer(client, cache=cache or ResponseCache(), config=replay_config)
+        self.replayer = Replayer(
+            client, cache=cache if cache is not None else ResponseCache(), config=replay_config
+        )
+        self.spend = SpendMeter(
+            self.replayer,
+            self.evaluators,
+            max_calls=self.config.max_calls,
+            max_tokens=self.config.max_tokens,
+        )
         target_model = model or checkpoint.action.model
         self.models: tuple[str, ...] = self.config.allowed_models or (target_model,)
         initial = PromptState.from_action(checkpoint.action, model=target_model)
@@ -212,25 +237,51 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
     # ----------------------------------------------------------------- accounting
     @property
     def usage(self) -> dict[str, int]:
-        """Model calls and tokens actually sent by this env so far (cache hits excluded)."""
-        replay = self.replayer.usage
-        judge_calls = sum(int(getattr(e, "calls", 0)) for e in self.evaluators)
-        return {
-            "replay_calls": replay.calls,
-            "judge_calls": judge_calls,
-            "calls": replay.calls + judge_calls,
-            "tokens": replay.prompt_tokens + replay.completion_tokens,
-            "cache_hits": replay.cache_hits,
-        }
+        """What was sent so far (see :attr:`envs.spend.SpendMeter.usage`)."""
+        return self.spend.usage
+
+    @property
+    def reserved_calls(self) -> int:
+        """Calls held back from steps for a caller's later work (the runner's report)."""
+        return self.spend.reserved_calls
+
+    @reserved_calls.setter
+    def reserved_calls(self, calls: int) -> None:
+        self.spend.reserved_calls = int(calls)
 
     def budget_exhausted(self) -> bool:
-        """Whether the configured call or token budget is spent."""
-        usage = self.usage
-        over_calls = self.config.max_calls is not None and usage["calls"] >= self.config.max_calls
-        over_tokens = (
-            self.config.max_tokens is not None and usage["tokens"] >= self.config.max_tokens
-        )
-        return over_calls or over_tokens
+        """Whether the call or token budget is spent (or a step was refused for want of it)."""
+        return self.spend.exhausted()
+
+    @property
+    def budget_refusal(self) -> str | None:
+        """Why the last refused step was refused (``None`` when none was)."""
+        return self.spend.refused
+
+    def calls_to_score(self, state: PromptState, samples: Sequence[Sample]) -> int:
+        """Return the most calls replaying and judging ``state`` on ``samples`` sends now.
+
+        Replays: the distinct requests the cache cannot answer. Judges: for an evaluator with
+        a ``calls`` counter, ``pending_calls(items)`` for outputs already known (when it has
+        that method; else one per item), plus one per sample whose output is still unknown.
+        Retries come on top.
+        """
+        plan = self.replayer.plan(samples, state.to_action(self.checkpoint.action))
+        texts = [None if outcome is None else outcome.text for outcome in plan.outcomes]
+        return plan.calls + judge_calls_bound(self.evaluators, samples, texts)
+
+    def reset_calls_bound(self) -> int:
+        """The most calls a reset sends (retries aside): a minibatch replayed and judged."""
+        size = len(self.splits.train)
+        if self.config.minibatch_size is not None:
+            size = min(size, self.config.minibatch_size)
+        judges = sum(1 for evaluator in self.evaluators if hasattr(evaluator, "calls"))
+        return size * (1 + judges)
+
+    def calls_to_score_version(self, version_id: str, split: SplitName) -> int:
+        """:meth:`calls_to_score` for a registered version on a whole split."""
+        state = self.registry.build(version_id).state
+        return self.calls_to_score(state, self.splits.by_name(split))
 
     # ----------------------------------------------------------------- evaluation
     async def _evaluate(self, state: PromptState, samples: list[Sample]) -> _Evaluation:
@@ -298,7 +349,9 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
         Args:
             seed: seeds ``np_random`` (and through it the minibatch draws).
             options: ``version`` — the version to start from; ``step`` — the step index to
-                continue at (resuming a run keeps its minibatch sequence).
+                continue at; ``restore`` — a :meth:`state_dict` to continue exactly where it
+                was taken (in another process: the current version is re-scored on the same
+                minibatch, from the cache; ``seed`` is ignored).
 
         Returns:
             The observation of the start version and an info dict (see :meth:`step`).
@@ -306,15 +359,20 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
         super().reset(seed=seed)
         self._require_open()
         options = options or {}
-        start = options.get("version") or self.registry.live_id
-        self.registry.record(start)
-        self._episode_seed = int(self.np_random.integers(2**31))
-        self._step_index = int(options.get("step", 0))
-        self._current_id = start
-        evaluation = self._loop.run(
-            self._evaluate(self.registry.build(start).state, self._minibatch())
-        )
-        self._current_eval = evaluation
+        self.spend.refused = None
+        if options.get("restore") is not None:
+            start = self._restore(dict(options["restore"]))
+        else:
+            start = options.get("version") or self.registry.live_id
+            self.registry.record(start)
+            self._episode_seed = int(self.np_random.integers(2**31))
+            self._step_index = int(options.get("step", 0))
+            self._current_id = start
+            self._current_eval = self._loop.run(
+                self._evaluate(self.registry.build(start).state, self._minibatch())
+            )
+        evaluation = self._current_eval
+        assert evaluation is not None
         info = self._info(
             version_id=start,
             base_id=start,
@@ -325,6 +383,52 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
             invalid=None,
         )
         return self._observation(), info
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return where the episode is (JSON-serialisable), for ``reset(options={"restore": ...})``.
+
+        Raises:
+            EnvError: before the first reset.
+        """
+        if self._current_id is None or self._current_eval is None:
+            raise EnvError("No episode to save before reset(); call env.reset() first.")
+        return {
+            "current_version": self._current_id,
+            "current_samples": [sample.sample_id for sample in self._current_eval.samples],
+            "episode_seed": self._episode_seed,
+            "step_index": self._step_index,
+            "np_random": self.np_random.bit_generator.state,
+        }
+
+    def _restore(self, state: dict[str, Any]) -> str:
+        """Continue the episode saved by :meth:`state_dict`; returns the current version."""
+        try:
+            current = str(state["current_version"])
+            sample_ids = [str(i) for i in state["current_samples"]]
+            episode_seed, step_index = int(state["episode_seed"]), int(state["step_index"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EnvError(
+                f"Cannot restore the env: its saved state is malformed ({exc})."
+            ) from exc
+        self.registry.record(current)
+        by_id = {sample.sample_id: sample for sample in self.splits.train}
+        unknown = [i for i in sample_ids if i not in by_id]
+        if unknown:
+            raise EnvError(
+                f"Cannot restore the env: samples {unknown[:3]} are not in this checkpoint's train "
+                "split; resume with the checkpoint and split settings the run started with."
+            )
+        if state.get("np_random") is not None:
+            self.np_random.bit_generator.state = state["np_random"]
+        self._episode_seed, self._step_index, self._current_id = episode_seed, step_index, current
+        hits_before = self.replayer.usage.cache_hits
+        with self.spend.unbudgeted():
+            self._current_eval = self._loop.run(
+                self._evaluate(self.registry.build(current).state, [by_id[i] for i in sample_ids])
+            )
+        # Re-scoring from the cache is bookkeeping, not spend: keep the hit counter continuous.
+        self.spend.hide_cache_hits(self.replayer.usage.cache_hits - hits_before)
+        return current
 
     def step(self, action: Any) -> tuple[Observation, float, bool, bool, dict[str, Any]]:
         """Apply an edit to a base version, replay both on one minibatch, reward the delta.
@@ -338,7 +442,9 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
             (sample id → the new version's weighted score), ``failures``
             (sample id → error), ``spend`` (replay requests and tokens), ``minibatch``
             (sample ids), ``examples`` (per-sample rows of the current version), ``step``,
-            ``budget_exhausted``, ``allowed_models`` (what a ``SetModel`` edit may choose).
+            ``budget_exhausted``, ``budget_refusal`` (why the step was refused for want of
+            budget: nothing was sent, no version registered; ``None`` otherwise),
+            ``allowed_models`` (what a ``SetModel`` edit may choose).
 
         Raises:
             EnvError: ``step`` before ``reset``, after ``close``, or an unknown base version.
@@ -354,17 +460,6 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
             )
         self._step_index += 1
         base = self.registry.build(base_id)
-        if self.budget_exhausted():
-            info = self._info(
-                version_id=base_id,
-                base_id=base_id,
-                candidate=self._current_eval,
-                base=self._current_eval,
-                accepted=False,
-                edits=[],
-                invalid=None,
-            )
-            return self._observation(), 0.0, False, True, info
         invalid: InvalidEdit | None = None
         edits: list[Edit] = []
         try:
@@ -375,13 +470,38 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
             new_state = base.state
         unchanged = invalid is not None or new_state == base.state
         observe = self.config.observe_on_no_op and invalid is None
+        samples = self._minibatch()
         if unchanged and base_id == self._current_id and not observe:
+            planned: list[PromptState] = []
+        elif unchanged:
+            planned = [base.state]
+        else:
+            planned = [base.state, new_state]
+            if base_id != self._current_id and self.config.transition == "if_improved":
+                planned.append(self.registry.build(self.current_version_id).state)
+        refusal = self.spend.token_refusal()
+        if refusal is None and self.config.max_calls is not None:
+            needed = sum(self.calls_to_score(state, samples) for state in planned)
+            refusal = self.spend.call_refusal(needed)
+        if refusal is not None:
+            self.spend.refused = refusal
+            info = self._info(
+                version_id=base_id,
+                base_id=base_id,
+                candidate=self._current_eval,
+                base=self._current_eval,
+                accepted=False,
+                edits=[],
+                invalid=None,
+            )
+            info["budget_refusal"] = refusal
+            return self._observation(), 0.0, False, True, info
+        if not planned:
             # Nothing to compare: a no-op or invalid edit costs no model call.
             base_eval = new_eval = self._current_eval
         elif unchanged:
-            base_eval = new_eval = self._loop.run(self._evaluate(base.state, self._minibatch()))
+            base_eval = new_eval = self._loop.run(self._evaluate(base.state, samples))
         else:
-            samples = self._minibatch()
             base_eval, new_eval = self._loop.run(
                 self._evaluate_pair(base.state, new_state, samples)
             )
@@ -561,5 +681,6 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
             "minibatch": [s.sample_id for s in candidate.samples],
             "examples": self._examples(self._current_eval),
             "budget_exhausted": self.budget_exhausted(),
+            "budget_refusal": None,
             "allowed_models": list(self.models),
         }

@@ -14,6 +14,7 @@ from selfimprove_rl.checkpoint import (
     Splits,
 )
 from selfimprove_rl.errors import (
+    BackendUnavailableError,
     InvalidEdit,
     ProgramError,
     SelfImproveError,
@@ -46,6 +47,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Action",
     "AddLine",
+    "BackendUnavailableError",
     "Block",
     "Checkpoint",
     "DeleteLine",

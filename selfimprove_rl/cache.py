@@ -11,6 +11,13 @@ it), a busy timeout so several processes can share one file, and a lock so sever
 can share one instance. Writes are ``INSERT OR IGNORE``: the first answer stored for a key
 is the answer.
 
+It is also the **spend ledger** of whoever pays through it: :meth:`ResponseCache.pay` stores a
+response together with what getting it cost (requests sent, tokens) in one transaction,
+:meth:`record_failure` what a request that never got an answer cost; entries are numbered in
+order. A run that is killed keeps its ledger, so a resumed run can account for what the
+killed process paid after its last saved state (:meth:`payments_since`). With several
+processes on one file the ledger counts them all.
+
 Returned dicts are the stored objects themselves: treat them as read-only.
 """
 
@@ -22,7 +29,7 @@ import threading
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 from selfimprove_rl.errors import ReplayError
 
@@ -35,6 +42,34 @@ CREATE TABLE IF NOT EXISTS responses (
     created_at REAL NOT NULL
 ) WITHOUT ROWID
 """
+_LEDGER_SCHEMA = """
+CREATE TABLE IF NOT EXISTS ledger (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT,
+    calls INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL
+)
+"""
+
+
+class Payment(NamedTuple):
+    """One ledger entry: what one request cost, and the key of its answer (``None``: failed).
+
+    Example:
+        >>> Payment(None, calls=5).ok, Payment("k", calls=1, prompt_tokens=7).ok
+        (False, True)
+    """
+
+    key: str | None
+    calls: int
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """Whether the request got an answer (stored under ``key``)."""
+        return self.key is not None
 
 
 class ResponseCache:
@@ -59,6 +94,7 @@ class ResponseCache:
         self.hits = 0
         self.misses = 0
         self._memory: dict[str, dict[str, Any]] = {}
+        self._ledger: list[Payment] = []
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         if self.path is not None:
@@ -73,6 +109,13 @@ class ResponseCache:
             self.misses += 1
         else:
             self.hits += 1
+        return found
+
+    def peek(self, key: str) -> dict[str, Any] | None:
+        """Return the response stored under ``key``, or ``None``, without counting a lookup."""
+        found = self._memory.get(key)
+        if found is None and self._db is not None:
+            found = self._read(key)
         return found
 
     def put(self, key: str, response: dict[str, Any]) -> None:
@@ -93,6 +136,85 @@ class ResponseCache:
                     "INSERT OR IGNORE INTO responses (key, response, created_at) VALUES (?, ?, ?)",
                     (key, text, time.time()),
                 )
+
+    def pay(self, key: str, response: dict[str, Any], *, calls: int) -> None:
+        """Store a response that was paid for, and what it cost, in one transaction.
+
+        Args:
+            key: the content address of the request.
+            response: the response body (its ``usage`` gives the tokens paid).
+            calls: requests sent to get it (retries included).
+        """
+        usage = response.get("usage") or {}
+        payment = Payment(
+            key,
+            int(calls),
+            int(usage.get("prompt_tokens") or 0),
+            int(usage.get("completion_tokens") or 0),
+        )
+        text = json.dumps(response, ensure_ascii=False, separators=(",", ":"))
+        self._memory[key] = response
+        with self._lock:
+            if self._db is None:
+                self._ledger.append(payment)
+                return
+            self._db.execute("BEGIN")
+            try:
+                self._db.execute(
+                    "INSERT OR IGNORE INTO responses (key, response, created_at) VALUES (?, ?, ?)",
+                    (key, text, time.time()),
+                )
+                self._insert_ledger(payment)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def record_failure(self, *, calls: int) -> None:
+        """Record the calls a request sent without getting a usable answer."""
+        payment = Payment(None, int(calls))
+        with self._lock:
+            if self._db is None:
+                self._ledger.append(payment)
+            else:
+                self._insert_ledger(payment)
+
+    def _insert_ledger(self, payment: Payment) -> None:
+        assert self._db is not None
+        self._db.execute(
+            "INSERT INTO ledger (key, calls, prompt_tokens, completion_tokens) VALUES (?, ?, ?, ?)",
+            tuple(payment),
+        )
+
+    @property
+    def ledger_seq(self) -> int:
+        """The number of the last ledger entry (0 when nothing was paid through this cache)."""
+        if self._db is None:
+            return len(self._ledger)
+        with self._lock:
+            (seq,) = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM ledger").fetchone()
+        return int(seq)
+
+    def payments_since(self, seq: int) -> list[Payment]:
+        """Return the ledger entries after number ``seq``, in order.
+
+        Example:
+            >>> cache = ResponseCache()
+            >>> cache.pay("k", {"usage": {"prompt_tokens": 7}}, calls=2)
+            >>> mark = cache.ledger_seq
+            >>> cache.record_failure(calls=5)
+            >>> cache.payments_since(0)[0].calls, cache.payments_since(mark)
+            (2, [Payment(key=None, calls=5, prompt_tokens=0, completion_tokens=0)])
+        """
+        if self._db is None:
+            return list(self._ledger[seq:])
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key, calls, prompt_tokens, completion_tokens FROM ledger WHERE seq > ? "
+                "ORDER BY seq",
+                (seq,),
+            ).fetchall()
+        return [Payment(*row) for row in rows]
 
     def __contains__(self, key: object) -> bool:
         """Whether ``key`` is stored (in memory or on disk); does not count a hit or miss."""
@@ -171,6 +293,7 @@ def _open(path: Path) -> sqlite3.Connection:
             )
         db.execute("BEGIN IMMEDIATE")
         db.execute(_SCHEMA)
+        db.execute(_LEDGER_SCHEMA)
         db.execute(f"PRAGMA user_version = {CACHE_FORMAT_VERSION}")
         db.execute("COMMIT")
     except sqlite3.DatabaseError as exc:

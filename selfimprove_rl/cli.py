@@ -216,11 +216,15 @@ def _run_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score(value: object) -> str:
+    return "not scored" if value is None else f"{value:.3f}"
+
+
 def _print_summary(summary: dict[str, object]) -> None:
     print(
         f"policy {summary['policy']} on {summary['backend']}: "
         f"promoted {summary['promoted_version']} "
-        f"(train {summary['train']:.3f}, test {summary['test']:.3f}, "
+        f"(train {_score(summary['train'])}, test {summary['test']:.3f}, "
         f"holdout {summary['holdout']:.3f}; baseline holdout "
         f"{summary['baseline']['holdout']:.3f}) after {summary['steps']} steps, "  # type: ignore[index]
         f"{summary['calls']} model calls; stopped: {summary['stopped_because']}"
@@ -233,6 +237,17 @@ def _print_summary(summary: dict[str, object]) -> None:
             f"{'-' if share is None else format(share, '.0%')} valid, "
             f"{report.get('request_failures', 0)} failed requests, "
             f"structured output: {report.get('format') or 'not negotiated'}"
+        )
+    failures, retries = summary.get("failures") or 0, summary.get("retries") or 0
+    if failures or retries:
+        print(
+            f"replay failures: {failures} samples scored 0 "
+            f"{summary.get('failures_by_reason') or {}}; {retries} retried requests"
+        )
+    if summary.get("budget_overrun"):
+        print(
+            f"warning: the final report passed max_calls={summary['max_calls']} by "
+            f"{summary['budget_overrun']} calls (retries ate its reserve)"
         )
     print(f"run directory: {summary['run_dir']}")
 
@@ -447,8 +462,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the process exit code."""
-    from selfimprove_rl.errors import SelfImproveError
+    """Run the command line; returns the process exit code.
+
+    Exit codes: 0 success, 1 a compare run failed, 2 a configuration or data error, 3 the
+    backend failed systemically (``BackendUnavailableError``; fix it and ``--resume``).
+    """
+    from selfimprove_rl.errors import BackendUnavailableError, SelfImproveError
 
     args = build_parser().parse_args(argv)
     runner: Runner = args.run
@@ -456,8 +475,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return runner(args)
     except SelfImproveError as exc:
-        print(f"selfimprove-rl {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        message = " ".join(str(exc).split()) if isinstance(exc, BackendUnavailableError) else exc
+        print(f"selfimprove-rl {args.command}: error: {message}", file=sys.stderr)
+        return 3 if isinstance(exc, BackendUnavailableError) else 2
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -6,10 +6,12 @@ from the env's ``split_seed``), once per seed, each run stopped by the same budg
 calls (the env's ``max_calls``: every replay, gate and judge call counts). Runs go to worker
 processes when ``jobs`` > 1. The output folder holds:
 
-``compare.csv`` and ``compare.md`` (per policy: runs, mean and 95% interval of the final test
-and holdout scores, calls and tokens, and the steps and calls until the live build's test
-score first reached the threshold), ``compare.png`` (mean reward per step, and the live
-test score against model calls, each with its 95% band), ``runs.jsonl`` (one line per run),
+``compare.csv`` and ``compare.md`` (per policy: runs, the mean and 95% interval of the final
+test and holdout scores with n, calls and tokens; the paired difference to the reference
+policy on the same seeds with its interval and p-value; and the steps and calls until the
+live build's test score first reached the threshold), ``compare.png`` (the live build's test
+score against model calls from the baseline at the start to the final report, and its paired
+difference to the reference, each mean with its 95% band), ``runs.jsonl`` (one line per run),
 ``checkpoint.json``, and each run's own directory under ``runs/<policy>/seed-<n>/``.
 
 The config is an experiment TOML (see :mod:`selfimprove_rl.config`) with a ``[compare]``
@@ -19,6 +21,7 @@ table::
     seeds = 5
     budget_calls = 1200       # the equal budget, in model calls
     threshold = 0.85          # for "steps to threshold"
+    reference = "random"      # paired differences against this policy (default: the first)
 
     [[compare.policies]]
     name = "random"
@@ -30,7 +33,10 @@ table::
 
 A policy of your own is ``name = "package.module:ClassName"``.
 
-The 95% interval is Student's t: ``mean ± t(0.975, n-1) · sd / sqrt(n)`` (none for one run).
+Statistics (:mod:`selfimprove_rl.stats`): intervals are Student's t, ``mean ± t(0.975, n-1)
+· sd / sqrt(n)``, clipped to what the value can be (scores to [0, 1]; none for one run);
+differences are paired by seed (every policy runs on the same seeds, checkpoint and splits)
+with the paired t-test's two-sided p-value. With 2-5 seeds they are wide: read n with them.
 """
 
 from __future__ import annotations
@@ -56,20 +62,26 @@ from selfimprove_rl.config import (
 )
 from selfimprove_rl.errors import ConfigError
 from selfimprove_rl.fileio import atomic_write_text, read_jsonl
+from selfimprove_rl.stats import (
+    COUNT_RANGE,
+    DIFFERENCE_RANGE,
+    SCORE_RANGE,
+    band,
+    paired_difference,
+    t_interval,
+)
 
+_MEASURES = {"test": SCORE_RANGE, "holdout": SCORE_RANGE, "calls": COUNT_RANGE}
+_MEASURES |= {"tokens": COUNT_RANGE}
+_PAIRED = ("test", "holdout")
 COMPARE_COLUMNS = (
     "policy",
     "runs",
     "failed",
-    "test_mean",
-    "test_ci95",
-    "holdout_mean",
-    "holdout_ci95",
-    "calls_mean",
-    "calls_ci95",
-    "tokens_mean",
-    "tokens_ci95",
+    *(f"{key}_{part}" for key in _MEASURES for part in ("mean", "low", "high", "n")),
     "steps_mean",
+    "reference",
+    *(f"{key}_diff_{part}" for key in _PAIRED for part in ("mean", "low", "high", "p", "n")),
     "threshold",
     "reached",
     "steps_to_threshold_mean",
@@ -106,6 +118,11 @@ class CompareConfig(BaseModel):
     threshold: float | None = Field(
         default=None, description="Test score for 'steps to threshold' (default: stopping's)."
     )
+    reference: str | None = Field(
+        default=None,
+        description="Policy (label) the others are compared with, seed by seed (default: the "
+        "first).",
+    )
     jobs: int | None = Field(
         default=None, ge=1, description="Worker processes (1: this process; default: 2 or CPUs)."
     )
@@ -136,8 +153,10 @@ class RunRecord(BaseModel):
     baseline_test: float | None = None
     steps_to_threshold: int | None = None
     calls_to_threshold: int | None = None
-    curve: list[tuple[int, float, int, float]] = Field(
-        default_factory=list, description="(step, reward, cumulative calls, live test) per step."
+    curve: list[tuple[int, float]] = Field(
+        default_factory=list,
+        description="(cumulative calls, live build test score): the baseline at the start, "
+        "each step, and the final report (whose calls are the run's total).",
     )
 
 
@@ -232,16 +251,19 @@ def summarise_run(
     """Build a run's record from its summary and ``steps.jsonl``."""
     baseline_test = float(summary["baseline"]["test"])
     live = baseline_test
-    curve: list[tuple[int, float, int, float]] = []
+    lines = list(read_jsonl(run_dir / "steps.jsonl"))
+    start = int(lines[0]["cumulative_calls"]) - int(lines[0]["calls"]) if lines else 0
+    curve: list[tuple[int, float]] = [(start, baseline_test)]
     reached_step: int | None = 0 if threshold is not None and baseline_test >= threshold else None
-    reached_calls: int | None = 0 if reached_step == 0 else None
-    for line in read_jsonl(run_dir / "steps.jsonl"):
+    reached_calls: int | None = start if reached_step == 0 else None
+    for line in lines:
         if line.get("live_test") is not None:
             live = float(line["live_test"])
         step, calls = int(line["step"]), int(line["cumulative_calls"])
-        curve.append((step, float(line["reward"]), calls, live))
+        curve.append((calls, live))
         if threshold is not None and reached_step is None and live >= threshold:
             reached_step, reached_calls = step, calls
+    curve.append((int(summary["calls"]), float(summary["test"])))
     return RunRecord(
         policy=label,
         seed=seed,
@@ -323,8 +345,16 @@ def run_compare(
     records = _execute(jobs, threshold, compare.jobs or default_jobs(), progress)
     order = {e.title: i for i, e in enumerate(entries)}
     records.sort(key=lambda r: (order[r.policy], r.seed))
-    rows = table_rows(records, [e.title for e in entries], threshold)
-    write_outputs(out_dir, rows, records, title=f"{experiment.name}: {budget} calls per run")
+    labels = [e.title for e in entries]
+    reference = compare.reference or labels[0]
+    if reference not in labels:
+        raise ConfigError(
+            f"Expects [compare] reference to be one of the compared policies {labels}, got "
+            f"{reference!r}."
+        )
+    rows = table_rows(records, labels, threshold, reference=reference)
+    title = f"{experiment.name}: {budget} calls per run"
+    write_outputs(out_dir, rows, records, title=title, reference=reference)
     return CompareResult(out_dir=out_dir, rows=rows, runs=records)
 
 
@@ -382,48 +412,58 @@ def _tick(bar: Any, label: str) -> None:
 
 
 # ---------------------------------------------------------------------- the table
-def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
-    """Return the mean and the half-width of its 95% Student-t interval (nan for n < 2).
-
-    Example:
-        >>> m, h = mean_ci95([0.8, 0.9, 1.0])
-        >>> round(m, 3), round(h, 3)
-        (0.9, 0.248)
-    """
-    if not values:
-        return math.nan, math.nan
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, math.nan
-    from scipy.stats import t
-
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean, float(t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
-
-
 def table_rows(
-    records: Sequence[RunRecord], labels: Sequence[str], threshold: float | None
+    records: Sequence[RunRecord],
+    labels: Sequence[str],
+    threshold: float | None,
+    *,
+    reference: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Return one row per policy (see :data:`COMPARE_COLUMNS`)."""
+    """Return one row per policy (see :data:`COMPARE_COLUMNS`).
+
+    Args:
+        records: every run.
+        labels: the policies, in table order.
+        threshold: the test score of "steps to threshold".
+        reference: the policy the paired differences are taken against (default: the first).
+    """
+    reference = reference or (labels[0] if labels else None)
+    by_seed = {
+        label: {r.seed: r for r in records if r.policy == label and r.error is None}
+        for label in labels
+    }
     rows = []
     for label in labels:
         runs = [r for r in records if r.policy == label]
-        done = [r for r in runs if r.error is None]
+        done = list(by_seed[label].values())
         row: dict[str, Any] = {"policy": label, "runs": len(done), "failed": len(runs) - len(done)}
-        for key in ("test", "holdout", "calls", "tokens"):
-            mean, half = mean_ci95([float(getattr(r, key)) for r in done])
-            row[f"{key}_mean"], row[f"{key}_ci95"] = mean, half
-        row["steps_mean"] = mean_ci95([float(r.steps or 0) for r in done])[0]
+        for key, bounds in _MEASURES.items():
+            interval = t_interval([float(getattr(r, key)) for r in done], bounds=bounds)
+            for part in ("mean", "low", "high", "n"):
+                row[f"{key}_{part}"] = getattr(interval, part)
+        row["steps_mean"] = t_interval([float(r.steps or 0) for r in done]).mean
+        row["reference"] = reference
+        for key in _PAIRED:
+            if label == reference or reference is None:
+                values: tuple[Any, ...] = (math.nan,) * 4 + (0,)
+            else:
+                values = paired_difference(
+                    {seed: float(getattr(r, key)) for seed, r in by_seed[label].items()},
+                    {seed: float(getattr(r, key)) for seed, r in by_seed[reference].items()},
+                    bounds=DIFFERENCE_RANGE,
+                )
+                values = (values.mean, values.low, values.high, values.p_value, values.n)
+            for part, value in zip(("mean", "low", "high", "p", "n"), values, strict=True):
+                row[f"{key}_diff_{part}"] = value
         reached = [r for r in done if r.steps_to_threshold is not None]
         row["threshold"] = threshold
         row["reached"] = len(reached)
-        row["steps_to_threshold_mean"] = mean_ci95(
+        row["steps_to_threshold_mean"] = t_interval(
             [float(r.steps_to_threshold or 0) for r in reached]
-        )[0]
-        row["calls_to_threshold_mean"] = mean_ci95(
+        ).mean
+        row["calls_to_threshold_mean"] = t_interval(
             [float(r.calls_to_threshold or 0) for r in reached]
-        )[0]
+        ).mean
         rows.append(row)
     return rows
 
@@ -436,8 +476,18 @@ def _fmt(value: Any, digits: int) -> str:
     return str(value)
 
 
+def _interval(row: dict[str, Any], prefix: str, digits: int) -> str:
+    mean, low, high = row[f"{prefix}_mean"], row[f"{prefix}_low"], row[f"{prefix}_high"]
+    if _missing(low):
+        return _fmt(mean, digits)
+    return f"{_fmt(mean, digits)} [{_fmt(low, digits)}, {_fmt(high, digits)}]"
+
+
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Return the rows as a Markdown table (``mean ± 95% half-width``)."""
+    """Return the rows as Markdown tables.
+
+    First the scores (``mean [95% interval]``), then the paired differences to the reference.
+    """
     threshold = next((r["threshold"] for r in rows if r["threshold"] is not None), None)
     reach = f"test ≥ {threshold:g}" if threshold is not None else "threshold"
     header = (
@@ -446,23 +496,48 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     )
     lines = [header, "|" + "---|" * 10]
     for row in rows:
-
-        def pm(key: str, digits: int, row: dict[str, Any] = row) -> str:
-            mean, half = row[f"{key}_mean"], row[f"{key}_ci95"]
-            return _fmt(mean, digits) + ("" if math.isnan(half) else f" ± {_fmt(half, digits)}")
-
         runs = f"{row['runs']}" + (f" ({row['failed']} failed)" if row["failed"] else "")
         lines.append(
-            f"| {row['policy']} | {runs} | {pm('test', 3)} | {pm('holdout', 3)} "
-            f"| {pm('calls', 0)} | {pm('tokens', 0)} | {_fmt(row['steps_mean'], 1)} "
+            f"| {row['policy']} | {runs} | {_interval(row, 'test', 3)} "
+            f"| {_interval(row, 'holdout', 3)} | {_interval(row, 'calls', 0)} "
+            f"| {_interval(row, 'tokens', 0)} | {_fmt(row['steps_mean'], 1)} "
             f"| {row['reached']}/{row['runs']} | {_fmt(row['steps_to_threshold_mean'], 1)} "
             f"| {_fmt(row['calls_to_threshold_mean'], 0)} |"
         )
+    reference = next((r["reference"] for r in rows if r.get("reference")), None)
+    others = [r for r in rows if r["policy"] != reference]
+    if reference is not None and others:
+        lines += [
+            "",
+            f"Paired by seed against {reference} (difference [95% interval], paired t-test p):",
+            "",
+            "| policy | pairs | test − reference | p | holdout − reference | p |",
+            "|" + "---|" * 6,
+        ]
+        for row in others:
+            lines.append(
+                f"| {row['policy']} | {row['test_diff_n']} "
+                f"| {_signed(row, 'test_diff')} | {_fmt(row['test_diff_p'], 3)} "
+                f"| {_signed(row, 'holdout_diff')} | {_fmt(row['holdout_diff_p'], 3)} |"
+            )
     return "\n".join(lines) + "\n"
 
 
+def _signed(row: dict[str, Any], prefix: str) -> str:
+    mean, low, high = row[f"{prefix}_mean"], row[f"{prefix}_low"], row[f"{prefix}_high"]
+    if _missing(mean):
+        return "–"
+    text = f"{mean:+.3f}"
+    return text if _missing(low) else f"{text} [{low:+.3f}, {high:+.3f}]"
+
+
 def write_outputs(
-    out_dir: Path, rows: Sequence[dict[str, Any]], records: Sequence[RunRecord], *, title: str
+    out_dir: Path,
+    rows: Sequence[dict[str, Any]],
+    records: Sequence[RunRecord],
+    *,
+    title: str,
+    reference: str | None = None,
 ) -> list[Path]:
     """Write ``compare.csv``, ``compare.md``, ``runs.jsonl`` and ``compare.png``."""
     csv_path = out_dir / "compare.csv"
@@ -477,7 +552,11 @@ def write_outputs(
         "".join(r.model_dump_json(exclude={"curve"}) + "\n" for r in records),
     )
     png_path = plot_curves(
-        records, [str(r["policy"]) for r in rows], out_dir / "compare.png", title=title
+        records,
+        [str(r["policy"]) for r in rows],
+        out_dir / "compare.png",
+        title=title,
+        reference=reference,
     )
     return [csv_path, md_path, runs_path, png_path]
 
@@ -487,20 +566,14 @@ def _missing(value: Any) -> bool:
 
 
 # ---------------------------------------------------------------------- the plot
-def _band(matrix: Any) -> tuple[Any, Any]:
-    """Mean over runs and the 95% half-width, column by column (runs may end early: NaN)."""
+def _on_grid(curve: Sequence[tuple[int, float]], grid: Any) -> Any:
+    """A run's live test score at each grid point of calls (held after the run ends)."""
     import numpy as np
-    from scipy.stats import t
 
-    counts = np.sum(~np.isnan(matrix), axis=0)
-    filled = np.where(np.isnan(matrix), 0.0, matrix)
-    mean = filled.sum(axis=0) / np.maximum(counts, 1)
-    squares = np.where(np.isnan(matrix), 0.0, (matrix - mean) ** 2).sum(axis=0)
-    several = counts >= 2
-    sd = np.sqrt(np.divide(squares, counts - 1, out=np.zeros_like(mean), where=several))
-    quantile = t.ppf(0.975, np.maximum(counts - 1, 1))
-    half = np.where(several, quantile * sd / np.sqrt(np.maximum(counts, 1)), 0.0)
-    return np.where(counts > 0, mean, np.nan), half
+    calls = np.asarray([c for c, _ in curve], dtype=float)
+    scores = np.asarray([v for _, v in curve], dtype=float)
+    index = np.searchsorted(calls, grid, side="right") - 1
+    return np.where(index >= 0, scores[np.maximum(index, 0)], np.nan)
 
 
 def plot_curves(
@@ -509,13 +582,14 @@ def plot_curves(
     path: Path,
     *,
     title: str = "",
-    window: int = 5,
+    reference: str | None = None,
 ) -> Path:
-    """Draw every policy's reward per step and live test score against model calls.
+    """Draw each policy's live test score against model calls, and its paired difference.
 
-    Top: the reward per step, a trailing ``window``-step moving average, mean over seeds with
-    its 95% band. Bottom: the live build's test score against cumulative model calls (the
-    baseline's before the first gate; held after a run ends), mean with its 95% band.
+    Top: the live build's test score against cumulative model calls (the baseline's from the
+    calls of the first reset, the final build's at the run's total, report included), mean
+    over seeds with its 95% band clipped to [0, 1]. Bottom: seed by seed, that score minus
+    the reference policy's at the same number of calls, mean with its band.
     """
     import matplotlib
 
@@ -523,43 +597,42 @@ def plot_curves(
     import matplotlib.pyplot as plt
     import numpy as np
 
-    figure, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7))
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
     done = [r for r in records if r.error is None and r.curve]
-    max_calls = max((r.curve[-1][2] for r in done), default=1) or 1
+    max_calls = max((r.curve[-1][0] for r in done), default=1) or 1
     grid = np.linspace(0, max_calls, 200)
+    reference = reference or (labels[0] if labels else None)
+    reference_runs = {r.seed: r for r in done if r.policy == reference}
     for index, label in enumerate(labels):
         runs = [r for r in done if r.policy == label]
         if not runs:
             continue
         color = f"C{index % 10}"
-        length = max(len(r.curve) for r in runs)
-        rewards = np.full((len(runs), length), np.nan)
-        tests = np.empty((len(runs), grid.size))
-        for row, run in enumerate(runs):
-            values = np.asarray([c[1] for c in run.curve], dtype=float)
-            kernel = np.ones(window)
-            sums = np.convolve(values, kernel)[: len(values)]
-            counts = np.convolve(np.ones(len(values)), kernel)[: len(values)]
-            rewards[row, : len(values)] = sums / counts
-            calls = np.asarray([0, *(c[2] for c in run.curve)], dtype=float)
-            live = np.asarray([run.baseline_test or 0.0, *(c[3] for c in run.curve)], dtype=float)
-            tests[row] = live[np.searchsorted(calls, grid, side="right") - 1]
-        steps = np.arange(1, length + 1)
-        mean, half = _band(rewards)
-        top.plot(steps, mean, color=color, label=f"{label} (n={len(runs)})")
-        top.fill_between(steps, mean - half, mean + half, color=color, alpha=0.2)
-        mean, half = _band(tests)
-        bottom.plot(grid, mean, color=color, label=label)
-        bottom.fill_between(grid, mean - half, mean + half, color=color, alpha=0.2)
-    top.axhline(0.0, color="black", linewidth=0.8)
-    top.set_xlabel("env step")
-    top.set_ylabel(f"reward ({window}-step mean)")
+        tests = np.vstack([_on_grid(run.curve, grid) for run in runs])
+        mean, low, high = band(tests)
+        top.plot(grid, mean, color=color, label=f"{label} (n={len(runs)})")
+        top.fill_between(grid, low, high, color=color, alpha=0.2)
+        paired = [r for r in runs if r.seed in reference_runs]
+        if label == reference or not paired:
+            continue
+        diffs = np.vstack(
+            [
+                _on_grid(run.curve, grid) - _on_grid(reference_runs[run.seed].curve, grid)
+                for run in paired
+            ]
+        )
+        mean, low, high = band(diffs, bounds=DIFFERENCE_RANGE)
+        bottom.plot(grid, mean, color=color, label=f"{label} − {reference} (pairs={len(paired)})")
+        bottom.fill_between(grid, low, high, color=color, alpha=0.2)
+    top.set_ylabel("live build test score")
+    top.set_ylim(0.0, 1.05)
     top.set_title(title or "policy comparison")
-    top.legend(loc="upper right", fontsize="small")
-    bottom.set_xlabel("model calls")
-    bottom.set_ylabel("live build test score")
-    bottom.set_ylim(0.0, 1.05)
-    bottom.legend(loc="lower right", fontsize="small")
+    top.legend(loc="lower right", fontsize="small")
+    bottom.axhline(0.0, color="black", linewidth=0.8)
+    bottom.set_xlabel("model calls (replay, gate, judge and final report)")
+    bottom.set_ylabel(f"test score − {reference}'s, same seed")
+    if bottom.get_legend_handles_labels()[0]:
+        bottom.legend(loc="lower right", fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -186,7 +186,12 @@ class ExperimentConfig(BaseModel):
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     stopping: StoppingConfig = Field(default_factory=StoppingConfig)
-    replay: ReplayConfig = Field(default_factory=ReplayConfig)
+    replay: ReplayConfig = Field(
+        default_factory=ReplayConfig,
+        description="How replays reach the backend (concurrency, retries, timeouts, backoff) and "
+        "when its failures end the run (max_consecutive_failures, failure_window, "
+        "max_failure_rate); passed to the env's replayer.",
+    )
     phoenix: PhoenixRunConfig = Field(default_factory=PhoenixRunConfig)
 
     @model_validator(mode="after")

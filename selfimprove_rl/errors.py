@@ -76,6 +76,32 @@ class ReplayError(SelfImproveError):
     """A replay cannot run at all (a systemic fault, not a failed sample)."""
 
 
+class BackendUnavailableError(ReplayError):
+    """The backend failed too many requests in a row (or in a window): the run stops.
+
+    Attributes:
+        base_url: where the requests went.
+        model: the model they asked for.
+        last_error: one line describing the last failure (API keys redacted).
+        failures: requests that failed in the window that tripped the threshold.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        base_url: str = "",
+        model: str = "",
+        last_error: str = "",
+        failures: int = 0,
+    ) -> None:
+        super().__init__(message)
+        self.base_url = base_url
+        self.model = model
+        self.last_error = last_error
+        self.failures = failures
+
+
 class EvaluatorError(SelfImproveError):
     """An evaluator is misconfigured or cannot run at all."""
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
@@ -67,6 +68,13 @@ class ProgramReport(BaseModel):
     def failures_by_node(self) -> dict[str, dict[str, int]]:
         """Node -> error type -> how many traces failed there (upstream failures included)."""
         return {name: dict(report.failures_by_type) for name, report in self.nodes.items()}
+
+
+class ProgramPlan(NamedTuple):
+    """What replaying a program would cost now (see :meth:`ProgramReplayer.plan`)."""
+
+    calls: int
+    texts: dict[str, list[str | None]]
 
 
 class ProgramScores(BaseModel):
@@ -181,6 +189,44 @@ class ProgramReplayer:
         failures = Counter(o.error_type or "unknown" for o in final if not o.ok)
         usage = report.usage.model_copy(update={"failures": sum(failures.values())})
         return ReplayReport(outcomes=final, usage=usage, failures_by_type=dict(failures))
+
+    def plan(self, samples: Sequence[Sample], actions: Mapping[str, Action]) -> ProgramPlan:
+        """Say what replaying the program would cost now, sending nothing.
+
+        A node's request is known only where every upstream output is (cached): then the
+        replayer's plan prices it exactly; elsewhere it counts one call (an upper bound).
+
+        Returns:
+            The calls to charge, and per node each trace's output where already cached.
+        """
+        samples = list(samples)
+        calls = 0
+        texts: dict[str, list[str | None]] = {}
+        for name in self.program.order:
+            node = self.program.node(name)
+            node_texts: list[str | None] = [None] * len(samples)
+            positions: list[int] = []
+            node_samples: list[Sample] = []
+            for index, sample in enumerate(samples):
+                upstream = {u: texts[u][index] for u in node.upstream}
+                if any(text is None for text in upstream.values()):
+                    calls += 1
+                    continue
+                messages = node.render(sample.input_text, upstream)  # type: ignore[arg-type]
+                positions.append(index)
+                node_samples.append(
+                    sample
+                    if messages is None
+                    else Sample.model_construct(
+                        sample_id=sample.sample_id, chat_history=messages, output_generation={}
+                    )
+                )
+            plan = self.replayer.plan(node_samples, actions[name])
+            calls += plan.calls
+            for index, outcome in zip(positions, plan.outcomes, strict=True):
+                node_texts[index] = None if outcome is None else outcome.text
+            texts[name] = node_texts
+        return ProgramPlan(calls=calls, texts=texts)
 
     def replay_sync(
         self, samples: Sequence[Sample], actions: Mapping[str, Action]

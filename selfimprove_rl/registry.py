@@ -18,6 +18,7 @@ Holdout is scored only for the final report, never consulted by the gate.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -171,6 +172,10 @@ class Registry:
         path: the JSONL log; ``None`` keeps everything in memory. An existing log is loaded,
             so constructing a registry on a run's ``versions.jsonl`` resumes it.
         clock: returns the current time (injected for reproducible tests).
+
+    Attributes:
+        events: how many events the log holds; a run saves it with each step, so a resumed
+            run can cut off what an unfinished step wrote (see :func:`truncate_log`).
     """
 
     def __init__(self, path: str | Path | None = None, *, clock: Any = None) -> None:
@@ -181,6 +186,7 @@ class Registry:
         self._promoted: list[str] = []
         self._live: str | None = None
         self.decisions: list[GateDecision] = []
+        self.events = 0
         if self.path is not None:
             for number, event in enumerate(read_jsonl(self.path), start=1):
                 try:
@@ -208,6 +214,10 @@ class Registry:
             append_jsonl(self.path, event)
 
     def _apply(self, event: dict[str, Any]) -> None:
+        self._apply_event(event)
+        self.events += 1
+
+    def _apply_event(self, event: dict[str, Any]) -> None:
         kind = event["event"]
         if kind == "version":
             build: Build[Any] = Build.model_validate(event["build"])
@@ -412,3 +422,37 @@ class Registry:
             chain.append(current)
             current = self.build(current).parent_id
         return chain[::-1]
+
+
+def truncate_log(path: str | Path, events: int) -> int:
+    """Keep only the first ``events`` events of a registry log; returns how many were cut.
+
+    A run commits a step by saving its state, which records how many registry events the
+    step left; what a killed process wrote after that (a version, scores, a gate decision of
+    a step that was never committed) is cut here and redone, identically, by the resumed run.
+
+    Raises:
+        RegistryError: the log holds fewer events than ``events`` (it lost committed events).
+    """
+    target = Path(path)
+    if not target.exists():
+        if events:
+            raise RegistryError(f"{target} is missing but {events} registry events were committed.")
+        return 0
+    data = target.read_bytes()
+    offset = 0
+    for number in range(events):
+        end = data.find(b"\n", offset)
+        if end < 0:
+            raise RegistryError(
+                f"{target} holds {number} complete events but {events} were committed; the "
+                "registry log is damaged. Restore it from a backup or start a new run."
+            )
+        offset = end + 1
+    cut = data[offset:].count(b"\n") + (0 if data.endswith(b"\n") or offset == len(data) else 1)
+    if offset < len(data):
+        with open(target, "r+b") as handle:
+            handle.truncate(offset)
+            handle.flush()
+            os.fsync(handle.fileno())
+    return cut

@@ -22,10 +22,22 @@ one code path). It owns what a careful client needs:
 * **accounting**: requests actually sent (retries included), cache hits, failures, and the
   tokens paid for, per replay (:class:`ReplayUsage`) and cumulatively (``Replayer.usage``).
 
+* **a circuit breaker**: a backend that fails every request (a closed port, a server answering
+  500 to everything) ends the replay with :class:`BackendUnavailableError` once
+  ``max_consecutive_failures`` distinct requests failed in a row (after their retries), or more
+  than ``max_failure_rate`` of the last ``failure_window`` did; it stays open until
+  :meth:`Replayer.reset_failures`;
+* **a call guard**: ``Replayer.call_guard`` (when set) is asked before every request, retries
+  included; a request it refuses fails its samples with ``BudgetExhausted`` (not a backend
+  failure), which is how a call budget stays hard.
+
 Invariants: ``report.outcomes[i]`` belongs to ``samples[i]``; a failed sample is recorded
 with its error and counted, never raised. Only a systemic fault raises :class:`ReplayError`:
-every sample failing with the same non-retryable error (a bad API key, an unknown model).
-Pass the client with ``max_retries=0`` so that retries are counted here, not hidden in the SDK.
+every sample failing with the same non-retryable error (a bad API key, an unknown model), or
+the circuit breaker above. Pass the client with ``max_retries=0`` so that retries are counted
+here, not hidden in the SDK. Every paid response is stored with its cost through
+:meth:`~selfimprove_rl.cache.ResponseCache.pay`, every request that failed after sending through
+``record_failure``: the cache's ledger is the durable record of what was spent.
 """
 
 from __future__ import annotations
@@ -34,67 +46,49 @@ import asyncio
 import hashlib
 import inspect
 import json
-import sys
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field
-from tenacity import AsyncRetrying, RetryCallState, stop_after_attempt, wait_exponential_jitter
+from tenacity import AsyncRetrying, stop_after_attempt
 from tenacity.retry import retry_if_exception
 
 from selfimprove_rl.aio import BackgroundLoop
-from selfimprove_rl.cache import ResponseCache
+from selfimprove_rl.cache import Payment, ResponseCache
 from selfimprove_rl.checkpoint import Action, Sample, message_text
-from selfimprove_rl.errors import ReplayError, SelfImproveError
+from selfimprove_rl.errors import BackendUnavailableError, BudgetExhausted, ReplayError
+from selfimprove_rl.retry import (
+    SYSTEMIC_HINTS,
+    Backoff,
+    FailureMonitor,
+    MalformedResponseError,
+    failure_reason,
+    is_retryable,
+    parse_completion,
+)
 
 if TYPE_CHECKING:
     import openai
 
 __all__ = [
+    "BackendUnavailableError",
     "MalformedResponseError",
     "ReplayConfig",
     "ReplayOutcome",
+    "ReplayPlan",
     "ReplayReport",
     "ReplayUsage",
     "Replayer",
     "build_messages",
     "canonical_json",
+    "failure_reason",
     "is_retryable",
     "parse_completion",
     "request_key",
 ]
-
-_RETRYABLE_STATUS = frozenset({408, 409, 429})
-_SYSTEMIC_HINTS = {
-    400: "the endpoint rejects the request itself: check the action's model and parameters "
-    "(temperature, max_tokens, extra_parameters) against what the endpoint accepts",
-    401: "the endpoint rejects the credentials: check the client's API key (OPENAI_API_KEY) "
-    "and that its base_url is the endpoint the key belongs to",
-    403: "the credentials may not use this model or endpoint: check the key's permissions",
-    404: "the endpoint does not know this model or path: check Action.model and that the "
-    "client's base_url ends where the API is served (often .../v1)",
-    422: "the endpoint cannot process the request: check the action's parameters",
-}
-
-
-class _ResponseLike(Protocol):
-    """The part of an ``httpx`` / ``httpx2`` response that replay reads."""
-
-    @property
-    def headers(self) -> Any: ...
-
-    @property
-    def text(self) -> str: ...
-
-    def json(self) -> Any: ...
-
-
-class MalformedResponseError(SelfImproveError):
-    """A response arrived but is not a usable chat completion (retried, then recorded)."""
 
 
 class ReplayConfig(BaseModel):
@@ -121,6 +115,22 @@ class ReplayConfig(BaseModel):
         default=True,
         description="Raise ReplayError when every sample fails with the same non-retryable error.",
     )
+    max_consecutive_failures: int | None = Field(
+        default=16,
+        ge=1,
+        description="Raise BackendUnavailableError after this many distinct requests in a row "
+        "failed after their retries (None: never).",
+    )
+    failure_window: int = Field(
+        default=64, ge=1, description="Requests the failure-rate threshold looks back over."
+    )
+    max_failure_rate: float | None = Field(
+        default=0.5,
+        gt=0.0,
+        le=1.0,
+        description="Raise BackendUnavailableError when more than this share of the last "
+        "failure_window requests failed after their retries (None: never).",
+    )
     messages_in_extra_body: bool = Field(
         default=True,
         description="Send messages through the SDK's extra_body: the same JSON on the wire, but "
@@ -143,6 +153,9 @@ class ReplayOutcome(BaseModel):
     message: dict[str, Any] | None = None
     error: str | None = None
     error_type: str | None = None
+    reason: str | None = Field(
+        default=None, description="Why the replay failed (see failure_reason); None when ok."
+    )
     attempts: int = Field(default=0, description="Requests sent for this sample (0 when cached).")
     cached: bool = Field(default=False, description="Served without sending a request.")
     prompt_tokens: int = 0
@@ -164,7 +177,8 @@ class ReplayUsage(BaseModel):
 
     Example:
         >>> ReplayUsage(calls=2, prompt_tokens=10) + ReplayUsage(calls=1, cache_hits=4)
-        ReplayUsage(calls=3, cache_hits=4, failures=0, prompt_tokens=10, completion_tokens=0)
+        ReplayUsage(calls=3, cache_hits=4, failures=0, retries=0, prompt_tokens=10,
+                    completion_tokens=0)
     """
 
     model_config = ConfigDict(frozen=True)
@@ -172,6 +186,7 @@ class ReplayUsage(BaseModel):
     calls: int = Field(default=0, description="Requests actually sent, retries included.")
     cache_hits: int = Field(default=0, description="Samples served without sending a request.")
     failures: int = Field(default=0, description="Samples whose replay failed.")
+    retries: int = Field(default=0, description="Calls beyond the first attempt of a request.")
     prompt_tokens: int = Field(default=0, description="Prompt tokens of the requests paid for.")
     completion_tokens: int = Field(default=0, description="Completion tokens paid for.")
 
@@ -182,6 +197,7 @@ class ReplayUsage(BaseModel):
             calls=self.calls + other.calls,
             cache_hits=self.cache_hits + other.cache_hits,
             failures=self.failures + other.failures,
+            retries=self.retries + other.retries,
             prompt_tokens=self.prompt_tokens + other.prompt_tokens,
             completion_tokens=self.completion_tokens + other.completion_tokens,
         )
@@ -210,6 +226,13 @@ class ReplayReport(BaseModel):
     def failed(self) -> dict[str, str]:
         """Sample id -> error, for the samples whose replay failed."""
         return {o.sample_id: o.error or "" for o in self.outcomes if not o.ok}
+
+
+class ReplayPlan(NamedTuple):
+    """What a replay would cost now (see :meth:`Replayer.plan`)."""
+
+    outcomes: list[ReplayOutcome | None]
+    calls: int
 
 
 def build_messages(sample: Sample, action: Action) -> list[dict[str, Any]]:
@@ -280,88 +303,6 @@ class _Keyer:
         return hasher.hexdigest()
 
 
-def is_retryable(exc: BaseException) -> bool:
-    """Whether a failed request is worth retrying (a transient fault, not a wrong request).
-
-    Retryable: timeouts, connection errors, malformed or unparseable bodies, and HTTP 408,
-    409, 429 and 5xx. Not retryable: every other status (400, 401, 403, 404, 422...) and any
-    other exception (a bug, a wrong argument).
-    """
-    import openai
-
-    if isinstance(exc, TimeoutError | MalformedResponseError | httpx.TransportError):
-        return True
-    httpx2 = sys.modules.get("httpx2")  # the transport layer of openai >= 3, when loaded
-    if httpx2 is not None and isinstance(exc, httpx2.TransportError):
-        return True
-    if isinstance(exc, openai.APIConnectionError | openai.APIResponseValidationError):
-        return True
-    if isinstance(exc, openai.APIStatusError):
-        return exc.status_code in _RETRYABLE_STATUS or exc.status_code >= 500
-    return False
-
-
-def retry_after_s(exc: BaseException | None) -> float | None:
-    """Seconds the server asked to wait before retrying (``Retry-After``), when it said so."""
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
-    if headers is None:
-        return None
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is not None:
-            try:
-                return max(0.0, float(value) * scale)
-            except ValueError:
-                continue
-    return None
-
-
-class _Backoff:
-    """Exponential backoff with jitter, stretched to a server's Retry-After (capped)."""
-
-    def __init__(self, initial_s: float, max_s: float) -> None:
-        self._jittered = wait_exponential_jitter(multiplier=initial_s, max=max_s, jitter=initial_s)
-        self._max_s = max_s
-
-    def __call__(self, state: RetryCallState) -> float:
-        wait = float(self._jittered(state))
-        exc = state.outcome.exception() if state.outcome is not None else None
-        hinted = retry_after_s(exc)
-        if hinted is not None:
-            wait = max(wait, min(hinted, self._max_s))
-        return wait
-
-
-def parse_completion(response: _ResponseLike) -> dict[str, Any]:
-    """Return the JSON body of a chat completion, checking it has ``choices[0].message``.
-
-    Args:
-        response: the HTTP response (``httpx`` or ``httpx2``, whichever the client uses).
-
-    Raises:
-        MalformedResponseError: the body is not JSON or not a chat completion.
-    """
-    try:
-        body = response.json()
-    except ValueError as exc:
-        raise MalformedResponseError(
-            "Expects a JSON chat completion, got an unparseable "
-            f"{response.headers.get('content-type', 'untyped')} body: {response.text[:80]!r}"
-        ) from exc
-    choices = body.get("choices") if isinstance(body, dict) else None
-    if (
-        not isinstance(choices, list)
-        or not choices
-        or not isinstance(choices[0], dict)
-        or not isinstance(choices[0].get("message"), dict)
-    ):
-        raise MalformedResponseError(
-            f"Expects a chat completion with choices[0].message, got {str(body)[:120]!r}"
-        )
-    return body
-
-
 def _ok_outcome(sample_id: str, body: dict[str, Any], attempts: int, cached: bool) -> ReplayOutcome:
     usage = body.get("usage") or {}
     # model_construct: the body was validated by parse_completion; this is the cache-hit path.
@@ -370,6 +311,7 @@ def _ok_outcome(sample_id: str, body: dict[str, Any], attempts: int, cached: boo
         message=dict(body["choices"][0]["message"]),
         error=None,
         error_type=None,
+        reason=None,
         attempts=attempts,
         cached=cached,
         prompt_tokens=int(usage.get("prompt_tokens") or 0),
@@ -390,8 +332,16 @@ class _Fetched:
 @dataclass
 class _Tally:
     calls: int = 0
+    retries: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+
+    def charge(self, paid: Payment) -> None:
+        """Count a response paid for earlier (a prepaid ledger entry) as sent now."""
+        self.calls += paid.calls
+        self.retries += paid.calls - 1
+        self.prompt_tokens += paid.prompt_tokens
+        self.completion_tokens += paid.completion_tokens
 
 
 class Replayer:
@@ -406,6 +356,16 @@ class Replayer:
 
     Attributes:
         usage: cumulative :class:`ReplayUsage` over every replay of this instance.
+        calls_sent: requests sent so far, counted as they leave (``usage`` is updated when a
+            replay ends).
+        failed_samples: samples whose replay failed, by :func:`failure_reason`.
+        failed_attempts: requests that got no usable answer (each retry counts), by reason.
+        call_guard: asked before every request; ``False`` refuses it (the sample fails with
+            ``BudgetExhausted``). ``None``: no limit.
+        prepaid: responses in the cache that a killed process paid for but never accounted
+            (key -> its ledger entry): the first replay that uses one is charged what it cost,
+            as if it had sent the request itself, so a resumed run counts exactly what an
+            uninterrupted one does.
     """
 
     def __init__(
@@ -419,6 +379,17 @@ class Replayer:
         self.cache = cache if cache is not None else ResponseCache()
         self.config = config or ReplayConfig()
         self.usage = ReplayUsage()
+        self.calls_sent = 0
+        self.failed_samples: Counter[str] = Counter()
+        self.failed_attempts: Counter[str] = Counter()
+        self.call_guard: Callable[[], bool] | None = None
+        self.prepaid: dict[str, Payment] = {}
+        self._monitor = FailureMonitor(
+            max_consecutive=self.config.max_consecutive_failures,
+            window=self.config.failure_window,
+            max_rate=self.config.max_failure_rate,
+        )
+        self._tripped: BackendUnavailableError | None = None
         self._inflight: dict[str, asyncio.Future[_Fetched]] = {}
         self._create = client.chat.completions.with_raw_response.create
         self._create_params = frozenset(
@@ -448,13 +419,17 @@ class Replayer:
         Raises:
             ReplayError: every sample failed with the same non-retryable error (a systemic
                 fault such as a rejected API key); ``usage`` still counts the attempts.
+            BackendUnavailableError: the circuit breaker is open (see the module docstring).
         """
+        if self._tripped is not None:
+            raise self._tripped
         samples = list(samples)
         params = action.invocation_parameters()
         keyer = _Keyer(action, params)
         outcomes: list[ReplayOutcome | None] = [None] * len(samples)
         pending: dict[str, list[int]] = {}
         hits = 0
+        tally = _Tally()
         cache_get = self.cache.get
         for index, sample in enumerate(samples):
             key = keyer(sample.chat_history)
@@ -465,11 +440,15 @@ class Replayer:
             body = cache_get(key)
             if body is None:
                 pending[key] = [index]
-            else:
+                continue
+            paid = self.prepaid.pop(key, None) if self.prepaid else None
+            if paid is None:
                 outcomes[index] = _ok_outcome(sample.sample_id, body, 0, True)
                 hits += 1
-
-        tally = _Tally()
+            else:
+                outcomes[index] = _ok_outcome(sample.sample_id, body, paid.calls, False)
+                tally.charge(paid)
+                self.calls_sent += paid.calls
         errors: list[BaseException] = []
         if pending:
             hits += await self._fetch_all(
@@ -477,20 +456,49 @@ class Replayer:
             )
 
         final = [outcome for outcome in outcomes if outcome is not None]
-        assert len(final) == len(samples), "replay left a sample without an outcome"
         failures_by_type = Counter(o.error_type or "unknown" for o in final if not o.ok)
         usage = ReplayUsage(
             calls=tally.calls,
             cache_hits=hits,
             failures=sum(failures_by_type.values()),
+            retries=tally.retries,
             prompt_tokens=tally.prompt_tokens,
             completion_tokens=tally.completion_tokens,
         )
         self.usage = self.usage + usage
+        self.failed_samples.update(o.reason or "unknown" for o in final if not o.ok)
+        if self._tripped is not None:
+            raise self._tripped
+        assert len(final) == len(samples), "replay left a sample without an outcome"
         report = ReplayReport(outcomes=final, usage=usage, failures_by_type=dict(failures_by_type))
         if self.config.raise_on_systemic:
             self._raise_if_systemic(report, errors, action)
         return report
+
+    def plan(self, samples: Sequence[Sample], action: Action) -> ReplayPlan:
+        """Say what replaying ``samples`` under ``action`` would cost now, sending nothing.
+
+        Returns:
+            Each sample's cached outcome (``None`` where a request is needed) and the calls
+            to charge: one per distinct request to send (more if some are retried), plus what
+            a prepaid response cost.
+        """
+        keyer = _Keyer(action, action.invocation_parameters())
+        peek = self.cache.peek
+        outcomes: list[ReplayOutcome | None] = []
+        charged: dict[str, int] = {}
+        for sample in samples:
+            key = keyer(sample.chat_history)
+            body = peek(key)
+            if body is None:
+                charged[key] = 1
+                outcomes.append(None)
+            else:
+                paid = self.prepaid.get(key)
+                if paid is not None:
+                    charged[key] = paid.calls
+                outcomes.append(_ok_outcome(sample.sample_id, body, 0, True))
+        return ReplayPlan(outcomes=outcomes, calls=sum(charged.values()))
 
     def replay_sync(
         self, samples: Sequence[Sample], action: Action, *, progress: bool = False
@@ -533,6 +541,8 @@ class Replayer:
         async def worker() -> None:
             nonlocal shared_hits
             for key, indices in jobs:
+                if self._tripped is not None:
+                    return
                 messages = build_messages(samples[indices[0]], action)
                 fetched = await self._fetch(key, action.model, messages, kwargs, extra_body, tally)
                 for position, index in enumerate(indices):
@@ -576,25 +586,45 @@ class Replayer:
         future: asyncio.Future[_Fetched] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         attempts = 0
+        guard = self.call_guard
         try:
             retrying = AsyncRetrying(
                 stop=stop_after_attempt(self.config.max_retries + 1),
-                wait=_Backoff(self.config.backoff_initial_s, self.config.backoff_max_s),
+                wait=Backoff(self.config.backoff_initial_s, self.config.backoff_max_s),
                 retry=retry_if_exception(is_retryable),
                 reraise=True,
             )
             async for attempt in retrying:
                 with attempt:
+                    if self._tripped is not None:
+                        raise self._tripped  # the backend is down: stop retrying
+                    if guard is not None and not guard():
+                        raise BudgetExhausted(
+                            f"Not sent: the call budget is spent ({attempts} attempt(s) made "
+                            "for this request)."
+                        )
                     attempts += 1
                     tally.calls += 1
-                    body = await self._send(model, messages, kwargs, extra_body)
+                    self.calls_sent += 1
+                    try:
+                        body = await self._send(model, messages, kwargs, extra_body)
+                    except Exception as exc:
+                        self.failed_attempts[failure_reason(exc)] += 1
+                        raise
             usage = body.get("usage") or {}
             tally.prompt_tokens += int(usage.get("prompt_tokens") or 0)
             tally.completion_tokens += int(usage.get("completion_tokens") or 0)
-            self.cache.put(key, body)
+            tally.retries += attempts - 1
+            self.cache.pay(key, body, calls=attempts)
             fetched = _Fetched(body, None, attempts)
+            self._monitor.record(True)
         except Exception as exc:
             fetched = _Fetched(None, exc, attempts)
+            tally.retries += max(0, attempts - 1)
+            if attempts:
+                self.cache.record_failure(calls=attempts)
+            if not isinstance(exc, BudgetExhausted | BackendUnavailableError):
+                self._trip_if_down(exc, model)
         except BaseException:
             del self._inflight[key]
             future.cancel()
@@ -626,6 +656,28 @@ class Replayer:
                 )
         return parse_completion(raw.http_response)
 
+    def _trip_if_down(self, exc: BaseException, model: str) -> None:
+        """Record a failed request; open the breaker when the backend looks down."""
+        why = self._monitor.record(False)
+        if why is None or self._tripped is not None:
+            return
+        where = str(getattr(self.client, "base_url", "the endpoint"))
+        last = self._describe(exc)
+        self._tripped = BackendUnavailableError(
+            f"The backend at {where} is failing for model {model!r}: {why}. Last error: {last}. "
+            "Check that the server is running and reachable, the base_url and model are right, "
+            "and it answers chat completions.",
+            base_url=where,
+            model=model,
+            last_error=last,
+            failures=self._monitor.consecutive,
+        )
+
+    def reset_failures(self) -> None:
+        """Close the circuit breaker (after the backend was fixed) and forget past failures."""
+        self._tripped = None
+        self._monitor.reset()
+
     def _split_params(self, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """Named SDK arguments go as keywords; anything else travels in the JSON body."""
         reserved = {"model", "messages", "timeout", "extra_body", "extra_headers", "extra_query"}
@@ -639,6 +691,7 @@ class Replayer:
             sample_id=sample_id,
             error=self._describe(exc),
             error_type=type(exc).__name__,
+            reason=failure_reason(exc),
             attempts=0 if shared else fetched.attempts,
             cached=shared,
         )
@@ -660,11 +713,11 @@ class Replayer:
         if not outcomes or any(o.ok for o in outcomes) or len(report.failures_by_type) != 1:
             return
         first = errors[0] if errors else None
-        if first is None or is_retryable(first):
+        if first is None or is_retryable(first) or isinstance(first, BudgetExhausted):
             return
         status = getattr(first, "status_code", None)
         if isinstance(status, int):
-            hint = _SYSTEMIC_HINTS.get(status, "the same error hit every request")
+            hint = SYSTEMIC_HINTS.get(status, "the same error hit every request")
         else:
             hint = "the request could not be built: check the action's parameters"
         where = getattr(self.client, "base_url", "the endpoint")

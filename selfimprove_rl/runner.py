@@ -7,20 +7,42 @@ The run stops on the step budget, on stagnation (no promotion for a while), on a
 threshold, or when the call budget is spent; the live build is then scored on holdout for the
 report. Everything lands in the run directory:
 
-``config.json`` (resolved config), ``checkpoint.json``, ``steps.jsonl`` (one line per env
-step), ``versions.jsonl`` (the registry's event log), ``policy_state.json``, ``curves.csv``,
-``reward_curve.png``, ``final_prompt.txt``, ``prompt.diff``, ``summary.json``.
+``config.json`` (resolved config; written last when a run starts, so a start that fails
+leaves a directory a new start may reuse), ``checkpoint.json``, ``steps.jsonl`` (one line per
+env step), ``versions.jsonl`` (the registry's event log), ``run_state.json`` (the commit record
+a killed run resumes from, see :mod:`selfimprove_rl.run_state`), ``cache.sqlite`` (every
+response paid for, with the ledger of what it cost), ``curves.csv``, ``reward_curve.png``,
+``final_prompt.txt``, ``prompt.diff``, ``summary.json``.
 
-The env is any registered env with versions: ``registry``, ``usage``, ``budget_exhausted()``,
-``score_version(version_id, split)`` and ``evaluators``, as :class:`~envs.prompt_env.PromptEnv`
-and :class:`~envs.program_env.ProgramEnv` have; an env may also show a version its own way
-(``observation_for(version_id, scores)``, used when resuming) and diff two versions
-(``version_diff(before_id, after_id)``, for ``prompt.diff``).
+The env is any registered env with versions, as :class:`~envs.prompt_env.PromptEnv` and
+:class:`~envs.program_env.ProgramEnv` are: ``registry``, ``evaluators``, ``usage``,
+``budget_exhausted()``, ``score_version(version_id, split)``, ``spend`` (an
+:class:`~envs.spend.SpendMeter`), ``calls_to_score_version(version_id, split)``,
+``reset_calls_bound()``, ``state_dict()`` and ``reset(options={"restore": ...})``; it may
+also diff two versions its own way (``version_diff(before_id, after_id)``, for
+``prompt.diff``).
 
-``resume=True`` continues a run killed half-way: the registry and the step log are reloaded,
-the policy's memory is restored (and brought up to date with the last logged step if the kill
-came between the two writes), a candidate left ungated is gated, and the next step draws the
-same minibatch it would have drawn.
+**Resume is exact.** ``resume=True`` brings the directory back to its last commit and
+continues from there with the saved policy memory, env episode and spend counters: a run
+killed at any moment (``kill -9``) and resumed ends with the same steps, versions, final
+prompt and calls as one that was never interrupted (against a deterministic backend; judge
+verdicts are not persisted, so a classifier eval may re-judge outputs after a resume). A
+finished run is reported as it is, without rewriting its summary, unless the stopping rule
+(as configured now; a budget stop always stands) allows more steps.
+
+**The call budget is hard** (``[env] max_calls``): every call counts (replay, gate, final
+report, judge), and the run holds back what the final report will need: the promoted and the
+baseline build on test and holdout, where not yet scored (worked out from the response
+cache). A step or a gate that would eat into that reserve is not started; the run stops and
+says so. The report then always scores test and holdout in full; it can only pass
+``max_calls`` when retries of failed requests ate the reserve, and ``summary.json`` states
+any overrun (``budget_overrun``). The train split is scored for the report only when what is
+left covers it (always without a budget); otherwise ``train`` is ``null``. A budget too small
+for even the baseline's report is refused before any call.
+
+**Systemic failures end the run**: a backend that fails request after request raises
+:class:`~selfimprove_rl.errors.BackendUnavailableError` (thresholds in ``[replay]``), and the
+directory keeps everything committed, for ``--resume`` once the backend is fixed.
 """
 
 from __future__ import annotations
@@ -34,36 +56,52 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from selfimprove_rl.cache import ResponseCache
 from selfimprove_rl.checkpoint import Checkpoint
 from selfimprove_rl.config import ExperimentConfig, parse_config
-from selfimprove_rl.errors import ConfigError
-from selfimprove_rl.fileio import append_jsonl, atomic_write_text, read_jsonl
+from selfimprove_rl.errors import BackendUnavailableError, ConfigError
+from selfimprove_rl.fileio import append_jsonl, atomic_write_text
 from selfimprove_rl.prompt import diff
 from selfimprove_rl.registry import GateDecision, Registry, SplitScore
+from selfimprove_rl.report_budget import SPLITS, ReportBudget
+from selfimprove_rl.run_state import (
+    RUN_STATE_FILE,
+    RunState,
+    finished,
+    reconcile,
+    save_run_state,
+)
 
 RUN_FILES = (
     "config.json",
     "checkpoint.json",
     "steps.jsonl",
     "versions.jsonl",
-    "policy_state.json",
+    RUN_STATE_FILE,
+    "cache.sqlite",
     "curves.csv",
     "reward_curve.png",
     "final_prompt.txt",
     "prompt.diff",
     "summary.json",
 )
+# What a start that failed before config.json was written may leave; a new start removes it.
+_RESTARTABLE = frozenset(RUN_FILES) | {"phoenix.json", "cache.sqlite-wal", "cache.sqlite-shm"}
 
 
 class RunCallback(Protocol):
     """Hooks for side effects of a run (publishing to Phoenix, tracing the optimizer).
 
     Optional hooks, called when a callback defines them: ``on_start(run)`` (env and policy
-    built), ``on_episode_start(run, episode)`` (before the env resets), ``on_step_start(run,
-    step)`` (before the policy acts), ``on_step_end(run, line)`` (the step's log line written),
-    ``on_loop_end(run, reason)`` (before the final report), and ``on_close(run, error)``
-    (always, last; ``error`` is the exception ending the run); ``should_stop(run) -> str``
-    ends the run early when it returns a non-empty reason.
+    built), ``on_episode_start(run, episode)`` (before the env resets, and when a resumed run
+    continues an episode), ``on_step_start(run, step)`` (before the policy acts),
+    ``on_step_end(run, line)`` (the step committed), ``on_loop_end(run, reason)`` (before the
+    final report), ``on_stage(run, stage)`` (fine-grained progress: ``"stepped"`` the env
+    step returned, ``"gated"`` the gate decided, ``"saved"`` the run state was written,
+    ``"logged"`` the step line was appended, ``"reset"`` a new episode started,
+    ``"reported"`` the final scores are in), and ``on_close(run, error)`` (always, last;
+    ``error`` is the exception ending the run); ``should_stop(run) -> str`` ends the run
+    early when it returns a non-empty reason.
     """
 
     def on_promotion(self, run: ExperimentRunner, version_id: str, decision: GateDecision) -> None:
@@ -147,7 +185,12 @@ class ExperimentRunner:
         self.env: Any = None
         self.policy: Any = None
         self.backend = config.backend
+        self.cache: ResponseCache | None = None
         self.stop_reason = ""
+        self.episode = 0
+        self.episode_step = 0
+        self._state: RunState | None = None
+        self._mark: dict[str, int] = {}
 
     # ------------------------------------------------------------------ setup
     def _prepare(self) -> None:
@@ -155,22 +198,40 @@ class ExperimentRunner:
         if self.resume:
             if not config_path.exists():
                 raise ConfigError(
-                    f"Cannot resume: {self.run_dir} holds no config.json. Start a new run instead."
+                    f"Cannot resume: {self.run_dir} holds no config.json (no run finished "
+                    "starting there). Start the run again without --resume."
                 )
             # The run continues under the config it started with, whatever was passed.
             self.config = parse_config(json.loads(config_path.read_text()), source=str(config_path))
             self.checkpoint = Checkpoint.load(self.run_dir / "checkpoint.json")
-            self.steps = list(read_jsonl(self.run_dir / "steps.jsonl"))
+            self._state, self.steps = reconcile(self.run_dir)
         else:
-            if self.run_dir.exists() and any(self.run_dir.iterdir()):
-                raise ConfigError(
-                    f"{self.run_dir} is not empty; pass --resume to continue it, or choose "
-                    "another --out."
-                )
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(config_path, self.config.model_dump_json(indent=2))
+            self._claim_run_dir()
             self.checkpoint = load_checkpoint_for(self.config, progress=self.progress)
             self.checkpoint.save(self.run_dir / "checkpoint.json")
+
+    def _claim_run_dir(self) -> None:
+        """Create the run directory, or reuse one a failed start left without config.json."""
+        if self.run_dir.exists():
+            if (self.run_dir / "config.json").exists():
+                raise ConfigError(
+                    f"{self.run_dir} holds a run; pass --resume to continue it, or choose "
+                    "another --out."
+                )
+            entries = list(self.run_dir.iterdir())
+            foreign = [
+                p.name
+                for p in entries
+                if not p.is_file() or (p.name not in _RESTARTABLE and not p.name.startswith("."))
+            ]
+            if foreign:
+                raise ConfigError(
+                    f"{self.run_dir} is not empty (it holds {sorted(foreign)[:3]}) and is not a "
+                    "run directory; choose another --out, or pass --resume to continue a run."
+                )
+            for path in entries:
+                path.unlink()  # what a start that failed before it finished initialising left
+        self.run_dir.mkdir(parents=True, exist_ok=True)
 
     def _build_env(self) -> Any:
         import gymnasium
@@ -197,6 +258,7 @@ class ExperimentRunner:
         env_options = dict(self.config.env)
         if self.config.target.allowed_models:
             env_options["allowed_models"] = tuple(self.config.target.allowed_models)
+        self.cache = ResponseCache(self.run_dir / "cache.sqlite")
         env = gymnasium.make(
             self.config.env_id,
             data=self.checkpoint,
@@ -205,6 +267,8 @@ class ExperimentRunner:
             evaluators=evaluators,
             config=env_options,
             registry=Registry(self.run_dir / "versions.jsonl"),
+            cache=self.cache,
+            replay_config=self.config.replay,
         )
         return env
 
@@ -215,13 +279,19 @@ class ExperimentRunner:
             self.config.policy.name, seed=self.config.seed, **self.config.policy.kwargs
         )
 
-    # ------------------------------------------------------------------ the loop
+    # ------------------------------------------------------------------ budget
     @property
     def registry(self) -> Registry:
         """The run's version registry."""
         registry: Registry = self.env.unwrapped.registry
         return registry
 
+    @property
+    def budget(self) -> ReportBudget:
+        """The call-budget rules around the final report (see :mod:`report_budget`)."""
+        return ReportBudget(self.env.unwrapped)
+
+    # ------------------------------------------------------------------ the gate
     def _ensure_test_score(self, version_id: str) -> SplitScore:
         record = self.registry.record(version_id)
         if "test" in record.scores:
@@ -229,19 +299,28 @@ class ExperimentRunner:
         score, _ = self.env.unwrapped.score_version(version_id, "test")
         return score
 
-    def _gate(self, version_id: str) -> GateDecision | None:
-        """Score a candidate on test and put it to the gate (once per version)."""
-        if version_id == self.registry.live_id:
-            return None
-        if any(d.candidate_id == version_id for d in self.registry.decisions):
-            return None
-        self._ensure_test_score(self.registry.live_id)
+    def _gate(self, version_id: str) -> tuple[GateDecision | None, str | None]:
+        """Score a candidate on test and put it to the gate (once per version).
+
+        Returns:
+            The decision (``None`` when there was nothing to gate), and why the gate did not
+            run for want of budget (``None`` when it ran or was not needed).
+        """
+        registry, unwrapped = self.registry, self.env.unwrapped
+        live_id = registry.live_id
+        if version_id == live_id or any(d.candidate_id == version_id for d in registry.decisions):
+            return None, None
+        reserve, refusal = self.budget.gate_refusal(version_id)
+        if refusal is not None:
+            return None, refusal
+        unwrapped.spend.reserved_calls = reserve
+        self._ensure_test_score(live_id)
         self._ensure_test_score(version_id)
-        decision = self.registry.gate(version_id, self.config.gate)
+        decision = registry.gate(version_id, self.config.gate)
         if decision.promoted:
             for callback in self.callbacks:
                 callback.on_promotion(self, version_id, decision)
-        return decision
+        return decision, None
 
     def _should_gate(self, info: dict[str, Any], reward: float) -> bool:
         return (
@@ -250,57 +329,72 @@ class ExperimentRunner:
             and reward > 0
         )
 
-    def _save_policy_state(self, step: int) -> None:
-        state = {"step": step, "state": self.policy.state_dict()}
-        atomic_write_text(self.run_dir / "policy_state.json", json.dumps(state, default=str))
+    # ------------------------------------------------------------------ commit and resume
+    def _commit(self, line: dict[str, Any] | None, info: dict[str, Any] | None = None) -> None:
+        """Commit a step: the run state first (atomic), then the step line (see run_state)."""
+        unwrapped = self.env.unwrapped
+        spend = unwrapped.spend.state()
+        state = RunState(
+            step=len(self.steps) + (line is not None),
+            episode=self.episode,
+            episode_step=self.episode_step,
+            registry_events=self.registry.events,
+            env=unwrapped.state_dict(),
+            policy=self.policy.state_dict(),
+            spend=spend,
+            line=line,
+            info=info,
+        )
+        save_run_state(self.run_dir, state)
+        self._state = state
+        self._mark = dict(spend["usage"])
+        self._stage("saved")
+        if line is not None:
+            append_jsonl(self.run_dir / "steps.jsonl", line)
+            self.steps.append(line)
+            self._stage("logged")
 
-    def _restore_policy(self) -> None:
-        path = self.run_dir / "policy_state.json"
-        saved_step = 0
-        if path.exists():
-            saved = json.loads(path.read_text())
-            self.policy.load_state_dict(saved["state"])
-            saved_step = int(saved["step"])
-        if self.steps and saved_step < self.steps[-1]["step"]:
-            # Killed between the step line and the policy state: replay the missing update.
-            from envs.spaces import EnvAction
-            from policies.base import Transition
+    def _start(self) -> tuple[dict[str, Any], dict[str, Any], bool]:
+        """Start the first episode, or continue at the last commit.
 
-            line = self.steps[-1]
-            action = EnvAction(edits=line["directive"], base_version=line["base_version"])
-            previous = self._observation_for(line["base_version"], line["info"]["base_scores"])
-            following = self._observation_for(line["current_version"], line["info"]["scores"])
-            self.policy.update(
-                Transition(
-                    previous,
-                    action,
-                    line["reward"],
-                    following,
-                    line["terminated"],
-                    line["truncated"],
-                    line["info"],
-                )
-            )
-            self._save_policy_state(line["step"])
+        Returns:
+            The observation, the info the next action sees, and whether a new episode must
+            start before the next step.
+        """
+        env, unwrapped = self.env, self.env.unwrapped
+        state = self._state
+        if state is None:
+            if self.resume:
+                unwrapped.spend.restore({"ledger_seq": 0})  # what a killed start paid
+            self.episode, self.episode_step = 0, 0
+            self._notify("on_episode_start", 0)
+            observation, info = env.reset(seed=self._episode_seed(0))
+            self.policy.reset(observation, info)
+            self._commit(None, info=info)
+            return observation, info, False
+        self.policy.load_state_dict(state.policy)
+        unwrapped.spend.restore(state.spend)
+        self._mark = {key: int(value) for key, value in state.spend["usage"].items()}
+        self.episode, self.episode_step = state.episode, state.episode_step
+        self._notify("on_episode_start", self.episode)
+        observation, _ = env.reset(options={"restore": state.env})
+        last = state.line
+        info = last["info"] if last is not None else (state.info or {})
+        ended = last is not None and bool(last["terminated"] or last["truncated"])
+        return observation, info, ended
 
-    def _observation_for(self, version_id: str, scores: dict[str, float]) -> dict[str, Any]:
-        own = getattr(self.env.unwrapped, "observation_for", None)
-        if own is not None:  # an env that shows its versions its own way (programs)
-            return dict(own(version_id, scores))
-        from envs.observation import build_observation
-
-        state = self.registry.build(version_id).state
-        names = [e.name for e in self.env.unwrapped.evaluators]
-        values = [scores.get("aggregate", 0.0), *(scores.get(n, 0.0) for n in names)]
-        return build_observation(state, version_id, values)
-
-    def _stop_reason(self, since_promotion: int) -> str:
+    # ------------------------------------------------------------------ the loop
+    def _rule_stop(self, registry: Registry) -> str:
+        """Why the stopping rule ends the run, from the step log, registry and config alone."""
         stopping = self.config.stopping
+        if self.steps and self.steps[-1].get("budget_stop"):
+            return str(self.steps[-1]["budget_stop"])
         if len(self.steps) >= stopping.max_total_steps:
             return f"reached max_total_steps={stopping.max_total_steps}"
+        since_promotion = self._steps_since_promotion()
         if stopping.stagnation_steps is not None and since_promotion >= stopping.stagnation_steps:
             return f"no promotion in {since_promotion} steps (stagnation_steps)"
-        live = self.registry.record(self.registry.live_id)
+        live = registry.record(registry.live_id)
         threshold = stopping.test_threshold
         if (
             threshold is not None
@@ -308,14 +402,44 @@ class ExperimentRunner:
             and live.scores["test"].aggregate >= threshold
         ):
             return f"live build test score {live.scores['test'].aggregate:.4f} >= {threshold}"
-        if self.env.unwrapped.budget_exhausted():
-            return "call/token budget spent"
+        return ""
+
+    def _stop_reason(self, needs_reset: bool) -> tuple[str, bool]:
+        """Why the run ends before the next step (``""``: it goes on), and whether by budget.
+
+        A budget stop is kept by a resume (the spend moves on once the report is scored); a
+        rule's stop is checked again against the config as it is then.
+        """
+        reason = self._rule_stop(self.registry)
+        if reason:
+            return reason, False
+        unwrapped = self.env.unwrapped
+        unwrapped.spend.reserved_calls = self.budget.reserve()
+        if unwrapped.budget_exhausted():
+            return (
+                f"call/token budget spent: {unwrapped.usage['calls']} calls of max_calls="
+                f"{unwrapped.config.max_calls} with {unwrapped.spend.reserved_calls} reserved "
+                "for the final report"
+            ), True
+        refusal = self.budget.reset_refusal() if needs_reset else None
+        if refusal is not None:
+            return refusal, True
         for callback in self.callbacks:
             asked = getattr(callback, "should_stop", None)
             reason = asked(self) if asked is not None else ""
             if reason:
-                return str(reason)
-        return ""
+                return str(reason), False
+        return "", False
+
+    def _still_stopped(self, registry: Registry) -> bool:
+        """On resume: whether the saved stop holds.
+
+        A budget stop always does; a rule's if the config, as it is now, still says stop.
+        """
+        state = self._state
+        if state is None or not state.stop_reason:
+            return False
+        return state.stop_by_budget or bool(self._rule_stop(registry))
 
     def _episode_seed(self, episode: int) -> int:
         return self.config.seed * 1000 + episode
@@ -325,61 +449,55 @@ class ExperimentRunner:
 
         env = self.env
         unwrapped = env.unwrapped
-        episode = self.steps[-1]["episode"] if self.steps else 0
-        episode_step = self.steps[-1]["episode_step"] if self.steps else 0
-        start_fresh = not self.steps or self.steps[-1]["terminated"] or self.steps[-1]["truncated"]
-        if self.steps and start_fresh:
-            episode, episode_step = episode + 1, 0
-        options: dict[str, Any] = {}
-        if not start_fresh:
-            options = {"version": self.steps[-1]["current_version"], "step": episode_step}
-        self._notify("on_episode_start", episode)
-        observation, info = env.reset(seed=self._episode_seed(episode), options=options)
-        self.policy.reset(observation, info)
-        since_promotion = self._steps_since_promotion()
-        bar = self._progress_bar()
-        while not (reason := self._stop_reason(since_promotion)):
+        observation, info, needs_reset = self._start()
+        assert self._state is not None
+        stopped = self._state.stop_reason if self._still_stopped(self.registry) else ""
+        by_budget = self._state.stop_by_budget
+        bar = self._progress_bar() if not stopped else None
+        while True:
+            if stopped:
+                reason = stopped
+                break
+            reason, by_budget = self._stop_reason(needs_reset)
+            if reason:
+                break
+            if needs_reset:
+                self.episode, self.episode_step = self.episode + 1, 0
+                self._notify("on_episode_start", self.episode)
+                observation, info = env.reset(seed=self._episode_seed(self.episode))
+                self.policy.reset(observation, info)
+                self._stage("reset")
             self._notify("on_step_start", len(self.steps) + 1)
-            usage_before = unwrapped.usage
             action = self.policy.act(observation, info)
             next_observation, reward, terminated, truncated, info = env.step(action)
-            usage_after = unwrapped.usage
-            decision = self._gate(info["version_id"]) if self._should_gate(info, reward) else None
-            since_promotion = (
-                0 if decision is not None and decision.promoted else since_promotion + 1
+            self._stage("stepped")
+            before_gate = unwrapped.usage
+            decision, skipped = (
+                self._gate(info["version_id"]) if self._should_gate(info, reward) else (None, None)
             )
-            episode_step += 1
-            line = self._step_line(
-                episode,
-                episode_step,
-                reward,
-                terminated,
-                truncated,
-                info,
-                decision,
-                usage_before,
-                usage_after,
-            )
-            append_jsonl(self.run_dir / "steps.jsonl", line)
-            self.steps.append(line)
+            self._stage("gated")
+            self.episode_step += 1
+            line = self._step_line(reward, terminated, truncated, info, decision, before_gate)
+            line["budget_stop"] = info.get("budget_refusal") or skipped
             self.policy.update(
                 Transition(
                     observation, action, reward, next_observation, terminated, truncated, info
                 )
             )
-            self._save_policy_state(line["step"])
+            self._commit(line)
             self._notify("on_step_end", line)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(reward=f"{reward:+.3f}", live=self.registry.live_id)
             observation = next_observation
-            if terminated or truncated:
-                episode, episode_step = episode + 1, 0
-                self._notify("on_episode_start", episode)
-                observation, info = env.reset(seed=self._episode_seed(episode))
-                self.policy.reset(observation, info)
+            needs_reset = terminated or truncated
         if bar is not None:
             bar.close()
+        if not stopped:
+            self._state = self._state.model_copy(
+                update={"stop_reason": reason, "stop_by_budget": by_budget}
+            )
+            save_run_state(self.run_dir, self._state)
         self.stop_reason = reason
         self._notify("on_loop_end", reason)
 
@@ -389,6 +507,9 @@ class ExperimentRunner:
             method = getattr(callback, hook, None)
             if method is not None:
                 method(self, *args)
+
+    def _stage(self, stage: str) -> None:
+        self._notify("on_stage", stage)
 
     def _steps_since_promotion(self) -> int:
         count = 0
@@ -412,22 +533,25 @@ class ExperimentRunner:
 
     def _step_line(
         self,
-        episode: int,
-        episode_step: int,
         reward: float,
         terminated: bool,
         truncated: bool,
         info: dict[str, Any],
         decision: GateDecision | None,
-        usage_before: dict[str, int],
-        usage_after: dict[str, int],
+        before_gate: dict[str, int],
     ) -> dict[str, Any]:
+        """Return the step's log line.
+
+        ``calls`` counts everything since the previous commit (an episode reset included, and
+        the gate, also given alone as ``gate_calls``).
+        """
         live_id = self.registry.live_id
         live_test = self.registry.record(live_id).scores.get("test")
+        usage, mark = self.env.unwrapped.usage, self._mark
         return {
             "step": len(self.steps) + 1,
-            "episode": episode,
-            "episode_step": episode_step,
+            "episode": self.episode,
+            "episode_step": self.episode_step,
             "directive": info["directive"],
             "base_version": info["base_version_id"],
             "version_id": info["version_id"],
@@ -437,10 +561,13 @@ class ExperimentRunner:
             "invalid_edit": info["invalid_edit"],
             "scores": info["scores"],
             "base_scores": info["base_scores"],
-            "calls": usage_after["calls"] - usage_before["calls"],
-            "tokens": usage_after["tokens"] - usage_before["tokens"],
-            "cumulative_calls": usage_after["calls"],
-            "cumulative_tokens": usage_after["tokens"],
+            "calls": usage["calls"] - mark.get("calls", 0),
+            "gate_calls": usage["calls"] - before_gate["calls"],
+            "tokens": usage["tokens"] - mark.get("tokens", 0),
+            "failures": usage["failures"] - mark.get("failures", 0),
+            "retries": usage["retries"] - mark.get("retries", 0),
+            "cumulative_calls": usage["calls"],
+            "cumulative_tokens": usage["tokens"],
             "gate": None if decision is None else decision.model_dump(mode="json"),
             "live_version": live_id,
             "live_test": None if live_test is None else live_test.aggregate,
@@ -456,16 +583,11 @@ class ExperimentRunner:
         unwrapped = self.env.unwrapped
         registry = self.registry
         live_id, baseline_id = registry.live_id, registry.baseline_id
-        scores: dict[str, dict[str, Any]] = {}
-        for version_id in dict.fromkeys([live_id, baseline_id]):
-            record = registry.record(version_id)
-            per_split: dict[str, Any] = {}
-            for split in ("train", "test", "holdout"):
-                score = record.scores.get(split)
-                if score is None:
-                    score, _ = unwrapped.score_version(version_id, split)
-                per_split[split] = score
-            scores[version_id] = per_split
+        before = self._mark  # the spend at the last commit: a redone report counts in full
+        scores = self.budget.score_report(live_id, baseline_id)
+        unwrapped.spend.settle_prepaid()  # paid by a killed process, never reused: still spent
+        self._stage("reported")
+        usage = unwrapped.usage
         live = registry.build(live_id)
         baseline = registry.build(baseline_id)
         atomic_write_text(self.run_dir / "final_prompt.txt", live.state.render() + "\n")
@@ -479,9 +601,20 @@ class ExperimentRunner:
             )
             + "\n",
         )
-        write_curves(self.steps, self.run_dir / "curves.csv")
-        write_reward_plot(self.steps, self.run_dir / "reward_curve.png", title=self.config.name)
-        usage = unwrapped.usage
+        ends = {
+            "baseline_test": _aggregate(scores[baseline_id]["test"]),
+            "live_test": _aggregate(scores[live_id]["test"]),
+            "live_version": live_id,
+            "report_calls": usage["calls"] - before["calls"],
+            "calls": usage["calls"],
+            "tokens": usage["tokens"],
+        }
+        write_curves(self.steps, self.run_dir / "curves.csv", **ends)
+        write_reward_plot(
+            self.steps, self.run_dir / "reward_curve.png", title=self.config.name, **ends
+        )
+        max_calls = unwrapped.config.max_calls
+        reasons = unwrapped.spend.failure_reasons
         assert self.checkpoint is not None
         summary: dict[str, Any] = {
             "experiment": self.config.name,
@@ -493,19 +626,23 @@ class ExperimentRunner:
             "data": self.checkpoint.provenance.model_dump(mode="json", exclude_none=True),
             "promoted_version": live_id,
             "baseline_version": baseline_id,
-            **{split: scores[live_id][split].aggregate for split in ("train", "test", "holdout")},
-            "per_eval": {
-                split: scores[live_id][split].per_eval for split in ("train", "test", "holdout")
-            },
-            "baseline": {
-                split: scores[baseline_id][split].aggregate
-                for split in ("train", "test", "holdout")
-            },
+            **{split: _aggregate(scores[live_id][split]) for split in SPLITS},
+            "per_eval": {split: _per_eval(scores[live_id][split]) for split in SPLITS},
+            "n": {split: _count(scores[live_id][split]) for split in SPLITS},
+            "baseline": {split: _aggregate(scores[baseline_id][split]) for split in SPLITS},
             "calls": usage["calls"],
             "replay_calls": usage["replay_calls"],
             "judge_calls": usage["judge_calls"],
+            "report_calls": usage["calls"] - before["calls"],
+            "max_calls": max_calls,
+            "budget_overrun": max(0, usage["calls"] - max_calls) if max_calls is not None else 0,
             "tokens": usage["tokens"],
             "cache_hits": usage["cache_hits"],
+            "failures": usage["failures"],
+            "retries": usage["retries"],
+            "failures_by_reason": reasons["samples"],
+            "failed_requests_by_reason": reasons["attempts"],
+            "judge_errors": usage["judge_errors"],
             "steps": len(self.steps),
             "versions": len(registry),
             "promotions": len(registry.promoted_ids) - 1,
@@ -526,35 +663,70 @@ class ExperimentRunner:
             selfimprove_rl.errors.SelfImproveError: a configuration, data or backend problem
                 (the message says which and how to fix it); files written so far are kept
                 for ``--resume``.
+            selfimprove_rl.errors.BackendUnavailableError: the backend failed systemically;
+                the message says how to continue once it is fixed.
         """
         self._prepare()
+        if (
+            self.resume
+            and finished(self.run_dir, self._state)
+            and self._still_stopped(Registry(self.run_dir / "versions.jsonl"))
+        ):
+            assert self._state is not None
+            self.stop_reason = self._state.stop_reason
+            summary = json.loads((self.run_dir / "summary.json").read_text(encoding="utf-8"))
+            return RunResult(run_dir=self.run_dir, summary=summary)
         # A local model server (backend kind "local_llm") runs for the duration of the run.
         with self.config.backend.serving() as backend:
             self.backend = backend
             return self._run_prepared()
 
     def _run_prepared(self) -> RunResult:
-        self.env = self._build_env()
         error: BaseException | None = None
         try:
+            self.env = self._build_env()
             self.policy = self._build_policy()
             self._notify("on_start")
-            if self.resume:
-                self._restore_policy()
-                for line in self.steps[-1:]:
-                    if line["gate"] is None and self._should_gate(line["info"], line["reward"]):
-                        self._gate(line["version_id"])
+            if not self.resume:
+                self.budget.check_start()
+                # Written last: until here, a failed start leaves a directory a new start reuses.
+                atomic_write_text(
+                    self.run_dir / "config.json", self.config.model_dump_json(indent=2)
+                )
             self._loop()
             summary = self._finish()
+        except BackendUnavailableError as exc:
+            error = exc
+            exc.args = (
+                f"{exc} The run directory {self.run_dir} keeps every committed step: fix the "
+                f"backend, then continue with --resume --out {self.run_dir}.",
+            )
+            raise
         except BaseException as exc:
             error = exc
             raise
         finally:
             try:
-                self._notify("on_close", error)
+                if self.env is not None:
+                    self._notify("on_close", error)
             finally:
-                self.env.close()
+                if self.env is not None:
+                    self.env.close()
+                if self.cache is not None:
+                    self.cache.close()
         return RunResult(run_dir=self.run_dir, summary=summary)
+
+
+def _aggregate(score: SplitScore | None) -> float | None:
+    return None if score is None else score.aggregate
+
+
+def _per_eval(score: SplitScore | None) -> dict[str, float] | None:
+    return None if score is None else score.per_eval
+
+
+def _count(score: SplitScore | None) -> int | None:
+    return None if score is None else score.n
 
 
 def run_experiment(

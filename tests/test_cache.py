@@ -128,3 +128,26 @@ def test_closed_cache_keeps_serving_memory(tmp_path: Path) -> None:
     cache.close()
     assert cache.get("k") == body("kept")
     assert "ResponseCache(" in repr(cache)
+
+
+def test_the_ledger_records_what_was_paid_and_survives_a_new_instance(tmp_path: Path) -> None:
+    path = tmp_path / "cache.sqlite"
+    with ResponseCache(path) as cache:
+        cache.pay(
+            "a", {**body("A"), "usage": {"prompt_tokens": 5, "completion_tokens": 2}}, calls=1
+        )
+        mark = cache.ledger_seq
+        cache.pay("b", body("B"), calls=3)
+        cache.record_failure(calls=5)
+        cache.pay("a", body("again"), calls=1)  # paid twice: both payments count
+    reopened = ResponseCache(path)
+    assert reopened.get("a") == {**body("A"), "usage": {"prompt_tokens": 5, "completion_tokens": 2}}
+    assert reopened.ledger_seq == mark + 3
+    after = reopened.payments_since(mark)
+    assert [(p.key, p.calls, p.ok) for p in after] == [
+        ("b", 3, True),
+        (None, 5, False),
+        ("a", 1, True),
+    ]
+    assert reopened.payments_since(0)[0] == ("a", 1, 5, 2)
+    assert reopened.peek("b") == body("B") and (reopened.hits, reopened.misses) == (1, 0)

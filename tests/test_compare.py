@@ -11,15 +11,18 @@ import pytest
 from selfimprove_rl.cli import main
 from selfimprove_rl.compare import (
     CompareConfig,
+    RunRecord,
     load_compare_config,
-    mean_ci95,
+    markdown_table,
     parse_compare,
     run_compare,
     select_policies,
     summarise_run,
+    table_rows,
 )
 from selfimprove_rl.errors import ConfigError
 from selfimprove_rl.mimic import load_dataset
+from selfimprove_rl.stats import paired_difference, t_interval
 
 CONFIG = """
 name = "tiny"
@@ -87,15 +90,21 @@ def test_compare_command_writes_table_plot_and_runs(
         assert config["env"]["max_calls"] == 120
         assert config["data"]["path"] == str((out / "checkpoint.json").resolve())
         assert summary["calls"] == run["calls"] and summary["test"] == run["test"]
+        assert run["calls"] <= 120, "the budget holds, gate and final report included"
     # Every run of a policy shares the checkpoint, so the baseline test score is shared too.
     assert len({r["baseline_test"] for r in runs}) == 1
     for row in rows:
         tests = [r["test"] for r in runs if r["policy"] == row["policy"]]
-        mean, half = mean_ci95(tests)
-        assert float(row["test_mean"]) == pytest.approx(mean)
-        assert float(row["test_ci95"]) == pytest.approx(half)
+        interval = t_interval(tests)
+        assert float(row["test_mean"]) == pytest.approx(interval.mean)
+        assert float(row["test_low"]) == pytest.approx(interval.low)
+        assert float(row["test_high"]) == pytest.approx(interval.high)
+        assert 0.0 <= float(row["test_low"]) <= float(row["test_high"]) <= 1.0
+        assert row["test_n"] == "2" and row["reference"] == "random"
+    assert rows[0]["test_diff_mean"] == "" and rows[1]["test_diff_n"] == "2"
     markdown = (out / "compare.md").read_text()
     assert markdown.startswith("# tiny: 120 calls per run") and "| ucb1 | 2 |" in markdown
+    assert "Paired by seed against random" in markdown
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -162,19 +171,37 @@ def test_compare_section_errors_name_the_field() -> None:
         parse_compare({"policies": [{"name": "a"}, {"name": "b", "label": "a"}]})
 
 
-def test_mean_ci95_is_the_student_t_interval() -> None:
-    mean, half = mean_ci95([0.8, 0.9, 1.0])
-    assert mean == pytest.approx(0.9)
-    assert half == pytest.approx(4.302652729749464 * 0.1 / math.sqrt(3))
-    assert math.isnan(mean_ci95([0.5])[1]) and math.isnan(mean_ci95([])[0])
+def test_table_rows_clip_intervals_and_pair_runs_by_seed() -> None:
+    def run(policy: str, seed: int, test: float, holdout: float) -> RunRecord:
+        return RunRecord(
+            policy=policy, seed=seed, run_dir="", test=test, holdout=holdout, calls=100,
+            tokens=1000, steps=3,
+        )  # fmt: skip
+
+    records = [
+        run("base", 0, 0.2, 0.25), run("base", 1, 0.9, 0.8),
+        run("new", 0, 0.3, 0.3), run("new", 1, 1.0, 0.9), run("new", 2, 0.7, 0.7),
+    ]  # fmt: skip
+    base, new = table_rows(records, ["base", "new"], 0.5, reference="base")
+    assert base["test_mean"] == pytest.approx(0.55) and base["test_n"] == 2
+    assert (base["test_low"], base["test_high"]) == (0.0, 1.0), "clipped to the score range"
+    assert math.isnan(base["test_diff_mean"])
+    assert new["test_diff_n"] == 2, "only seeds both policies ran are paired"
+    assert new["test_diff_mean"] == pytest.approx(0.1) and new["test_diff_p"] == 0.0
+    expected = paired_difference({0: 0.3, 1: 0.9}, {0: 0.25, 1: 0.8})
+    assert new["holdout_diff_mean"] == pytest.approx(expected.mean)
+    assert new["holdout_diff_p"] == pytest.approx(expected.p_value)
+    text = markdown_table([base, new])
+    assert "| base | 2 | 0.550 [0.000, 1.000] |" in text
+    assert "| new | 2 | +0.100 [+0.100, +0.100] | 0.000 |" in text
 
 
 def test_steps_to_threshold_follow_the_live_test_score(tmp_path: Path) -> None:
     lines = [
-        {"step": 1, "reward": 0.1, "cumulative_calls": 20, "live_test": None},
-        {"step": 2, "reward": 0.3, "cumulative_calls": 50, "live_test": 0.6},
-        {"step": 3, "reward": 0.0, "cumulative_calls": 60, "live_test": 0.9},
-        {"step": 4, "reward": 0.2, "cumulative_calls": 90, "live_test": 0.95},
+        {"step": 1, "reward": 0.1, "calls": 20, "cumulative_calls": 20, "live_test": None},
+        {"step": 2, "reward": 0.3, "calls": 30, "cumulative_calls": 50, "live_test": 0.6},
+        {"step": 3, "reward": 0.0, "calls": 10, "cumulative_calls": 60, "live_test": 0.9},
+        {"step": 4, "reward": 0.2, "calls": 30, "cumulative_calls": 90, "live_test": 0.95},
     ]
     (tmp_path / "steps.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     summary = {
@@ -183,22 +210,9 @@ def test_steps_to_threshold_follow_the_live_test_score(tmp_path: Path) -> None:
     }  # fmt: skip
     record = summarise_run("p", 0, tmp_path, summary, threshold=0.85)
     assert (record.steps_to_threshold, record.calls_to_threshold) == (3, 60)
-    assert [c[3] for c in record.curve] == [0.2, 0.6, 0.9, 0.95]
+    assert record.curve == [(0, 0.2), (20, 0.2), (50, 0.6), (60, 0.9), (90, 0.95), (130, 0.95)]
     assert summarise_run("p", 0, tmp_path, summary, threshold=0.99).steps_to_threshold is None
     assert summarise_run("p", 0, tmp_path, summary, threshold=0.1).steps_to_threshold == 0
-
-
-def test_band_handles_runs_of_different_lengths() -> None:
-    import numpy as np
-
-    from selfimprove_rl.compare import _band
-
-    matrix = np.array([[1.0, 2.0, np.nan], [3.0, 4.0, 5.0], [2.0, np.nan, np.nan]])
-    mean, half = _band(matrix)
-    assert mean.tolist() == [2.0, 3.0, 5.0]
-    assert half[0] == pytest.approx(4.302652729749464 / math.sqrt(3))
-    assert half[1] == pytest.approx(12.706204736174707)
-    assert half[2] == 0.0
 
 
 def test_a_worker_that_dies_is_explained(

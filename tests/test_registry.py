@@ -139,3 +139,21 @@ def test_corrupt_log_is_a_clear_error(tmp_path) -> None:
     path.write_text('{"event": "mystery"}\n{"event": "version"}\n')
     with pytest.raises(RegistryError, match="event 1 is invalid"):
         Registry(path)
+
+
+def test_truncate_log_cuts_what_a_killed_step_wrote(tmp_path, base_state: PromptState) -> None:
+    from selfimprove_rl.registry import truncate_log
+
+    path = tmp_path / "versions.jsonl"
+    registry = Registry(path)
+    registry.add(base_state, parent_id=None)
+    committed = registry.events
+    registry.add(apply(base_state, AddLine(text="Be brief.")), parent_id=registry.live_id)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write('{"event": "scores", "torn')
+    assert truncate_log(path, committed) == 2
+    reloaded = Registry(path)
+    assert len(reloaded) == 1 and reloaded.events == committed == 1
+    assert truncate_log(path, committed) == 0
+    with pytest.raises(RegistryError, match="holds 1 complete events but 3 were committed"):
+        truncate_log(path, 3)

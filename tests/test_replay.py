@@ -16,7 +16,7 @@ import pytest
 
 from selfimprove_rl.cache import ResponseCache
 from selfimprove_rl.checkpoint import Action, Sample
-from selfimprove_rl.errors import ReplayError
+from selfimprove_rl.errors import BackendUnavailableError, ReplayError
 from selfimprove_rl.replay import (
     ReplayConfig,
     Replayer,
@@ -509,3 +509,114 @@ def test_replay_against_serve_sim_over_http() -> None:
     assert report.usage.calls > 40
     assert report.texts[0] == "I like coffee, too."
     assert elapsed < 10
+
+
+# ---------------------------------------------------------------------- failures that end a run
+def always(status: int) -> Callable[[dict[str, Any], int], httpx.Response]:
+    return lambda body, attempt: httpx.Response(status, json={"error": {"message": "down"}})
+
+
+def test_a_backend_failing_every_request_opens_the_breaker() -> None:
+    endpoint = Scripted(always(500))
+    config = ReplayConfig(max_retries=1, max_consecutive_failures=5, concurrency=1, **FAST)
+    replayer = Replayer(make_client(endpoint), config=config)
+    with pytest.raises(BackendUnavailableError) as caught:
+        replayer.replay_sync(make_samples(40), ACTION)
+    error = caught.value
+    message = str(error)
+    assert "5 requests in a row failed (max_consecutive_failures=5)" in message
+    assert "http://scripted.test/v1" in message and "'scripted-model'" in message
+    assert "\n" not in message and "InternalServerError" in error.last_error
+    assert (error.base_url, error.model) == ("http://scripted.test/v1/", "scripted-model")
+    assert endpoint.calls == 10, "stops after 5 failed requests (2 attempts each)"
+    assert replayer.usage.calls == 10 and replayer.usage.retries == 5
+    assert replayer.failed_attempts == {"http_500": 10}
+    with pytest.raises(BackendUnavailableError):
+        replayer.replay_sync(make_samples(2, "later"), ACTION)
+    assert endpoint.calls == 10, "an open breaker sends nothing"
+    replayer.reset_failures()
+    with pytest.raises(BackendUnavailableError):
+        replayer.replay_sync(make_samples(40, "again"), ACTION)
+
+
+def test_a_high_failure_rate_opens_the_breaker_by_window() -> None:
+    def fault(body: dict[str, Any], attempt: int) -> httpx.Response | None:
+        index = int(body["messages"][-1]["content"].split()[-1])
+        return None if index % 4 == 0 else httpx.Response(503, text="busy")
+
+    config = ReplayConfig(
+        max_retries=0,
+        max_consecutive_failures=None,
+        failure_window=20,
+        max_failure_rate=0.5,
+        concurrency=1,
+        **FAST,
+    )
+    replayer = Replayer(make_client(Scripted(fault)), config=config)
+    with pytest.raises(BackendUnavailableError, match=r"15 of the last 20 requests failed"):
+        replayer.replay_sync(make_samples(100), ACTION)
+
+
+def test_occasional_failures_are_counted_by_reason_and_never_raise() -> None:
+    def fault(body: dict[str, Any], attempt: int) -> httpx.Response | None:
+        index = int(body["messages"][-1]["content"].split()[-1])
+        if index % 5 == 0:
+            return httpx.Response(500, json={"error": {}})  # fails for good
+        if index % 5 == 1 and attempt == 1:
+            return httpx.Response(429, json={"error": {}}, headers={"retry-after": "0"})
+        return None
+
+    config = ReplayConfig(max_retries=1, max_consecutive_failures=3, **FAST)
+    replayer = Replayer(make_client(Scripted(fault)), config=config)
+    report = replayer.replay_sync(make_samples(50), ACTION)
+    assert report.usage.failures == 10 and report.usage.retries == 10 + 10
+    assert replayer.failed_samples == {"http_500": 10}
+    assert replayer.failed_attempts == {"http_500": 20, "http_429": 10}
+    assert {o.reason for o in report.outcomes if not o.ok} == {"http_500"}
+
+
+def test_the_call_guard_caps_every_request_and_is_not_a_backend_failure() -> None:
+    endpoint = Scripted(lambda body, attempt: httpx.Response(500) if attempt == 1 else None)
+    config = ReplayConfig(max_retries=2, max_consecutive_failures=2, concurrency=1, **FAST)
+    replayer = Replayer(make_client(endpoint), config=config)
+    replayer.call_guard = lambda: replayer.calls_sent < 7
+    report = replayer.replay_sync(make_samples(10), ACTION)
+    assert endpoint.calls == 7 == replayer.usage.calls
+    assert [o.ok for o in report.outcomes] == [True] * 3 + [False] * 7
+    assert replayer.failed_samples["budget"] == 7
+    assert report.outcomes[3].reason == "budget" and report.outcomes[3].attempts == 1
+
+
+def test_plan_says_what_a_replay_would_cost() -> None:
+    endpoint = Scripted()
+    replayer = Replayer(make_client(endpoint))
+    samples = make_samples(6) + make_samples(2)  # two repeated requests
+    assert replayer.plan(samples, ACTION).calls == 6
+    replayer.replay_sync(samples[:4], ACTION)
+    plan = replayer.plan(samples, ACTION)
+    assert plan.calls == 2 and [o is not None for o in plan.outcomes] == [True] * 4 + [
+        False,
+        False,
+        True,
+        True,
+    ]
+    assert endpoint.calls == 4, "planning sends nothing"
+
+
+def test_prepaid_responses_are_charged_once_when_reused(tmp_path: Any) -> None:
+    path = tmp_path / "cache.sqlite"
+    with ResponseCache(path) as cache:
+        first = Replayer(make_client(Scripted()), cache=cache)
+        first.replay_sync(make_samples(3), ACTION)
+        mark = cache.ledger_seq
+        first.replay_sync(make_samples(2, "after"), ACTION)  # paid, then the process "dies"
+    with ResponseCache(path) as cache:
+        endpoint = Scripted()
+        resumed = Replayer(make_client(endpoint), cache=cache)
+        resumed.prepaid = {p.key: p for p in cache.payments_since(mark) if p.key}
+        assert resumed.plan(make_samples(2, "after"), ACTION).calls == 2
+        report = resumed.replay_sync(make_samples(2, "after"), ACTION)
+        assert endpoint.calls == 0
+        assert report.usage == ReplayUsage(calls=2, prompt_tokens=14, completion_tokens=6)
+        again = resumed.replay_sync(make_samples(2, "after"), ACTION)
+        assert again.usage == ReplayUsage(cache_hits=2) and not resumed.prepaid

@@ -12,7 +12,7 @@ import pytest
 
 from selfimprove_rl.cli import main
 from selfimprove_rl.config import load_config, parse_config
-from selfimprove_rl.errors import ConfigError
+from selfimprove_rl.errors import ConfigError, SelfImproveError
 from selfimprove_rl.fileio import read_jsonl
 from selfimprove_rl.mimic import dataset_path
 from selfimprove_rl.registry import Registry
@@ -137,6 +137,30 @@ def test_existing_run_dir_needs_resume(tmp_path: Path, small_jsonl: Path) -> Non
         run_experiment(config, out=tmp_path / "run", progress=False)
     with pytest.raises(ConfigError, match=r"holds no config\.json"):
         run_experiment(config, out=tmp_path / "other", resume=True, progress=False)
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match=r"is not empty \(it holds \['notes.txt'\]\)"):
+        run_experiment(config, out=tmp_path / "foreign", progress=False)
+
+
+def test_a_failed_start_blocks_neither_a_new_start_nor_says_resume(
+    tmp_path: Path, small_jsonl: Path
+) -> None:
+    out = tmp_path / "run"
+    bad = load_config(_write_config(tmp_path / "c.toml", small_jsonl, policy="random", steps=1))
+    bad = bad.with_overrides(**{"data.path": str(tmp_path / "missing.jsonl")})
+    with pytest.raises(SelfImproveError, match=r"missing\.jsonl"):
+        run_experiment(bad, out=out, progress=False)
+    assert not (out / "config.json").exists()
+    with pytest.raises(ConfigError, match=r"holds no config\.json .* without --resume"):
+        run_experiment(bad, out=out, resume=True, progress=False)
+    unknown_policy = bad.with_overrides(**{"data.path": str(small_jsonl), "policy.name": "nope"})
+    with pytest.raises(SelfImproveError, match="Unknown policy 'nope'"):
+        run_experiment(unknown_policy, out=out, progress=False)  # fails after the checkpoint
+    assert {p.name for p in out.iterdir()} <= {"checkpoint.json", "versions.jsonl", "cache.sqlite"}
+    good = unknown_policy.with_overrides(**{"policy.name": "random"})
+    result = run_experiment(good, out=out, progress=False)
+    assert result.summary["steps"] == 1 and (out / "config.json").exists()
 
 
 def test_resume_after_kill_loses_no_step_or_version(tmp_path: Path, small_jsonl: Path) -> None:
@@ -174,8 +198,8 @@ def test_resume_after_kill_loses_no_step_or_version(tmp_path: Path, small_jsonl:
     assert versions_after[: len(versions_before)] == versions_before
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 10
-    state = json.loads((out / "policy_state.json").read_text())
-    assert state["step"] == 10
+    state = json.loads((out / "run_state.json").read_text())
+    assert state["step"] == 10 and state["stop_reason"] == "reached max_total_steps=10"
 
 
 def test_api_key_never_reaches_the_run_directory(
@@ -207,3 +231,202 @@ def test_api_key_never_reaches_the_run_directory(
     for path in result.run_dir.rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path.name
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _backend_config(path: Path, data: Path, base_url: str, **replay: object) -> Path:
+    options = {"backoff_initial_s": 0.01, "backoff_max_s": 0.05, "max_retries": 1, **replay}
+    table = "\n".join(f"{key} = {json.dumps(value)}" for key, value in options.items())
+    path.write_text(
+        f"""
+name = "backend"
+[data]
+kind = "mimic"
+path = "{data}"
+[backend]
+kind = "openai"
+base_url = "{base_url}"
+[target]
+model = "sim-keyword"
+[policy]
+name = "random"
+[env]
+minibatch_size = 8
+[stopping]
+max_total_steps = 2
+[replay]
+{table}
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_replay_section_reaches_the_env_and_its_replayer(tmp_path: Path, small_jsonl: Path) -> None:
+    config = load_config(_write_config(tmp_path / "c.toml", small_jsonl, policy="random", steps=1))
+    config = config.with_overrides(
+        **{"replay.concurrency": 3, "replay.max_retries": 1, "replay.timeout_s": 7.5}
+    )
+    seen = {}
+
+    class Probe:
+        def on_start(self, run) -> None:  # type: ignore[no-untyped-def]
+            seen["config"] = run.env.unwrapped.replayer.config
+
+        def on_promotion(self, run, version_id, decision) -> None:  # type: ignore[no-untyped-def]
+            pass
+
+        def on_finish(self, run, summary) -> None:  # type: ignore[no-untyped-def]
+            pass
+
+    run_experiment(config, out=tmp_path / "run", progress=False, callbacks=[Probe()])
+    assert seen["config"] == config.replay
+    assert (seen["config"].concurrency, seen["config"].timeout_s) == (3, 7.5)
+
+
+def test_a_backend_that_is_down_fails_fast_and_the_run_resumes_once_it_is_up(
+    tmp_path: Path, small_jsonl: Path
+) -> None:
+    port = _free_port()
+    config = _backend_config(tmp_path / "c.toml", small_jsonl, f"http://127.0.0.1:{port}/v1")
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "selfimprove_rl.cli", "run", str(config), "--out", str(out)]
+    started = time.monotonic()
+    failed = subprocess.run(
+        [*command, "--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert failed.returncode == 3, failed.stderr[-2000:]
+    lines = failed.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("selfimprove-rl run: error: The backend at")
+    assert "16 requests in a row failed" in lines[0] and "'sim-keyword'" in lines[0]
+    assert f"--resume --out {out}" in lines[0]
+    assert time.monotonic() - started < 120
+    assert not (out / "summary.json").exists() and (out / "config.json").exists()
+    assert "0.000" not in failed.stdout
+
+    server = subprocess.Popen(
+        [sys.executable, "-m", "selfimprove_rl.cli", "serve-sim", "--port", str(port)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None and "listening" in server.stdout.readline()
+        done = subprocess.run(
+            [*command, "--resume", "--no-progress"], cwd=REPO, capture_output=True, text=True,
+            timeout=300,
+        )  # fmt: skip
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    # The requests the first process sent while the backend was down stay counted.
+    assert summary["steps"] == 2 and summary["retries"] >= summary["failures"] >= 16
+
+
+def test_a_server_answering_500_to_everything_ends_the_run(
+    tmp_path: Path, small_jsonl: Path
+) -> None:
+    from selfimprove_rl.simulated.server import running_server
+
+    with running_server(fail_rate=1.0, kinds=("server_error",)) as base_url:
+        config = _backend_config(
+            tmp_path / "c.toml", small_jsonl, base_url, max_consecutive_failures=4
+        )
+        code = main(["run", str(config), "--out", str(tmp_path / "run"), "--no-progress"])
+    assert code == 3
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_occasional_failures_score_zero_and_are_counted(tmp_path: Path, small_jsonl: Path) -> None:
+    config = load_config(_write_config(tmp_path / "c.toml", small_jsonl, policy="random", steps=5))
+    config = config.with_overrides(
+        **{
+            "backend.faults": {"fail_rate": 0.45, "seed": 3, "kinds": ["server_error"]},
+            "replay.max_retries": 1,
+            "replay.backoff_initial_s": 0.001,
+            "replay.backoff_max_s": 0.01,
+            "replay.max_consecutive_failures": 50,
+            "replay.max_failure_rate": None,
+        }
+    )
+    result = run_experiment(config, out=tmp_path / "run", progress=False)
+    summary = result.summary
+    steps = list(read_jsonl(result.run_dir / "steps.jsonl"))
+    assert summary["failures"] > 0 and summary["retries"] > 0
+    assert summary["failures_by_reason"] == {"http_500": summary["failures"]}
+    failed_requests = summary["failed_requests_by_reason"]["http_500"]
+    assert failed_requests >= summary["retries"]
+    assert sum(s["retries"] for s in steps) <= summary["retries"]
+    assert all({"failures", "retries", "gate_calls"} <= set(s) for s in steps)
+    assert 0 < sum(s["failures"] for s in steps) <= summary["failures"]
+
+
+def test_max_calls_is_never_passed_and_curves_reach_the_total(
+    tmp_path: Path, small_jsonl: Path
+) -> None:
+    import csv
+
+    config = load_config(_write_config(tmp_path / "c.toml", small_jsonl, policy="random", steps=30))
+    for budget in (45, 70):
+        out = tmp_path / f"run{budget}"
+        summary = run_experiment(
+            config.with_overrides(**{"env.max_calls": budget}), out=out, progress=False
+        ).summary
+        assert summary["calls"] <= budget and summary["budget_overrun"] == 0
+        assert summary["stopped_because"].startswith(("call budget", "call/token budget"))
+        steps = list(read_jsonl(out / "steps.jsonl"))
+        rows = list(csv.DictReader(open(out / "curves.csv", encoding="utf-8")))
+        assert [r["kind"] for r in rows] == ["start"] + ["step"] * len(steps) + ["report"]
+        assert int(rows[-1]["cumulative_calls"]) == summary["calls"]
+        assert sum(int(r["calls"]) for r in rows) == summary["calls"]
+        assert int(rows[-1]["calls"]) == summary["report_calls"]
+        assert rows[0]["test_score"] != "" and float(rows[0]["test_score"]) == pytest.approx(
+            summary["baseline"]["test"]
+        )
+
+
+def test_a_budget_below_the_final_report_is_refused_before_any_call(
+    tmp_path: Path, small_jsonl: Path
+) -> None:
+    from selfimprove_rl.cache import ResponseCache
+
+    config = load_config(_write_config(tmp_path / "c.toml", small_jsonl, policy="random", steps=3))
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match=r"Expects max_calls to cover .* got max_calls=10"):
+        run_experiment(config.with_overrides(**{"env.max_calls": 10}), out=out, progress=False)
+    assert ResponseCache(out / "cache.sqlite").ledger_seq == 0
+    assert not (out / "config.json").exists()
+
+
+def test_judge_calls_count_against_the_budget(tmp_path: Path) -> None:
+    from selfimprove_rl.checkpoint import EvalConstants
+    from selfimprove_rl.demo import JUDGE_MODEL, MATCH_CHOICES, MATCH_EVAL, MATCH_TEMPLATE
+    from selfimprove_rl.mimic import load_dataset
+
+    judged = EvalConstants(
+        name=MATCH_EVAL, template=MATCH_TEMPLATE, choices=MATCH_CHOICES, eval_model=JUDGE_MODEL
+    )
+    checkpoint = load_dataset(
+        "coffee_sports", model="sim-keyword", eval_kind="exact_match", limit=40
+    )
+    path = checkpoint.model_copy(update={"eval_constants": [judged]}).save(tmp_path / "c.json")
+    config = parse_config(
+        {
+            "data": {"kind": "checkpoint", "path": str(path)},
+            "target": {"model": "sim-keyword"},
+            "policy": {"name": "random"},
+            "env": {"minibatch_size": 8, "max_calls": 90},
+            "stopping": {"max_total_steps": 30, "stagnation_steps": 30},
+        }
+    )
+    summary = run_experiment(config, out=tmp_path / "run", progress=False).summary
+    assert summary["judge_calls"] > 0 and summary["replay_calls"] > 0
+    assert summary["calls"] == summary["judge_calls"] + summary["replay_calls"] <= 90
+    assert summary["budget_overrun"] == 0

@@ -208,6 +208,23 @@ class PhoenixClassifier:
             )
         return values
 
+    def pending_calls(self, items: Sequence[EvalItem]) -> int:
+        """Return how many judge requests judging ``items`` would send (retries aside).
+
+        A call budget reserves this much before scoring; cached verdicts and items that
+        cannot be filled cost nothing.
+        """
+        keys: set[str] = set()
+        for item in items:
+            try:
+                variables = self.fill(item)
+            except _Unfillable:
+                continue
+            key = self._key(variables)
+            if key not in self._verdicts:
+                keys.add(key)
+        return len(keys)
+
     async def evaluate(self, items: Sequence[EvalItem]) -> list[EvalResult]:
         """Judge every item's output; one result per item, in order (see module invariants).
 

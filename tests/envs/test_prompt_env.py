@@ -352,3 +352,83 @@ def test_a_branch_worse_than_current_is_not_accepted() -> None:
         assert env.current_version_id == best
     finally:
         env.close()
+
+
+def test_steps_never_send_more_than_max_calls() -> None:
+    env = _env(max_calls=40, max_steps=50)
+    actions = [f"ADD: {COFFEE_RULE}", f"ADD: {ELSE_RULE}", DeleteLine(line=1), NoOp()] * 3
+    try:
+        env.reset(seed=3)
+        refused = None
+        for action in actions:
+            _, reward, _, truncated, info = env.step(action)
+            assert env.usage["calls"] <= 40
+            if info["budget_refusal"]:
+                refused = info
+                break
+        assert refused is not None and reward == 0.0 and truncated
+        assert refused["budget_refusal"].startswith("call budget: the step needs up to")
+        assert env.budget_exhausted() and env.budget_refusal == refused["budget_refusal"]
+    finally:
+        env.close()
+
+
+def test_reserved_calls_are_held_back_and_calls_to_score_is_exact() -> None:
+    env = _env(max_calls=100)
+    try:
+        env.reset(seed=0)
+        state = env.registry.build(env.current_version_id).state
+        minibatch_cost = env.calls_to_score(state, env.splits.train[:8])
+        assert 0 <= minibatch_cost <= 8
+        test_cost = env.calls_to_score_version(env.registry.live_id, "test")
+        before = env.usage["calls"]
+        env.score_version(env.registry.live_id, "test")
+        assert env.usage["calls"] - before == test_cost
+        assert env.calls_to_score_version(env.registry.live_id, "test") == 0
+        env.reserved_calls = 100 - env.usage["calls"] - 3
+        _, _, _, truncated, info = env.step(f"ADD: {COFFEE_RULE}")
+        assert truncated and info["budget_refusal"] and env.usage["calls"] <= 97
+    finally:
+        env.close()
+
+
+def test_state_dict_and_spend_continue_an_episode_in_a_new_env(tmp_path) -> None:
+    from selfimprove_rl.cache import ResponseCache
+    from selfimprove_rl.registry import Registry
+
+    checkpoint = load_dataset("coffee_sports", model="sim-keyword", limit=60)
+    actions = [f"ADD: {COFFEE_RULE}", NoOp(), f"ADD: {ELSE_RULE}", DeleteLine(line=1)]
+
+    def make(directory: str) -> PromptEnv:
+        return make_prompt_env(
+            data=checkpoint,
+            evaluators=[ExactMatch(name="exact_match")],
+            config={"minibatch_size": 8, "max_steps": 10},
+            registry=Registry(tmp_path / directory / "versions.jsonl"),
+            cache=ResponseCache(tmp_path / directory / "cache.sqlite"),
+        )
+
+    whole = make("whole")
+    whole.reset(seed=4)
+    reference = [whole.step(action) for action in actions]
+    whole.close()
+
+    first = make("split")
+    first.reset(seed=4)
+    for action in actions[:2]:
+        first.step(action)
+    saved, spend = first.state_dict(), first.spend.state()
+    first.step(actions[2])  # paid after the save, then "killed": its work is redone below
+    first.close()
+
+    second = make("split")
+    second.spend.restore(spend)
+    observation, _ = second.reset(options={"restore": saved})
+    assert observation["version"] == reference[1][0]["version"]
+    for action, (obs, reward, *_, info) in zip(actions[2:], reference[2:], strict=True):
+        got = second.step(action)
+        assert got[0]["prompt"] == obs["prompt"] and got[1] == reward
+        assert got[4]["minibatch"] == info["minibatch"] and got[4]["scores"] == info["scores"]
+    assert second.usage["calls"] == whole.usage["calls"]
+    assert second.usage["tokens"] == whole.usage["tokens"]
+    second.close()

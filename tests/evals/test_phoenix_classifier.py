@@ -63,6 +63,18 @@ def test_the_judge_is_never_asked_the_same_question_twice(
     assert {r.score for r in first + second} == {1.0}
 
 
+def test_pending_calls_counts_the_questions_a_budget_must_reserve(
+    judge: Any, sample_factory: Callable[..., Sample]
+) -> None:
+    classifier = PhoenixClassifier(CORRECTNESS, llm_kwargs=judge.llm_kwargs())
+    items = [EvalItem(sample_factory(f"s{i}"), f"reply {i % 3}") for i in range(6)]
+    assert classifier.pending_calls(items) == 3 and judge.calls == 0
+    run(classifier, items[:2])
+    assert classifier.pending_calls(items) == 1
+    run(classifier, items)
+    assert classifier.pending_calls(items) == 0 and judge.calls == classifier.calls == 3
+
+
 def test_variables_come_from_the_sample_then_fallbacks(
     judge: Any, sample_factory: Callable[..., Sample]
 ) -> None:
