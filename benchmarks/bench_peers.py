@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 import traceback
@@ -62,6 +63,13 @@ def _split(text: str | None) -> list[str] | None:
     return None if text is None else [part.strip() for part in text.split(",") if part.strip()]
 
 
+def _choose(text: str | None, default: tuple[str, ...]) -> list[str]:
+    """A comma-separated choice; ``None`` gives the default, ``none`` nothing."""
+    if text is None:
+        return list(default)
+    return [] if text.strip() == "none" else _split(text) or []
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", choices=("sim", "local"), default="sim")
@@ -71,16 +79,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget-calls", type=int, default=1000, help="Target calls per run.")
     parser.add_argument(
         "--peers", default=None, help=f"Comma-separated from {', '.join(PEERS)} (default: "
-        "dspy_bootstrap on sim; gepa, dspy_bootstrap on local)."
+        "dspy_bootstrap on sim; gepa, dspy_bootstrap on local; 'none' for none)."
     )  # fmt: skip
     parser.add_argument(
         "--ours", default=None, help=f"Comma-separated from {', '.join(OUR_ROWS)} (default: "
-        "per target, see DEFAULT_OURS)."
+        "per target, see DEFAULT_OURS; 'none' for none)."
     )  # fmt: skip
     parser.add_argument("--no-seed-row", action="store_true", help="Skip the seed prompt row.")
     parser.add_argument("--out", default="runs/peers", help="Results folder (resumable).")
     parser.add_argument("--limit", type=int, default=None, help="First N lines of each data set.")
     parser.add_argument("--no-cache", action="store_true", help="Forward every call.")
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=160,
+        help="Reply cap of every target call (default 160: three times the longest reference "
+        "reply, so no verdict changes; 0 sends none).",
+    )
     parser.add_argument("--sim-model", default="sim-large")
     parser.add_argument("--gguf", default=None, help="GGUF model for --target local.")
     parser.add_argument("--alias", default=DEFAULT_ALIAS, help="Local model name.")
@@ -97,8 +112,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def planned_rows(args: argparse.Namespace) -> list[str]:
     """Row names in run order: seed, peers, ours (validated against the target)."""
-    peers = _split(args.peers) or list(DEFAULT_PEERS[args.target])
-    ours = _split(args.ours) or list(DEFAULT_OURS[args.target])
+    peers = _choose(args.peers, DEFAULT_PEERS[args.target])
+    ours = _choose(args.ours, DEFAULT_OURS[args.target])
     unknown = [p for p in peers if p not in PEERS] + [o for o in ours if o not in OUR_ROWS]
     if unknown:
         raise ConfigError(
@@ -120,6 +135,7 @@ def _settings(args: argparse.Namespace, task: Task, model: str) -> dict[str, Any
         "model": model,
         "limit": args.limit,
         "budget_calls": args.budget_calls,
+        "max_tokens": task.seed_action.max_tokens,
         "samples": {k: len(v) for k, v in task.splits._asdict().items()},
     }
 
@@ -225,7 +241,9 @@ def run_target(args: argparse.Namespace, store: ResultStore, rows: list[str]) ->
         )
         try:
             for dataset in datasets:
-                task = load_task(dataset, target.model, limit=args.limit)
+                task = load_task(
+                    dataset, target.model, limit=args.limit, max_tokens=args.max_tokens or None
+                )
                 folder = store.root / args.target / dataset
                 _check_settings(folder / "settings.json", _settings(args, task, target.model))
                 checkpoint = folder / "checkpoint.json"
@@ -284,6 +302,8 @@ def _run_one(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the servers this process started are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     import torch
 
     torch.set_num_threads(1)

@@ -22,6 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from selfimprove_rl.checkpoint import Action, Checkpoint, Sample, Splits
+from selfimprove_rl.errors import ConfigError
 from selfimprove_rl.evals.base import EvalItem
 from selfimprove_rl.evals.code import ExactMatch, normalize_text
 from selfimprove_rl.fileio import atomic_write_text
@@ -51,15 +52,33 @@ class Task:
         return self.checkpoint.action
 
 
-def load_task(dataset: str, model: str, *, limit: int | None = None) -> Task:
+def load_task(
+    dataset: str, model: str, *, limit: int | None = None, max_tokens: int | None = None
+) -> Task:
     """Load a shipped data set for ``model`` with the exact-match eval and split it (seed 0).
 
     Args:
         dataset: ``support_intents`` or ``coffee_sports`` (any shipped name).
         model: the target model's name, written into the starting action.
         limit: keep only the file's first ``limit`` lines (smoke runs; every row sees the same).
+        max_tokens: a reply length cap sent with every target call of every row.
+
+    Raises:
+        ConfigError: ``max_tokens`` would cut a reference reply (it could change a verdict).
     """
     checkpoint = load_dataset(dataset, model=model, eval_kind="exact_match", limit=limit)
+    if max_tokens is not None:
+        # A reply cut at max_tokens can only match a reference shorter than the cap; with a
+        # cap well above the longest reference no verdict changes, and a rambling small
+        # model stops costing minutes per call.
+        longest = max(len(s.reference or "") for s in checkpoint.samples)
+        if max_tokens * 2 < longest:  # English runs ~4 characters a token; 2 is the safe side
+            raise ConfigError(
+                f"Expects --max-tokens of at least {longest // 2 + 1} for {dataset} (its longest "
+                f"reference has {longest} characters), got {max_tokens}."
+            )
+        action = checkpoint.action.model_copy(update={"max_tokens": max_tokens})
+        checkpoint = checkpoint.model_copy(update={"action": action})
     return Task(dataset, checkpoint, checkpoint.split(seed=0))
 
 
