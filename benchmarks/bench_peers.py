@@ -238,6 +238,7 @@ def run_target(args: argparse.Namespace, store: ResultStore, rows: list[str]) ->
             target.backend_kind,
             concurrency=target.concurrency,
             timeout_s=target.timeout_s,
+            sim_model=None if target.name == "sim" else args.sim_model,
         )
         try:
             for dataset in datasets:

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from selfimprove_rl.backend import Backend
 from selfimprove_rl.checkpoint import Action, Checkpoint, Sample, Splits
 from selfimprove_rl.errors import ConfigError
 from selfimprove_rl.evals.base import EvalItem
@@ -99,6 +100,11 @@ class ScoredPrompt(BaseModel):
     )
     split: str = "holdout"
     score: float
+    sim: float | None = Field(
+        default=None,
+        description="The same prompt on the simulated model (sim-large), in process and "
+        "uncounted, when the target is a real model.",
+    )
     n: int
     failed: int = Field(default=0, description="Samples whose call failed (scored 0).")
     action: dict[str, Any] | None = Field(
@@ -201,13 +207,20 @@ class Scorer:
         backend_kind: ``simulated`` or ``openai`` (only names the backend; no key is sent).
         concurrency: requests in flight.
         timeout_s: per-request timeout.
+        sim_model: also score every replayed prompt on this simulated tier, in process and
+            uncounted (``ScoredPrompt.sim``), for the simulator-vs-real rank correlation of
+            ``bench_real.py``; ``None`` skips it (a simulated target already is the simulator).
     """
 
     def __init__(
-        self, base_url: str, backend_kind: str, *, concurrency: int, timeout_s: float
+        self,
+        base_url: str,
+        backend_kind: str,
+        *,
+        concurrency: int,
+        timeout_s: float,
+        sim_model: str | None = None,
     ) -> None:
-        from selfimprove_rl.backend import Backend
-
         backend = Backend.model_validate(
             {
                 "kind": backend_kind,
@@ -221,6 +234,30 @@ class Scorer:
             config=ReplayConfig(concurrency=concurrency, timeout_s=timeout_s, max_retries=2),
         )
         self.evaluator = ExactMatch()
+        self.sim_model = sim_model
+        self.sim_replayer = (
+            Replayer(Backend().async_client(), config=ReplayConfig(concurrency=8))
+            if sim_model is not None
+            else None
+        )
+
+    def _exact(
+        self,
+        replayer: Replayer,
+        action: Action,
+        samples: Sequence[Sample],
+        parse: Callable[[str], str] | None,
+    ) -> tuple[list[float], list[str], int]:
+        report = replayer.replay_sync(list(samples), action)
+        texts = [outcome.text for outcome in report.outcomes]
+        answers = [parse(text) if parse is not None else text for text in texts]
+        items = [EvalItem(sample, answer) for sample, answer in zip(samples, answers, strict=True)]
+        results = asyncio.run(self.evaluator.evaluate(items))
+        per_sample = [
+            0.0 if not outcome.ok else result.score
+            for outcome, result in zip(report.outcomes, results, strict=True)
+        ]
+        return per_sample, texts, sum(1 for outcome in report.outcomes if not outcome.ok)
 
     def score(
         self,
@@ -245,22 +282,20 @@ class Scorer:
         Returns:
             The score, with per-sample scores and outputs; a failed call scores 0.
         """
-        report = self.replayer.replay_sync(list(samples), action)
-        texts = [outcome.text for outcome in report.outcomes]
-        answers = [parse(text) if parse is not None else text for text in texts]
-        items = [EvalItem(sample, answer) for sample, answer in zip(samples, answers, strict=True)]
-        results = asyncio.run(self.evaluator.evaluate(items))
-        per_sample = [
-            0.0 if not outcome.ok else result.score
-            for outcome, result in zip(report.outcomes, results, strict=True)
-        ]
+        per_sample, texts, failed = self._exact(self.replayer, action, samples, parse)
+        sim = None
+        if self.sim_replayer is not None and self.sim_model is not None:
+            on_sim = action.model_copy(update={"model": self.sim_model})
+            sim_scores, _, _ = self._exact(self.sim_replayer, on_sim, samples, parse)
+            sim = sum(sim_scores) / len(sim_scores) if sim_scores else math.nan
         return ScoredPrompt(
             label=label,
             how="replay",
             split=split,
             score=sum(per_sample) / len(per_sample) if per_sample else math.nan,
+            sim=sim,
             n=len(per_sample),
-            failed=sum(1 for outcome in report.outcomes if not outcome.ok),
+            failed=failed,
             action=action.model_dump(mode="json"),
             example_messages=example_messages,
             sample_ids=[sample.sample_id for sample in samples],
@@ -269,8 +304,10 @@ class Scorer:
         )
 
     def close(self) -> None:
-        """Stop the replayer's loop thread."""
+        """Stop the replayers' loop threads."""
         self.replayer.close()
+        if self.sim_replayer is not None:
+            self.sim_replayer.close()
 
 
 def mean_ci95(values: Sequence[float]) -> tuple[float, float]:

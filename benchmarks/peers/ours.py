@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peers.common import NO_KEY_ENV, CurvePoint, RowResult, Scorer, Task
+from peers.common import NO_KEY_ENV, CurvePoint, RowResult, ScoredPrompt, Scorer, Task
 from peers.counting_proxy import CountingProxy, ProxyCounts
 from peers.targets import Target
 from selfimprove_rl.config import load_config
@@ -92,6 +92,7 @@ class _Probe:
         self.loop_wall = 0.0
         self.scoring_s = 0.0
         self.curve: list[CurvePoint] = []
+        self.scored: list[ScoredPrompt] = []
         self.final_action: Any = None
 
     def on_start(self, run: Any) -> None:
@@ -111,6 +112,7 @@ class _Probe:
                 label=version_id,
             )
         )
+        self.scored.append(scored)
         self.scoring_s += time.perf_counter() - started
 
     def on_loop_end(self, run: Any, reason: str) -> None:
@@ -199,7 +201,10 @@ def run_ours(
         eval_calls=report.calls() + loop.calls("score"),
         wall_s=probe.loop_wall,
         curve=curve,
-        prompts=[final],
+        prompts=[
+            *probe.scored,
+            *([final] if all(p.action != final.action for p in probe.scored) else []),
+        ],
         details={
             "policy": spec.policy,
             "policy_kwargs": spec.kwargs,

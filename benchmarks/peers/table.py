@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from peers.common import RowResult, mean_ci95
+from peers.common import RowResult, ScoredPrompt, mean_ci95
 
 _KIND_ORDER = {"seed": 0, "peer": 1, "ours": 2}
 
@@ -166,6 +166,17 @@ def _verdict(group: Sequence[dict[str, Any]]) -> str:
     )
 
 
+def _fidelity_keys(result: RowResult, prompt: ScoredPrompt) -> dict[str, Any]:
+    """``data`` / ``holdout`` / ``sim_large``: the pair bench_real.py's rank correlation reads.
+
+    Only for a prompt replayed on a real model and on sim-large alike; a simulated target's
+    prompts carry none (sim against sim is no evidence of fidelity).
+    """
+    if result.target == "sim" or prompt.sim is None or prompt.how != "replay":
+        return {}
+    return {"data": result.dataset, "holdout": prompt.score, "sim_large": prompt.sim}
+
+
 def write_outputs(rows: Sequence[dict[str, Any]], results: Sequence[RowResult], out: Path) -> None:
     """Write ``peers_table.csv``, ``peers_table.md`` and ``peers_prompts.json`` into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -204,6 +215,7 @@ def write_outputs(rows: Sequence[dict[str, Any]], results: Sequence[RowResult], 
             "kind": result.kind,
             "seed": result.seed,
             **prompt.model_dump(mode="json", exclude={"outputs"}),
+            **_fidelity_keys(result, prompt),
         }
         for result in results
         for prompt in result.prompts
