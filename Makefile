@@ -5,6 +5,7 @@ VENV := .venv
 PX_VENV := .venv-phoenix
 LLM_VENV := .venv-llm
 LLM_MODEL := .models/qwen2.5-coder-0.5b-instruct-q4.gguf
+PEERS_VENV := .venv-peers
 PIP := $(VENV)/bin/python -m pip
 PY := $(VENV)/bin/python
 # Quiet the machine's pip find-links warnings without hiding real errors.
@@ -13,7 +14,7 @@ NO_LOCATION_WARNINGS := sed -u '/^WARNING: Location/d'
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
-.PHONY: install phoenix-server test lint typecheck pytest demo bench clean llm test-llm clean-llm
+.PHONY: install phoenix-server test lint typecheck pytest demo bench clean llm test-llm clean-llm peers bench-peers
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -77,5 +78,22 @@ demo: install
 bench: install
 	$(PY) benchmarks/bench_replay.py
 
+# The peers benchmark (GEPA, DSPy) runs in its own virtualenv: the peers are not dependencies
+# of the package, and `make test` never needs them. torch first, as above, so nothing pulls CUDA.
+$(PEERS_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install $(PIP_QUIET) --upgrade pip 2>&1 | $(NO_LOCATION_WARNINGS)
+	$(PEERS_VENV)/bin/python -m pip install $(PIP_QUIET) torch==2.13.0 2>&1 | $(NO_LOCATION_WARNINGS)
+	$(PEERS_VENV)/bin/python -m pip install $(PIP_QUIET) -e . "gepa==0.1.4" "dspy[optuna]>=3.4,<3.5" \
+		2>&1 | $(NO_LOCATION_WARNINGS)
+	$(PEERS_VENV)/bin/python -c "import selfimprove_rl, gepa, dspy, torch; \
+		assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	touch $@
+
+peers: $(PEERS_VENV)/.installed
+
+bench-peers: peers
+	$(PEERS_VENV)/bin/python benchmarks/bench_peers.py $(PEERS_ARGS)
+
 clean:
-	rm -rf $(VENV) $(PX_VENV) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PX_VENV) $(PEERS_VENV) runs .pytest_cache .mypy_cache .ruff_cache
