@@ -100,6 +100,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gguf", default=None, help="GGUF model for --target local.")
     parser.add_argument("--alias", default=DEFAULT_ALIAS, help="Local model name.")
     parser.add_argument("--llm-python", default=None, help="Python with llama-cpp-python.")
+    parser.add_argument(
+        "--base-url", default=None, help="A running local model server (--target local)."
+    )
     parser.add_argument("--table-only", action="store_true", help="Only rewrite the table.")
     args = parser.parse_args(argv)
     if args.quick:
@@ -231,6 +234,7 @@ def run_target(args: argparse.Namespace, store: ResultStore, rows: list[str]) ->
         gguf=args.gguf,
         alias=args.alias,
         llm_python=args.llm_python,
+        base_url=args.base_url,
     ) as target:
         proxy = CountingProxy(target.upstream, cache=cache, timeout_s=target.timeout_s).start()
         scorer = Scorer(

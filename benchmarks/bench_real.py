@@ -49,6 +49,7 @@ from selfimprove_rl.checkpoint import Action, Checkpoint, Demo, Sample
 from selfimprove_rl.config import parse_config
 from selfimprove_rl.evals.code import ExactMatch
 from selfimprove_rl.evals.scoring import score_outcomes
+from selfimprove_rl.local_llm import DEFAULT_ALIAS
 from selfimprove_rl.mimic import load_dataset
 from selfimprove_rl.prompt import PromptState
 from selfimprove_rl.registry import Registry
@@ -162,8 +163,12 @@ class Scorer:
         )
 
         async def run() -> tuple[float, int]:
-            replayer = Replayer(backend.async_client(), cache=cache, config=config)
-            report = await replayer.replay(samples, action)
+            client = backend.async_client()
+            try:
+                replayer = Replayer(client, cache=cache, config=config)
+                report = await replayer.replay(samples, action)
+            finally:
+                await client.close()
             table = await score_outcomes([ExactMatch()], samples, report.outcomes)
             return table.aggregate(), report.usage.calls
 
@@ -242,9 +247,9 @@ def target_server(args: Any) -> Iterator[str]:
     if args.base_url:
         yield args.base_url
         return
-    from selfimprove_rl.local_llm import LocalModelServer  # type: ignore[import-not-found]
+    from selfimprove_rl.local_llm import LocalLLMOptions, shared_server
 
-    with LocalModelServer(alias=args.model) as server:
+    with shared_server(LocalLLMOptions(alias=args.model)) as server:
         yield server.base_url
 
 
@@ -333,7 +338,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="One seed, support_intents.")
     parser.add_argument("--base-url", default=None, help="A running OpenAI-compatible server.")
-    parser.add_argument("--model", default="qwen2.5-coder-0.5b", help="The target's name there.")
+    parser.add_argument("--model", default=DEFAULT_ALIAS, help="The target's name there.")
     parser.add_argument("--budget", type=int, default=1000, help="Target calls per policy run.")
     parser.add_argument("--minibatch", type=int, default=24)
     parser.add_argument("--concurrency", type=int, default=1, help="Requests in flight.")

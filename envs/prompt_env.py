@@ -292,6 +292,10 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
     async def _evaluate_pair(
         self, base: PromptState, new: PromptState, samples: list[Sample]
     ) -> tuple[_Evaluation, _Evaluation]:
+        if self.replayer.config.concurrency <= 1:
+            # A one-request-at-a-time server keeps one prompt prefix cached: interleaving the
+            # two prompts would re-read each system prompt on every call.
+            return await self._evaluate(base, samples), await self._evaluate(new, samples)
         first, second = await asyncio.gather(
             self._evaluate(base, samples), self._evaluate(new, samples)
         )

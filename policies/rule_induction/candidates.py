@@ -13,6 +13,9 @@ Kinds (a priori weight in :data:`KIND_WEIGHTS`):
     reply described worst as the default, with or without the reply list.
 ``rule:add`` / ``rule:refresh``
     A rule for a reply that has none, or a rule re-described from a larger memory.
+``rule:last``
+    The rule of the reply the target gives most often to inputs it does not fit moves to the
+    end (small models lean towards what they read first).
 ``default:move``
     The default goes to the reply with the most errors; the old default gets a rule.
 ``list:add`` / ``list:drop``
@@ -55,6 +58,7 @@ KIND_WEIGHTS: dict[str, float] = {
     "rule:refresh": 1.0,
     "demo:add": 0.9,
     "demo:swap": 0.8,
+    "rule:last": 1.0,
     "default:move": 0.6,
     "list:add": 0.5,
     "list:drop": 0.5,
@@ -228,6 +232,7 @@ class CandidateBuilder:
                     "The default goes to the reply with the most errors.",
                 )
             )
+        out.append(self._rule_last())
         outside = sum(
             1 for seen in self.memory.observed.values() if reply_key(seen.output) not in s.classes
         ) / max(1, s.observed)
@@ -257,6 +262,28 @@ class CandidateBuilder:
                 )
             )
         return out
+
+    def _rule_last(self) -> Candidate | None:
+        """Move the rule of the reply the target gives most often wrongly to the end.
+
+        Small models lean towards what they read first (a reply listed or ruled first is
+        given to inputs it does not fit); moving that reply last is measured like any change.
+        """
+        s = self.situation
+        over = max(s.classes, key=lambda r: (len(self.memory.answered_with(r)), r))
+        wrongly = len(self.memory.answered_with(over))
+        if not wrongly or s.plan.rule_for(over) is None or s.plan.rules[-1][1] == over:
+            return None
+        rules = tuple(r for r in s.plan.rules if r[1] != over) + tuple(
+            r for r in s.plan.rules if r[1] == over
+        )
+        plan = replace(s.plan, rules=rules).with_list(bool(s.plan.reply_list))
+        return self._replace(
+            plan,
+            "rule:last",
+            wrongly / max(1, s.observed),
+            "The reply given most often to inputs it does not fit goes last.",
+        )
 
     # ------------------------------------------------------------------ the demos
     def _class_inputs(self, reply: str) -> tuple[list[str], np.ndarray]:

@@ -297,3 +297,15 @@ def test_policies_import_nothing_from_the_simulated_model() -> None:
                 f"{path.name}: {n}" for n in names if n.startswith("selfimprove_rl.simulated")
             ]
     assert offenders == []
+
+
+def test_the_reply_the_target_gives_too_often_moves_to_the_end() -> None:
+    state = apply(START, proposer().propose(observation(START), info(), k=1)[0].edits)
+    first = read_plan(state.block("sop").lines).rules[0][1]
+    found = proposer().propose(observation(state, "v0001"), info("v0001", output=first), k=20)
+    (moved,) = [c for c in found if c.kind == "rule:last"]
+    plan = read_plan(moved.edits[0].lines)  # type: ignore[union-attr]
+    assert plan.rules[-1][1] == first and len(plan.rules) == 2
+    assert plan.reply_list[-2] == first and plan.reply_list[-1] == OTHER
+    right = proposer().propose(observation(state, "v0001"), info("v0001", output="exact"), k=20)
+    assert not [c for c in right if c.kind == "rule:last"]
