@@ -210,6 +210,8 @@ class SimulatedChatModel:
     def _follow(
         self, tier: TierSpec, sop: Sop, user_input: str, demos: tuple[Statement, ...] = ()
     ) -> Decision:
+        if tier.weighs_evidence:
+            return self._weigh(tier, sop, user_input, demos)
         vector: np.ndarray | None = None
         for rule in sop.statements:
             if rule.kind == "mentions":
@@ -237,6 +239,44 @@ class SimulatedChatModel:
                 vector = self._matrix((user_input,))[0]
             best, score = self._best_cosine(vector, tuple(o.reply for o in options))
             return Decision(options[best].reply, "option", options[best].line, score)
+        return Decision(generic_reply(user_input), "generic")
+
+    def _weigh(
+        self, tier: TierSpec, sop: Sop, user_input: str, demos: tuple[Statement, ...]
+    ) -> Decision:
+        """The reply with the strongest evidence among every rule, example and demonstration.
+
+        A literal match is certain evidence (the first one answers); an ``about`` rule's
+        evidence is its best facet cosine, an example's its input's cosine, each counted only
+        from its threshold on. Rules and demonstrations for the same reply support each other
+        rather than the first match hiding the rest. Nothing above threshold: the ``else``,
+        then the closest listed reply, then a generic reply.
+        """
+        for statement in sop.statements:
+            if statement.kind == "mentions" and statement.matches(user_input):
+                return Decision(statement.reply, "rule", statement.line)
+        graded = [s for s in (*sop.statements, *demos) if s.kind in ("about", "example")]
+        if not graded and sop.fallback is not None:
+            return Decision(sop.fallback.reply, "else", sop.fallback.line)
+        vector = self._matrix((user_input,))[0]
+        best: Decision | None = None
+        source: DecisionSource
+        for statement in graded:
+            if statement.kind == "about":
+                _, score = self._best_cosine(vector, statement.facets)
+                source, threshold = "rule", tier.semantic_threshold
+            else:
+                _, score = self._best_cosine(vector, (statement.example_input,))
+                source, threshold = "example", tier.example_threshold
+            if score >= threshold and (best is None or score > (best.similarity or 0.0)):
+                best = Decision(statement.reply, source, statement.line, score)
+        if best is not None:
+            return best
+        if sop.fallback is not None:
+            return Decision(sop.fallback.reply, "else", sop.fallback.line)
+        if sop.options:
+            index, score = self._best_cosine(vector, tuple(o.reply for o in sop.options))
+            return Decision(sop.options[index].reply, "option", sop.options[index].line, score)
         return Decision(generic_reply(user_input), "generic")
 
     def _deviate(

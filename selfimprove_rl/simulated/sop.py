@@ -49,10 +49,13 @@ it may contain quotes and apostrophes; curly quotes work too; an optional ``; te
 verbatim. A line that fits none of these forms (a heading, vague guidance such as "be
 friendly", a rule with an empty reply) is ignored and listed in :attr:`Sop.ignored`.
 
-How the model answers with a parsed SOP (see :mod:`selfimprove_rl.simulated.model`): the
-``if``/``else if`` rules in order of appearance, first match wins; otherwise the nearest
-example (or demonstration) above the tier's example threshold; otherwise the first ``else``;
-otherwise the closest listed reply option; otherwise a generic reply derived from the input.
+How the model answers with a parsed SOP (see :mod:`selfimprove_rl.simulated.model`): a
+literal ``mentions`` rule that matches answers (the first one); then ``sim-large`` and
+``sim-noisy`` weigh every ``about`` rule, example and demonstration together and answer with
+the reply the strongest one above its threshold supports (an instruction-tuned model reads the
+whole prompt), while ``sim-small`` takes the ``if``/``else if`` rules in order, first match
+wins, then the nearest example; otherwise the first ``else``; otherwise the closest listed
+reply option; otherwise a generic reply derived from the input.
 
 Example:
     >>> sop = parse_sop('''## SOP

@@ -44,6 +44,11 @@ class TierSpec(BaseModel):
     example_threshold: float = Field(
         ge=-1.0, le=1.0, description="Cosine the nearest example needs to answer."
     )
+    weighs_evidence: bool = Field(
+        default=False,
+        description="Answer with the reply the strongest rule, example or demonstration "
+        "supports (as instruction-tuned models weigh a whole prompt), not the first match.",
+    )
     noise_base: float = Field(default=0.0, ge=0.0, le=1.0)
     noise_per_temperature: float = Field(default=0.0, ge=0.0)
     prompt_price_per_1k: float = Field(ge=0.0, description="USD per 1,000 prompt tokens.")
@@ -100,6 +105,7 @@ SIMULATED_MODELS: dict[str, TierSpec] = {
         TierSpec(
             name="sim-large",
             description="Every SOP line, semantic rules and in-context examples.",
+            weighs_evidence=True,
             semantic_threshold=0.25,
             example_threshold=0.2,
             prompt_price_per_1k=0.0025,
@@ -108,6 +114,7 @@ SIMULATED_MODELS: dict[str, TierSpec] = {
         TierSpec(
             name="sim-noisy",
             description="Like sim-large, but deviates with p = 0.08 + 0.3 * temperature.",
+            weighs_evidence=True,
             semantic_threshold=0.25,
             example_threshold=0.2,
             noise_base=0.08,
