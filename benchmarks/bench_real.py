@@ -156,8 +156,9 @@ class Scorer:
         """Return the exact-match score of ``action`` on ``model`` and the calls it sent."""
         action = action.model_copy(update={"model": model})
         backend = self.backend if not model.startswith("sim-") else Backend()
-        cache = ResponseCache(self.cache_dir / f"{model}.sqlite")
         real = backend is self.backend
+        # The simulator's answers are recomputed: a stored one may predate a simulator change.
+        cache = ResponseCache(self.cache_dir / f"{model}.sqlite") if real else None
         config = ReplayConfig(
             concurrency=self.concurrency if real else 16, timeout_s=600.0 if real else 30.0
         )
@@ -367,6 +368,10 @@ def main() -> None:
                         rows[label].append(bench.policy(policy, seed))
                     except Exception as exc:  # a failed run is reported as such, not a crash
                         print(f"{name} {label} seed {seed}: FAILED: {type(exc).__name__}: {exc}")
+            for results in rows.values():
+                for result in results:
+                    action = Action.model_validate(result["action"])
+                    result["sim_large"], _ = scorer.score(action, bench.holdout, "sim-large")
             _print_table(name, rows, len(bench.holdout))
             _print_fidelity(name, rows, args.peers)
     print(f"\nwall time {time.perf_counter() - started:.0f} s")
