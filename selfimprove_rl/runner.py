@@ -273,7 +273,7 @@ class ExperimentRunner:
         return env
 
     def _build_policy(self) -> Any:
-        from policies.registry import make_policy
+        from policies.catalog import make_policy
 
         return make_policy(
             self.config.policy.name, seed=self.config.seed, **self.config.policy.kwargs

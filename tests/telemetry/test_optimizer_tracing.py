@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from policies.registry import POLICIES, register_policy
+from policies.catalog import POLICIES, register_policy
 from policies.rule_induction import RuleInductionCoach
 from selfimprove_rl.config import parse_config
 from selfimprove_rl.demo import deploy_prompt, production_traffic
