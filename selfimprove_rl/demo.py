@@ -436,6 +436,7 @@ def _phoenix(
         PRODUCTION_TAG,
         PhoenixPrompts,
         load_version,
+        phoenix_integrations,
         setup_tracing,
         teardown_tracing,
     )
@@ -467,7 +468,9 @@ def _phoenix(
     if max_steps is not None:
         config = config.with_overrides(**{"stopping.max_total_steps": max_steps})
     echo("optimizing: fetch -> checkpoint -> rule_induction -> gate -> report -> publish ...")
-    run = run_experiment(config, out=folder / "run", progress=progress)
+    run = run_experiment(
+        config, out=folder / "run", progress=progress, integrations=phoenix_integrations()
+    )
     lap("optimize")
     summary = run.summary
     record = PhoenixRunRecord.load(run.run_dir)
