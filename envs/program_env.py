@@ -512,14 +512,7 @@ class ProgramEnv(gymnasium.Env[Observation, Any]):
             )
             info["budget_refusal"] = refusal
             return self._observation(), 0.0, False, True, info
-        invalid: InvalidEdit | None = None
-        edits: list[NodeEdit] = []
-        try:
-            edits = self._node_edits(raw)
-            new_state = apply_program(base_state, edits, allowed_models=self.models)
-        except InvalidEdit as exc:
-            invalid = exc
-            new_state = base_state
+        new_state, edits, invalid = self._apply_edits(base_state, raw)
         unchanged = invalid is not None or new_state == base_state
         observe = self.config.observe_on_no_op and invalid is None
         if unchanged and base_id == self._current_id and not observe:
@@ -542,12 +535,7 @@ class ProgramEnv(gymnasium.Env[Observation, Any]):
         else:
             build = self.registry.add(new_state, parent_id=base_id, edits=edits, origin=origin)
             version_id = build.version_id
-            reward = end_to_end
-            if self.config.node_shaping and node_rewards:
-                reward += self.config.node_shaping * float(np.mean(list(node_rewards.values())))
-            if self.config.reward_mode == "delta_minus_tokens":
-                extra = new_eval.mean_prompt_tokens - base_eval.mean_prompt_tokens
-                reward -= self.config.token_penalty * extra / 1000.0
+            reward = self._reward(end_to_end, node_rewards, base_eval, new_eval)
             if not unchanged:
                 self.registry.record_scores(
                     version_id, "minibatch", new_eval.split_score, tokens=new_eval.tokens
@@ -577,6 +565,38 @@ class ProgramEnv(gymnasium.Env[Observation, Any]):
             tie_move=tie_move,
         )
         return self._observation(), float(reward), bool(terminated), bool(truncated), info
+
+    def _apply_edits(
+        self, state: ProgramState, raw: Any
+    ) -> tuple[ProgramState, list[NodeEdit], InvalidEdit | None]:
+        """Parse and apply an action's node edits to ``state``.
+
+        Returns:
+            The new state (``state`` itself when the edits are invalid), the edits, and the
+            reason they are invalid (``None`` when they apply).
+        """
+        edits: list[NodeEdit] = []
+        try:
+            edits = self._node_edits(raw)
+            return apply_program(state, edits, allowed_models=self.models), edits, None
+        except InvalidEdit as exc:
+            return state, edits, exc
+
+    def _reward(
+        self,
+        end_to_end: float,
+        node_rewards: Mapping[str, float],
+        base_eval: ProgramEvaluation,
+        new_eval: ProgramEvaluation,
+    ) -> float:
+        """The end-to-end delta, plus node shaping and minus the token penalty when set."""
+        reward = end_to_end
+        if self.config.node_shaping and node_rewards:
+            reward += self.config.node_shaping * float(np.mean(list(node_rewards.values())))
+        if self.config.reward_mode == "delta_minus_tokens":
+            extra = new_eval.mean_prompt_tokens - base_eval.mean_prompt_tokens
+            reward -= self.config.token_penalty * extra / 1000.0
+        return reward
 
     def _refusal(self, base_id: str, base_state: ProgramState, raw: Any) -> str | None:
         """Why the step may not run for want of budget (``None``: it may); sends nothing."""

@@ -464,42 +464,16 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
             )
         self._step_index += 1
         base = self.registry.build(base_id)
-        invalid: InvalidEdit | None = None
-        edits: list[Edit] = []
-        try:
-            edits = parse_directives(raw_edits) if isinstance(raw_edits, str) else list(raw_edits)
-            new_state = apply(base.state, edits, allowed_models=self.models)
-        except InvalidEdit as exc:
-            invalid = exc
-            new_state = base.state
+        new_state, edits, invalid = self._apply_edits(base.state, raw_edits)
         unchanged = invalid is not None or new_state == base.state
-        observe = self.config.observe_on_no_op and invalid is None
         samples = self._minibatch()
-        if unchanged and base_id == self._current_id and not observe:
-            planned: list[PromptState] = []
-        elif unchanged:
-            planned = [base.state]
-        else:
-            planned = [base.state, new_state]
-            if base_id != self._current_id and self.config.transition == "if_improved":
-                planned.append(self.registry.build(self.current_version_id).state)
+        planned = self._planned_states(base_id, base.state, new_state, unchanged, invalid)
         refusal = self.spend.token_refusal()
         if refusal is None and self.config.max_calls is not None:
             needed = sum(self.calls_to_score(state, samples) for state in planned)
             refusal = self.spend.call_refusal(needed)
         if refusal is not None:
-            self.spend.refused = refusal
-            info = self._info(
-                version_id=base_id,
-                base_id=base_id,
-                candidate=self._current_eval,
-                base=self._current_eval,
-                accepted=False,
-                edits=[],
-                invalid=None,
-            )
-            info["budget_refusal"] = refusal
-            return self._observation(), 0.0, False, True, info
+            return self._refused_step(base_id, refusal)
         if not planned:
             # Nothing to compare: a no-op or invalid edit costs no model call.
             base_eval = new_eval = self._current_eval
@@ -514,12 +488,10 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
             version_id = base_id
             accepted = False
         else:
-            build = self.registry.add(new_state, parent_id=base_id, edits=edits, origin=origin)
-            version_id = build.version_id
-            reward = new_eval.table.aggregate() - base_eval.table.aggregate()
-            if self.config.reward_mode == "delta_minus_tokens":
-                extra = new_eval.mean_prompt_tokens - base_eval.mean_prompt_tokens
-                reward -= self.config.token_penalty * extra / 1000.0
+            version_id = self.registry.add(
+                new_state, parent_id=base_id, edits=edits, origin=origin
+            ).version_id
+            reward = self._reward(base_eval, new_eval)
             if not unchanged:
                 self.registry.record_scores(
                     version_id, "minibatch", new_eval.split_score, tokens=new_eval.tokens
@@ -546,6 +518,72 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
             invalid=invalid,
         )
         return self._observation(), float(reward), bool(terminated), bool(truncated), info
+
+    def _apply_edits(
+        self, state: PromptState, raw_edits: str | Sequence[Edit]
+    ) -> tuple[PromptState, list[Edit], InvalidEdit | None]:
+        """Parse and apply an action's edits to ``state``.
+
+        Returns:
+            The new state (``state`` itself when the edits are invalid), the edits, and the
+            reason they are invalid (``None`` when they apply).
+        """
+        edits: list[Edit] = []
+        try:
+            edits = parse_directives(raw_edits) if isinstance(raw_edits, str) else list(raw_edits)
+            return apply(state, edits, allowed_models=self.models), edits, None
+        except InvalidEdit as exc:
+            return state, edits, exc
+
+    def _planned_states(
+        self,
+        base_id: str,
+        base: PromptState,
+        new_state: PromptState,
+        unchanged: bool,
+        invalid: InvalidEdit | None,
+    ) -> list[PromptState]:
+        """The states a step replays on its minibatch (what its call budget must cover).
+
+        None for a no-op on the current version (unless ``observe_on_no_op``), the base
+        alone for a no-op elsewhere, else base and new state, and the current version too
+        when ``if_improved`` must compare a branch with it.
+        """
+        observe = self.config.observe_on_no_op and invalid is None
+        if unchanged and base_id == self._current_id and not observe:
+            return []
+        if unchanged:
+            return [base]
+        planned = [base, new_state]
+        if base_id != self._current_id and self.config.transition == "if_improved":
+            planned.append(self.registry.build(self.current_version_id).state)
+        return planned
+
+    def _refused_step(
+        self, base_id: str, refusal: str
+    ) -> tuple[Observation, float, bool, bool, dict[str, Any]]:
+        """The step a budget refuses: nothing sent, nothing registered, the episode truncated."""
+        assert self._current_eval is not None
+        self.spend.refused = refusal
+        info = self._info(
+            version_id=base_id,
+            base_id=base_id,
+            candidate=self._current_eval,
+            base=self._current_eval,
+            accepted=False,
+            edits=[],
+            invalid=None,
+        )
+        info["budget_refusal"] = refusal
+        return self._observation(), 0.0, False, True, info
+
+    def _reward(self, base_eval: _Evaluation, new_eval: _Evaluation) -> float:
+        """score(new) − score(base) on the same minibatch (minus the token penalty if set)."""
+        reward = new_eval.table.aggregate() - base_eval.table.aggregate()
+        if self.config.reward_mode == "delta_minus_tokens":
+            extra = new_eval.mean_prompt_tokens - base_eval.mean_prompt_tokens
+            reward -= self.config.token_penalty * extra / 1000.0
+        return reward
 
     def _improves_current(
         self, version_id: str, base_id: str, reward: float, new_eval: _Evaluation

@@ -7,14 +7,7 @@ shared by the coaches and by bandit and population policies.
 
 from policies.bandits import SuccessiveHalvingPolicy, ThompsonPolicy, UCB1Policy
 from policies.base import BasePolicy, Policy, Transition
-from policies.coach_report import build_report
-from policies.llm_coach import CoachReply, LLMCoachConfig, LLMCoachPolicy, LLMCoachProposer
-from policies.output_rules import OutputRuleProposer, ProposerCoach
-from policies.population import PopulationPolicy
-from policies.program_adapter import AgentTeam, NodeAgent, ProgramCoach, node_view
-from policies.proposers import OPERATOR_LIBRARY, Candidate, OperatorProposer, Proposer
-from policies.random_policy import RandomPolicy
-from policies.registry import (
+from policies.catalog import (
     POLICIES,
     PROPOSERS,
     make_policy,
@@ -22,6 +15,13 @@ from policies.registry import (
     register_policy,
     resolve_policy,
 )
+from policies.coach_report import build_report
+from policies.llm_coach import CoachReply, LLMCoachConfig, LLMCoachPolicy, LLMCoachProposer
+from policies.output_rules import OutputRuleProposer, ProposerCoach
+from policies.population import PopulationPolicy
+from policies.program_adapter import AgentTeam, NodeAgent, ProgramCoach, node_view
+from policies.proposers import OPERATOR_LIBRARY, Candidate, OperatorProposer, Proposer
+from policies.random_policy import RandomPolicy
 from policies.rule_induction import RuleInductionCoach, RuleInductionConfig, RuleInductionProposer
 from policies.sb3_policy import SB3Policy
 

@@ -51,8 +51,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from policies.base import BasePolicy, Observation, Transition
+from policies.catalog import make_proposer
 from policies.proposers import Candidate, no_change_candidate
-from policies.registry import make_proposer
 from policies.versions import VersionView
 
 

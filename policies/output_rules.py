@@ -41,8 +41,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from policies.base import BasePolicy, Observation, Transition
+from policies.catalog import make_proposer
 from policies.proposers import Candidate, no_change_candidate
-from policies.registry import make_proposer
 from selfimprove_rl.prompt import AddLine, Edit
 
 _WORD = re.compile(r"[a-z0-9][a-z0-9'-]*")

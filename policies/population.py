@@ -38,8 +38,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from policies.base import BasePolicy, Observation, Transition
+from policies.catalog import make_proposer
 from policies.proposers import Candidate, no_change_candidate
-from policies.registry import make_proposer
 from policies.versions import VersionView
 from selfimprove_rl.prompt import Edit, PromptState, ReplaceBlock, SetModel
 

@@ -29,7 +29,7 @@ from typing import Any, Literal
 from envs.program_spaces import ProgramAction
 from envs.spaces import EnvAction
 from policies.base import BasePolicy, Observation, Transition
-from policies.registry import make_policy
+from policies.catalog import make_policy
 from selfimprove_rl.errors import PolicyError
 from selfimprove_rl.program_state import NodeEdit
 from selfimprove_rl.prompt import EDIT_TYPES, Edit, NoOp, parse_directives

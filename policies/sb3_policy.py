@@ -41,8 +41,8 @@ import numpy as np
 
 from envs.sb3 import Featurizer, make_sb3_env
 from policies.base import BasePolicy, Observation, Transition
+from policies.catalog import make_proposer
 from policies.proposers import Candidate, no_change_candidate
-from policies.registry import make_proposer
 from selfimprove_rl.errors import PolicyError
 
 Algo = Literal["auto", "ppo", "maskable_ppo"]

@@ -200,6 +200,7 @@ def _data_overrides(data: str | None) -> dict[str, object]:
 def _run_run(args: argparse.Namespace) -> int:
     from selfimprove_rl.config import ExperimentConfig, load_config
     from selfimprove_rl.runner import run_experiment
+    from selfimprove_rl.telemetry import phoenix_integrations
 
     config = load_config(args.config) if args.config else ExperimentConfig()
     config = config.with_overrides(
@@ -211,7 +212,13 @@ def _run_run(args: argparse.Namespace) -> int:
             "stopping.max_total_steps": args.max_steps,
         },
     )
-    result = run_experiment(config, out=args.out, resume=args.resume, progress=not args.no_progress)
+    result = run_experiment(
+        config,
+        out=args.out,
+        resume=args.resume,
+        progress=not args.no_progress,
+        integrations=phoenix_integrations(),
+    )
     _print_summary(result.summary)
     return 0
 
@@ -418,6 +425,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         parse_compare,
         run_compare,
     )
+    from selfimprove_rl.telemetry import phoenix_integrations
 
     experiment, compare = load_compare_config(args.config)
     overrides = {"seeds": args.seeds, "jobs": args.jobs, "budget_calls": args.budget_calls}
@@ -426,7 +434,12 @@ def _run_compare(args: argparse.Namespace) -> int:
     compare = parse_compare(updated, source="command line")
     names = [n.strip() for n in args.policies.split(",") if n.strip()] if args.policies else None
     result = run_compare(
-        experiment, compare, policies=names, out=args.out, progress=not args.no_progress
+        experiment,
+        compare,
+        policies=names,
+        out=args.out,
+        progress=not args.no_progress,
+        integrations=phoenix_integrations(),
     )
     print(markdown_table(result.rows), end="")
     for run in result.runs:

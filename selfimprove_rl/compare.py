@@ -62,6 +62,7 @@ from selfimprove_rl.config import (
 )
 from selfimprove_rl.errors import ConfigError
 from selfimprove_rl.fileio import atomic_write_text, read_jsonl
+from selfimprove_rl.hooks import Integrations
 from selfimprove_rl.stats import (
     COUNT_RANGE,
     DIFFERENCE_RANGE,
@@ -224,7 +225,13 @@ def _one_torch_thread() -> None:
     torch.set_num_threads(1)
 
 
-def run_one(config_json: str, label: str, run_dir: str, threshold: float | None) -> RunRecord:
+def run_one(
+    config_json: str,
+    label: str,
+    run_dir: str,
+    threshold: float | None,
+    integrations: Integrations | None = None,
+) -> RunRecord:
     """Run one experiment and summarise it (the unit of work a worker process runs)."""
     import traceback
 
@@ -233,7 +240,7 @@ def run_one(config_json: str, label: str, run_dir: str, threshold: float | None)
     _one_torch_thread()
     config = parse_config(json.loads(config_json), source="compare")
     try:
-        result = run_experiment(config, out=run_dir, progress=False)
+        result = run_experiment(config, out=run_dir, progress=False, integrations=integrations)
     except Exception as exc:  # a failed run is recorded and counted, the others go on
         where = traceback.extract_tb(exc.__traceback__)[-1]
         return RunRecord(
@@ -297,6 +304,7 @@ def run_compare(
     policies: Sequence[str] | None = None,
     out: str | Path | None = None,
     progress: bool = True,
+    integrations: Integrations | None = None,
 ) -> CompareResult:
     """Run every policy over every seed at one call budget, then write the table and plot.
 
@@ -307,6 +315,8 @@ def run_compare(
         out: the output folder (default: ``<out_dir>/compare-<name>-<UTC time>``); it must
             not hold files yet.
         progress: show a progress bar over runs.
+        integrations: the outside systems the runs may use (Phoenix data and callbacks),
+            as the caller wires them (see :func:`~selfimprove_rl.runner.run_experiment`).
 
     Returns:
         The folder, the table rows and every run's record.
@@ -330,7 +340,7 @@ def run_compare(
     from selfimprove_rl.runner import load_checkpoint_for
 
     checkpoint_path = (out_dir / "checkpoint.json").resolve()
-    load_checkpoint_for(experiment).save(checkpoint_path)
+    load_checkpoint_for(experiment, integrations=integrations).save(checkpoint_path)
     shared = experiment.with_overrides(
         **{"data.kind": "checkpoint", "data.path": str(checkpoint_path), "env.max_calls": budget}
     )
@@ -342,7 +352,7 @@ def run_compare(
             )
             run_dir = out_dir / "runs" / _safe(entry.title) / f"seed-{seed}"
             jobs.append((config.model_dump_json(), entry.title, str(run_dir)))
-    records = _execute(jobs, threshold, compare.jobs or default_jobs(), progress)
+    records = _execute(jobs, threshold, compare.jobs or default_jobs(), progress, integrations)
     order = {e.title: i for i, e in enumerate(entries)}
     records.sort(key=lambda r: (order[r.policy], r.seed))
     labels = [e.title for e in entries]
@@ -363,13 +373,17 @@ def _safe(label: str) -> str:
 
 
 def _execute(
-    jobs: list[tuple[str, str, str]], threshold: float | None, workers: int, progress: bool
+    jobs: list[tuple[str, str, str]],
+    threshold: float | None,
+    workers: int,
+    progress: bool,
+    integrations: Integrations | None = None,
 ) -> list[RunRecord]:
     bar = _bar(len(jobs), progress)
     records: list[RunRecord] = []
     if workers <= 1 or len(jobs) <= 1:
         for config_json, label, run_dir in jobs:
-            records.append(run_one(config_json, label, run_dir, threshold))
+            records.append(run_one(config_json, label, run_dir, threshold, integrations))
             _tick(bar, label)
     else:
         import multiprocessing
@@ -378,7 +392,7 @@ def _execute(
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
             futures = {
-                pool.submit(run_one, config_json, label, run_dir, threshold): label
+                pool.submit(run_one, config_json, label, run_dir, threshold, integrations): label
                 for config_json, label, run_dir in jobs
             }
             try:

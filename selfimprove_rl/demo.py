@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from selfimprove_rl.config import ExperimentConfig, parse_config
+from selfimprove_rl.config import ExperimentConfig, load_config
 from selfimprove_rl.errors import TelemetryError
 from selfimprove_rl.fileio import atomic_write_text
 
@@ -76,22 +76,23 @@ NEW_INPUTS = (
     "My grinder broke, so today it's instant, sadly.",
 )
 
-_ENV = {"minibatch_size": 32, "max_steps": 10, "target_score": 0.99, "observe_on_no_op": True}
-_STOPPING = {"max_total_steps": 20, "stagnation_steps": 8, "test_threshold": 0.98}
-DEMO_CONFIG: dict[str, Any] = {
-    "name": "demo-coffee_sports",
-    "seed": 0,
-    "data": {"kind": "dataset", "path": "coffee_sports"},
-    "target": {"model": TARGET_MODEL},
-    "policy": {"name": "rule_induction"},
-    "env": _ENV,
-    "stopping": _STOPPING,
-}
+# The offline demo is the shipped seed experiment, renamed; the Phoenix demo runs it on the
+# demo project's telemetry. (Configs move into the package as data with issue 14's other half;
+# then only this path changes.)
+SHIPPED_CONFIG = (
+    Path(__file__).resolve().parents[1] / "experiments" / "configs" / "coffee_sports.toml"
+)
 
 
 def demo_config() -> ExperimentConfig:
-    """Return the offline demo's config (the same as experiments/configs/coffee_sports.toml)."""
-    return parse_config(DEMO_CONFIG, source="demo")
+    """Return the offline demo's config: ``experiments/configs/coffee_sports.toml``, renamed.
+
+    Raises:
+        ConfigError: the shipped config is missing or invalid.
+    """
+    return load_config(SHIPPED_CONFIG).with_overrides(
+        name="demo-coffee_sports", **{"target.model": TARGET_MODEL}
+    )
 
 
 def phoenix_demo_config(
@@ -102,26 +103,22 @@ def phoenix_demo_config(
     It publishes the promoted build, logs results back, traces the optimizer into
     ``<project>-optimizer`` and moves ``production`` to the build.
     """
-    return parse_config(
-        {
-            **DEMO_CONFIG,
-            "name": "demo-phoenix",
-            "data": {
-                "kind": "phoenix",
-                "endpoint": endpoint,
-                "project": project,
-                "since": since.isoformat(),
-            },
-            "phoenix": {
-                "publish_prompt": True,
-                "prompt_name": prompt_name,
-                "promote_production": True,
-                "log_results": True,
-                "trace_optimizer": True,
-                "optimizer_project": f"{project}-optimizer",
-            },
+    return demo_config().with_overrides(
+        name="demo-phoenix",
+        data={
+            "kind": "phoenix",
+            "endpoint": endpoint,
+            "project": project,
+            "since": since.isoformat(),
         },
-        source="demo",
+        phoenix={
+            "publish_prompt": True,
+            "prompt_name": prompt_name,
+            "promote_production": True,
+            "log_results": True,
+            "trace_optimizer": True,
+            "optimizer_project": f"{project}-optimizer",
+        },
     )
 
 
@@ -436,6 +433,7 @@ def _phoenix(
         PRODUCTION_TAG,
         PhoenixPrompts,
         load_version,
+        phoenix_integrations,
         setup_tracing,
         teardown_tracing,
     )
@@ -467,7 +465,9 @@ def _phoenix(
     if max_steps is not None:
         config = config.with_overrides(**{"stopping.max_total_steps": max_steps})
     echo("optimizing: fetch -> checkpoint -> rule_induction -> gate -> report -> publish ...")
-    run = run_experiment(config, out=folder / "run", progress=progress)
+    run = run_experiment(
+        config, out=folder / "run", progress=progress, integrations=phoenix_integrations()
+    )
     lap("optimize")
     summary = run.summary
     record = PhoenixRunRecord.load(run.run_dir)

@@ -52,7 +52,7 @@ import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -61,6 +61,7 @@ from selfimprove_rl.checkpoint import Checkpoint
 from selfimprove_rl.config import ExperimentConfig, parse_config
 from selfimprove_rl.errors import BackendUnavailableError, ConfigError
 from selfimprove_rl.fileio import append_jsonl, atomic_write_text
+from selfimprove_rl.hooks import Integrations, RunCallback
 from selfimprove_rl.prompt import diff
 from selfimprove_rl.registry import GateDecision, Registry, SplitScore
 from selfimprove_rl.report_budget import SPLITS, ReportBudget
@@ -89,30 +90,6 @@ RUN_FILES = (
 _RESTARTABLE = frozenset(RUN_FILES) | {"phoenix.json", "cache.sqlite-wal", "cache.sqlite-shm"}
 
 
-class RunCallback(Protocol):
-    """Hooks for side effects of a run (publishing to Phoenix, tracing the optimizer).
-
-    Optional hooks, called when a callback defines them: ``on_start(run)`` (env and policy
-    built), ``on_episode_start(run, episode)`` (before the env resets, and when a resumed run
-    continues an episode), ``on_step_start(run, step)`` (before the policy acts),
-    ``on_step_end(run, line)`` (the step committed), ``on_loop_end(run, reason)`` (before the
-    final report), ``on_stage(run, stage)`` (fine-grained progress: ``"stepped"`` the env
-    step returned, ``"gated"`` the gate decided, ``"saved"`` the run state was written,
-    ``"logged"`` the step line was appended, ``"reset"`` a new episode started,
-    ``"reported"`` the final scores are in), and ``on_close(run, error)`` (always, last;
-    ``error`` is the exception ending the run); ``should_stop(run) -> str`` ends the run
-    early when it returns a non-empty reason.
-    """
-
-    def on_promotion(self, run: ExperimentRunner, version_id: str, decision: GateDecision) -> None:
-        """Called after the gate promotes a build."""
-        ...
-
-    def on_finish(self, run: ExperimentRunner, summary: dict[str, Any]) -> None:
-        """Called once the summary is written."""
-        ...
-
-
 class RunResult(BaseModel):
     """Where a run's files are and what it achieved."""
 
@@ -129,18 +106,30 @@ def run_dir_name(config: ExperimentConfig, now: datetime | None = None) -> str:
     return f"{config.name}-{policy}-s{config.seed}-{stamp}"
 
 
-def load_checkpoint_for(config: ExperimentConfig, *, progress: bool = True) -> Checkpoint:
-    """Load or fetch the checkpoint a config's data section names (``progress``: fetch bars)."""
+def load_checkpoint_for(
+    config: ExperimentConfig,
+    *,
+    progress: bool = True,
+    integrations: Integrations | None = None,
+) -> Checkpoint:
+    """Load or fetch the checkpoint a config's data section names (``progress``: fetch bars).
+
+    Raises:
+        ConfigError: the data kind lives in an outside system (``phoenix``) that
+            ``integrations`` does not wire.
+    """
     data = config.data
     if data.kind == "checkpoint":
         return Checkpoint.load(data.path)
+    fetcher = (integrations or Integrations()).fetchers.get(data.kind)
+    if fetcher is not None:
+        return fetcher(data, progress=progress)
     if data.kind == "phoenix":
-        from selfimprove_rl.telemetry import PhoenixSource, build_checkpoint
-
-        assert data.endpoint and data.project and data.since
-        source = PhoenixSource(data.endpoint, data.project, progress=progress)
-        frames = source.fetch(since=data.since, until=data.until)
-        return build_checkpoint(frames)
+        raise ConfigError(
+            "Expects a Phoenix fetcher for [data] kind = 'phoenix', got integrations without "
+            "one. Run it with `selfimprove-rl run`, or pass "
+            "integrations=selfimprove_rl.telemetry.phoenix_integrations() to run_experiment."
+        )
     from selfimprove_rl.mimic import load_dataset, load_mimic_jsonl
 
     model = config.target.model or "sim-large"
@@ -163,7 +152,9 @@ class ExperimentRunner:
         run_dir: the run directory (created; with ``resume`` it must hold ``config.json``).
         resume: continue the run in ``run_dir``.
         progress: show a progress bar.
-        callbacks: side-effect hooks (see :class:`RunCallback`).
+        callbacks: side-effect hooks (see :class:`~selfimprove_rl.hooks.RunCallback`).
+        integrations: fetchers of outside data kinds (see
+            :class:`~selfimprove_rl.hooks.Integrations`).
     """
 
     def __init__(
@@ -174,8 +165,10 @@ class ExperimentRunner:
         resume: bool = False,
         progress: bool = True,
         callbacks: Sequence[RunCallback] = (),
+        integrations: Integrations | None = None,
     ) -> None:
         self.config = config
+        self.integrations = integrations or Integrations()
         self.run_dir = run_dir
         self.resume = resume
         self.progress = progress
@@ -207,7 +200,9 @@ class ExperimentRunner:
             self._state, self.steps = reconcile(self.run_dir)
         else:
             self._claim_run_dir()
-            self.checkpoint = load_checkpoint_for(self.config, progress=self.progress)
+            self.checkpoint = load_checkpoint_for(
+                self.config, progress=self.progress, integrations=self.integrations
+            )
             self.checkpoint.save(self.run_dir / "checkpoint.json")
 
     def _claim_run_dir(self) -> None:
@@ -273,7 +268,7 @@ class ExperimentRunner:
         return env
 
     def _build_policy(self) -> Any:
-        from policies.registry import make_policy
+        from policies.catalog import make_policy
 
         return make_policy(
             self.config.policy.name, seed=self.config.seed, **self.config.policy.kwargs
@@ -736,6 +731,7 @@ def run_experiment(
     resume: bool = False,
     progress: bool = True,
     callbacks: Sequence[RunCallback] = (),
+    integrations: Integrations | None = None,
 ) -> RunResult:
     """Run an experiment into ``out`` (default: a new folder under ``config.out_dir``).
 
@@ -745,32 +741,48 @@ def run_experiment(
         resume: continue the run in ``out``.
         progress: show a progress bar.
         callbacks: side-effect hooks.
+        integrations: the outside systems the config may use (Phoenix data, the
+            ``[phoenix]`` callbacks), as the caller wires them; the CLI passes
+            :func:`selfimprove_rl.telemetry.phoenix_integrations`.
 
     Returns:
         The run directory and the summary.
+
+    Raises:
+        ConfigError: ``resume`` without ``out``, or the config asks for an integration
+            that ``integrations`` does not wire.
     """
     if resume and out is None:
         raise ConfigError("--resume needs --out: the run directory to continue.")
+    wiring = integrations or Integrations()
     run_dir = Path(out) if out is not None else Path(config.out_dir) / run_dir_name(config)
-    hooks = [*callbacks, *_phoenix_callbacks(config, run_dir, resume)]
-    runner = ExperimentRunner(config, run_dir, resume=resume, progress=progress, callbacks=hooks)
+    hooks = [*callbacks, *_integration_callbacks(config, run_dir, resume, wiring)]
+    runner = ExperimentRunner(
+        config, run_dir, resume=resume, progress=progress, callbacks=hooks, integrations=wiring
+    )
     return runner.run()
 
 
-def _phoenix_callbacks(config: ExperimentConfig, run_dir: Path, resume: bool) -> list[RunCallback]:
+def _integration_callbacks(
+    config: ExperimentConfig, run_dir: Path, resume: bool, integrations: Integrations
+) -> list[RunCallback]:
     """The callbacks the ``[phoenix]`` section asks for (a resumed run keeps its own config)."""
     saved = run_dir / "config.json"
     if resume and saved.exists():
         config = parse_config(json.loads(saved.read_text()), source=str(saved))
     section = config.phoenix
-    wanted = (
-        section.publish_prompt,
-        section.promote_production,
-        section.log_results,
-        section.trace_optimizer,
-    )
-    if not any(wanted):
+    wanted = [
+        name
+        for name in ("publish_prompt", "promote_production", "log_results", "trace_optimizer")
+        if getattr(section, name)
+    ]
+    if not wanted:
         return []
-    from selfimprove_rl.telemetry.callbacks import build_callbacks
-
-    return build_callbacks(config)
+    if integrations.callbacks is None:
+        raise ConfigError(
+            f"Expects Phoenix callbacks for phoenix.{', phoenix.'.join(wanted)}, got "
+            f"integrations {integrations.name!r} without them. Run it with `selfimprove-rl "
+            "run`, or pass integrations=selfimprove_rl.telemetry.phoenix_integrations() to "
+            "run_experiment."
+        )
+    return integrations.callbacks(config)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -430,3 +431,22 @@ def test_judge_calls_count_against_the_budget(tmp_path: Path) -> None:
     assert summary["judge_calls"] > 0 and summary["replay_calls"] > 0
     assert summary["calls"] == summary["judge_calls"] + summary["replay_calls"] <= 90
     assert summary["budget_overrun"] == 0
+
+
+def test_phoenix_needs_the_integration_the_caller_wires(tmp_path: Path) -> None:
+    remote = parse_config(
+        {
+            "data": {
+                "kind": "phoenix",
+                "endpoint": "http://127.0.0.1:9",
+                "project": "bot",
+                "since": "2026-01-01T00:00:00Z",
+            }
+        }
+    )
+    with pytest.raises(ConfigError, match="Expects a Phoenix fetcher for"):
+        run_experiment(remote, out=tmp_path / "a", progress=False)
+    reporting = parse_config({"phoenix": {"log_results": True, "endpoint": "http://127.0.0.1:9"}})
+    with pytest.raises(ConfigError, match=re.escape("Expects Phoenix callbacks for phoenix.log")):
+        run_experiment(reporting, out=tmp_path / "b", progress=False)
+    assert not (tmp_path / "b").exists()

@@ -18,7 +18,8 @@ The workflow, end to end::
     version = publish_version(url, "support-bot", new_action, scores=...)
     promote_version(url, version.version_id)              # only when asked
 
-A run does the last part itself when its config asks (``[phoenix]`` section:
+A run does the last part itself when its config asks and the caller wires Phoenix in
+(``run_experiment(config, integrations=phoenix_integrations())``; ``[phoenix]`` section:
 :class:`PhoenixReporter` publishes builds and logs results, :class:`OptimizerTracer` traces
 the optimizer into its own project); ``selfimprove-rl promote RUN_DIR`` (:func:`promote_run`)
 moves ``production`` afterwards.
@@ -64,6 +65,7 @@ from selfimprove_rl.telemetry.source import (
     require_aware,
 )
 from selfimprove_rl.telemetry.tracing import setup_tracing, teardown_tracing
+from selfimprove_rl.telemetry.wiring import fetch_phoenix_checkpoint, phoenix_integrations
 
 __all__ = [
     "CANDIDATE_TAG",
@@ -88,12 +90,14 @@ __all__ = [
     "build_checkpoint",
     "build_program_checkpoint",
     "evaluating",
+    "fetch_phoenix_checkpoint",
     "find_phoenix_executable",
     "flush_evals",
     "instrument_evals",
     "is_instrumented",
     "load_version",
     "log_experiment",
+    "phoenix_integrations",
     "promote_run",
     "promote_version",
     "publish_version",

@@ -145,32 +145,10 @@ def build_checkpoint(
                     unknown_name_message("eval with recorded constants", name, constants)
                 )
     annotations = _annotations_by_span(frames.annotations)
-
-    rows: list[_Row] = []
-    seen: set[str] = set()
-    for record in _records(frames.spans):
-        try:
-            row = _parse_span(cast(dict[str, Any], record))
-            if row.span_id in seen:
-                raise _Skip("duplicate_span")
-        except _Skip as skip:
-            skipped[skip.reason] += 1
-            continue
-        seen.add(row.span_id)
-        rows.append(row)
-
+    rows = _unique_rows(frames, skipped)
     prompt, model = _majority_action(rows)
     if expect_single_prompt:
-        kept = []
-        for row in rows:
-            if row.system_prompt != prompt:
-                skipped["other_system_prompt"] += 1
-            elif row.model != model:
-                skipped["other_model"] += 1
-            else:
-                kept.append(row)
-        rows = kept
-
+        rows = _same_action_rows(rows, prompt, model, skipped)
     for row in rows:
         row.evals = _row_evals(annotations.get(row.span_id, []), constants)
 
@@ -192,28 +170,70 @@ def build_checkpoint(
 
     if not samples:
         raise NoUsableSamplesError(_nothing_usable_message(frames, skipped, constants))
-    kept_rows = {s.sample_id for s in samples}
-    action = _action(prompt, model, [r for r in rows if r.span_id in kept_rows])
+    kept_ids = {s.sample_id for s in samples}
+    kept = [r for r in rows if r.span_id in kept_ids]
+    return Checkpoint(
+        samples=samples,
+        action=_action(prompt, model, kept),
+        eval_constants=[spec.constants for spec in chosen.values()],
+        provenance=_provenance(frames, kept, len(samples), skipped, description),
+    )
+
+
+def _unique_rows(frames: TelemetryFrames, skipped: Counter[str]) -> list[_Row]:
+    """Parse every LLM span once; unparseable and duplicate spans are counted in ``skipped``."""
+    rows: list[_Row] = []
+    seen: set[str] = set()
+    for record in _records(frames.spans):
+        try:
+            row = _parse_span(cast(dict[str, Any], record))
+            if row.span_id in seen:
+                raise _Skip("duplicate_span")
+        except _Skip as skip:
+            skipped[skip.reason] += 1
+            continue
+        seen.add(row.span_id)
+        rows.append(row)
+    return rows
+
+
+def _same_action_rows(
+    rows: list[_Row], prompt: str, model: str, skipped: Counter[str]
+) -> list[_Row]:
+    """The rows made with the majority prompt and model; the others are counted as skipped."""
+    kept = []
+    for row in rows:
+        if row.system_prompt != prompt:
+            skipped["other_system_prompt"] += 1
+        elif row.model != model:
+            skipped["other_model"] += 1
+        else:
+            kept.append(row)
+    return kept
+
+
+def _provenance(
+    frames: TelemetryFrames,
+    kept: list[_Row],
+    n_samples: int,
+    skipped: Counter[str],
+    description: str | None,
+) -> Provenance:
+    """Where the checkpoint came from, and what was skipped on the way."""
     info = frames.info
-    provenance = Provenance(
+    n_skipped = sum(v for k, v in skipped.items() if not k.startswith("dropped_eval:"))
+    return Provenance(
         source="phoenix" if info.source == "phoenix" else "file",
         description=description
-        or f"{len(samples)} samples from {len(frames.spans)} LLM spans "
-        f"({sum(v for k, v in skipped.items() if not k.startswith('dropped_eval:'))} skipped)",
+        or f"{n_samples} samples from {len(frames.spans)} LLM spans ({n_skipped} skipped)",
         data_path=info.data_path,
         endpoint=info.endpoint,
         project=info.project,
         since=info.since,
         until=info.until,
         created_at=datetime.now(UTC),
-        phoenix_prompt=_majority_prompt_ref([r for r in rows if r.span_id in kept_rows]),
+        phoenix_prompt=_majority_prompt_ref(kept),
         skipped=dict(sorted(skipped.items())),
-    )
-    return Checkpoint(
-        samples=samples,
-        action=action,
-        eval_constants=[spec.constants for spec in chosen.values()],
-        provenance=provenance,
     )
 
 

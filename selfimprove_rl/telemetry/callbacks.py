@@ -28,11 +28,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from selfimprove_rl.errors import ConfigError, TelemetryError
-from selfimprove_rl.fileio import atomic_write_text
 from selfimprove_rl.program_state import ProgramState
+from selfimprove_rl.telemetry.optimizer_tracing import OptimizerTracer
 from selfimprove_rl.telemetry.publish import (
     PRODUCTION_TAG,
     PhoenixPrompts,
@@ -41,6 +41,13 @@ from selfimprove_rl.telemetry.publish import (
     promote_version,
     publish_version,
 )
+from selfimprove_rl.telemetry.run_record import (
+    RUN_RECORD,
+    LoggedResult,
+    PhoenixRunRecord,
+    ProductionMove,
+    PublishedBuild,
+)
 
 if TYPE_CHECKING:
     from selfimprove_rl.checkpoint import Action, Checkpoint
@@ -48,105 +55,7 @@ if TYPE_CHECKING:
     from selfimprove_rl.registry import GateDecision, Registry
     from selfimprove_rl.runner import ExperimentRunner, RunCallback
 
-RUN_RECORD = "phoenix.json"
-RUN_RECORD_SCHEMA_VERSION = 1
 RESULT_SPLITS = ("test", "holdout")
-
-
-class PublishedBuild(BaseModel):
-    """One build published as a Phoenix prompt version (for a program: one node of it)."""
-
-    registry_version: str
-    phoenix_version_id: str
-    prompt_name: str
-    node: str | None = Field(default=None, description="The program node, for programs.")
-    scores: dict[str, float] = Field(description="Split -> aggregate score at publication.")
-    published_at: datetime
-
-
-class ProductionMove(BaseModel):
-    """The ``production`` tag moved to a build."""
-
-    registry_version: str
-    phoenix_version_id: str
-    previous_version_id: str | None = None
-    by: Literal["run", "promote"]
-    moved_at: datetime
-
-
-class LoggedResult(BaseModel):
-    """One version's per-sample results logged as a Phoenix experiment."""
-
-    split: str
-    role: Literal["baseline", "promoted"]
-    registry_version: str
-    aggregate: float
-    dataset_name: str
-    dataset_id: str
-    experiment_id: str
-    url: str | None = None
-
-
-class OptimizerTraceRecord(BaseModel):
-    """Where the optimizer's own trace went."""
-
-    project: str
-    trace_id: str | None = None
-    spans: int = 0
-
-
-class PhoenixRunRecord(BaseModel):
-    """``phoenix.json``: what a run wrote to Phoenix."""
-
-    schema_version: int = RUN_RECORD_SCHEMA_VERSION
-    endpoint: str
-    prompt_name: str | None = None
-    source_prompt: dict[str, str] | None = Field(
-        default=None, description="The Phoenix prompt version the traced calls used."
-    )
-    published: list[PublishedBuild] = Field(default_factory=list)
-    production: ProductionMove | None = None
-    experiments: list[LoggedResult] = Field(default_factory=list)
-    optimizer: OptimizerTraceRecord | None = None
-    notes: list[str] = Field(default_factory=list)
-
-    @classmethod
-    def load(cls, run_dir: Path, *, endpoint: str | None = None) -> PhoenixRunRecord:
-        """Read ``run_dir/phoenix.json``, or start a new record for ``endpoint``.
-
-        Raises:
-            TelemetryError: the file is unreadable, or missing and no endpoint is given.
-        """
-        path = run_dir / RUN_RECORD
-        if path.exists():
-            try:
-                return cls.model_validate_json(path.read_text(encoding="utf-8"))
-            except ValueError as exc:
-                raise TelemetryError(f"{path} is not a valid Phoenix run record: {exc}") from exc
-        if endpoint is None:
-            raise TelemetryError(f"{path} does not exist: this run wrote nothing to Phoenix.")
-        return cls(endpoint=endpoint)
-
-    def save(self, run_dir: Path) -> Path:
-        """Write ``run_dir/phoenix.json`` atomically."""
-        return atomic_write_text(run_dir / RUN_RECORD, self.model_dump_json(indent=2) + "\n")
-
-    def published_for(
-        self, registry_version: str, node: str | None = None
-    ) -> PublishedBuild | None:
-        """The publication of a build (of one node of a program build), if it was published."""
-        return next(
-            (
-                p
-                for p in self.published
-                if p.registry_version == registry_version and p.node == node
-            ),
-            None,
-        )
-
-    def published_nodes(self, registry_version: str) -> list[PublishedBuild]:
-        """Every publication of a build: one, or one per node of a program build."""
-        return [p for p in self.published if p.registry_version == registry_version]
 
 
 def phoenix_endpoint(config: ExperimentConfig) -> str | None:
@@ -190,8 +99,6 @@ def build_callbacks(config: ExperimentConfig) -> list[RunCallback]:
             )
         )
     if section.trace_optimizer:
-        from selfimprove_rl.telemetry.optimizer_tracing import OptimizerTracer
-
         production = config.data.project if config.data.kind == "phoenix" else None
         callbacks.append(
             OptimizerTracer(endpoint, section.optimizer_project, production_project=production)
@@ -580,31 +487,10 @@ def promote_run(
             endpoint or prompt name to use.
         TelemetryError: Phoenix refused.
     """
-    from selfimprove_rl.checkpoint import Checkpoint
-    from selfimprove_rl.config import parse_config
-    from selfimprove_rl.registry import Registry
-
     folder = Path(run_dir)
-    missing = [
-        name
-        for name in ("config.json", "summary.json", "versions.jsonl", "checkpoint.json")
-        if not (folder / name).exists()
-    ]
-    if missing:
-        raise ConfigError(
-            f"{folder} is not a finished run directory (missing {', '.join(missing)}); pass "
-            "the folder `selfimprove-rl run` wrote, after the run ended."
-        )
-    config = parse_config(
-        json.loads((folder / "config.json").read_text(encoding="utf-8")),
-        source=str(folder / "config.json"),
-    )
-    summary: Mapping[str, Any] = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-    registry = Registry(folder / "versions.jsonl")
-    checkpoint = Checkpoint.load(folder / "checkpoint.json")
-    known = (folder / RUN_RECORD).exists()
-    url = endpoint or (PhoenixRunRecord.load(folder).endpoint if known else None)
-    url = url or phoenix_endpoint(config)
+    run = _FinishedRun.load(folder)
+    url = endpoint or (PhoenixRunRecord.load(folder).endpoint if run.has_record else None)
+    url = url or phoenix_endpoint(run.config)
     if url is None:
         raise ConfigError(
             f"No Phoenix endpoint for {folder}: its data did not come from Phoenix; pass "
@@ -612,47 +498,15 @@ def promote_run(
         )
     record = PhoenixRunRecord.load(folder, endpoint=url)
     record.endpoint = url
-    name = prompt_name or record.prompt_name or default_prompt_name(config, checkpoint)
+    name = prompt_name or record.prompt_name or default_prompt_name(run.config, run.checkpoint)
     if name is None:
         raise ConfigError(
             "No Phoenix prompt name: the run published nothing and its traced calls carried "
             "no prompt; pass --prompt NAME."
         )
-    chosen = version or str(summary["promoted_version"])
-    if chosen not in registry:
-        raise ConfigError(
-            f"Unknown build {chosen!r} in {folder}; promoted builds: {registry.promoted_ids}."
-        )
-    if chosen not in registry.promoted_ids:
-        raise ConfigError(
-            f"Build {chosen} did not pass the gate; only a promoted build goes to production: "
-            f"{registry.promoted_ids}."
-        )
+    chosen = run.promotable(version)
     with PhoenixPrompts(url) as px:
-        nodes = record.published_nodes(chosen)
-        entry = record.published_for(chosen) or (nodes[-1] if nodes else None)
-        published_now = False
-        source = checkpoint.provenance.phoenix_prompt or {}
-        if entry is None and chosen == registry.baseline_id and source.get("name") == name:
-            entry = PublishedBuild(
-                registry_version=chosen,
-                phoenix_version_id=source["version_id"],
-                prompt_name=name,
-                scores={s: v["aggregate"] for s, v in split_scores(registry, chosen).items()},
-                published_at=datetime.now(UTC),
-            )
-        elif entry is None:
-            entry = publish_build(
-                px,
-                name,
-                run_dir=folder,
-                config=config,
-                registry=registry,
-                checkpoint=checkpoint,
-                version_id=chosen,
-                record=record,
-            )
-            published_now = True
+        entry, published_now = _published_entry(px, run, record, chosen, name)
         record.prompt_name = record.prompt_name or name
         for node_entry in record.published_nodes(chosen):  # a program: every node's prompt
             if node_entry.node is not None and node_entry is not entry:
@@ -673,3 +527,99 @@ def promote_run(
             if split in entry.scores
         },
     )
+
+
+class _FinishedRun:
+    """The files of a finished run directory that ``promote`` reads."""
+
+    def __init__(self, folder: Path) -> None:
+        from selfimprove_rl.checkpoint import Checkpoint
+        from selfimprove_rl.config import parse_config
+        from selfimprove_rl.registry import Registry
+
+        self.folder = folder
+        self.config = parse_config(
+            json.loads((folder / "config.json").read_text(encoding="utf-8")),
+            source=str(folder / "config.json"),
+        )
+        self.summary: Mapping[str, Any] = json.loads(
+            (folder / "summary.json").read_text(encoding="utf-8")
+        )
+        self.registry = Registry(folder / "versions.jsonl")
+        self.checkpoint = Checkpoint.load(folder / "checkpoint.json")
+        self.has_record = (folder / RUN_RECORD).exists()
+
+    @classmethod
+    def load(cls, folder: Path) -> _FinishedRun:
+        """Read a finished run directory.
+
+        Raises:
+            ConfigError: a file a finished run writes is missing.
+        """
+        missing = [
+            name
+            for name in ("config.json", "summary.json", "versions.jsonl", "checkpoint.json")
+            if not (folder / name).exists()
+        ]
+        if missing:
+            raise ConfigError(
+                f"{folder} is not a finished run directory (missing {', '.join(missing)}); "
+                "pass the folder `selfimprove-rl run` wrote, after the run ended."
+            )
+        return cls(folder)
+
+    def promotable(self, version: str | None) -> str:
+        """Return ``version`` (default: the promoted build) once the gate is known to pass it.
+
+        Raises:
+            ConfigError: an unknown build, or one the gate did not promote.
+        """
+        registry = self.registry
+        chosen = version or str(self.summary["promoted_version"])
+        if chosen not in registry:
+            raise ConfigError(
+                f"Unknown build {chosen!r} in {self.folder}; promoted builds: "
+                f"{registry.promoted_ids}."
+            )
+        if chosen not in registry.promoted_ids:
+            raise ConfigError(
+                f"Build {chosen} did not pass the gate; only a promoted build goes to "
+                f"production: {registry.promoted_ids}."
+            )
+        return chosen
+
+
+def _published_entry(
+    px: PhoenixPrompts, run: _FinishedRun, record: PhoenixRunRecord, chosen: str, name: str
+) -> tuple[PublishedBuild, bool]:
+    """Return the Phoenix version of build ``chosen``, publishing it now when it is not yet.
+
+    The baseline, when the traced calls used prompt ``name``, is that version itself.
+    Returns the entry and whether it was published by this call.
+    """
+    nodes = record.published_nodes(chosen)
+    entry = record.published_for(chosen) or (nodes[-1] if nodes else None)
+    if entry is not None:
+        return entry, False
+    source = run.checkpoint.provenance.phoenix_prompt or {}
+    if chosen == run.registry.baseline_id and source.get("name") == name:
+        scores = split_scores(run.registry, chosen)
+        baseline = PublishedBuild(
+            registry_version=chosen,
+            phoenix_version_id=source["version_id"],
+            prompt_name=name,
+            scores={split: value["aggregate"] for split, value in scores.items()},
+            published_at=datetime.now(UTC),
+        )
+        return baseline, False
+    published = publish_build(
+        px,
+        name,
+        run_dir=run.folder,
+        config=run.config,
+        registry=run.registry,
+        checkpoint=run.checkpoint,
+        version_id=chosen,
+        record=record,
+    )
+    return published, True

@@ -379,15 +379,6 @@ class EvalRecorder:
         end_ns: int,
         error: BaseException | None,
     ) -> None:
-        from opentelemetry import trace
-        from opentelemetry.trace import (
-            NonRecordingSpan,
-            SpanContext,
-            Status,
-            StatusCode,
-            TraceFlags,
-        )
-
         self.stats.classifications += 1
         if error is not None:
             self.stats.failed_classifications += 1
@@ -399,20 +390,7 @@ class EvalRecorder:
             "score": getattr(score, "score", None),
             "explanation": getattr(score, "explanation", None),
         }
-        link = _current.get()
-        span_id = link.span_id.lower() if link else None
-        trace_id = link.trace_id.lower() if link and link.trace_id else None
-        if span_id is not None and not _HEX16.match(span_id):
-            self.stats.invalid_span_ids += 1
-            logger.warning(
-                "Eval %r names span id %r; expected 16 hex digits. Recorded without a link.",
-                constants["name"],
-                link.span_id if link else None,
-            )
-            span_id = trace_id = None
-        if trace_id is not None and not _HEX32.match(trace_id):
-            trace_id = None
-
+        span_id, trace_id = self._linked_span(constants["name"])
         attributes: dict[str, Any] = {
             "openinference.span.kind": "EVALUATOR",
             "input.value": json.dumps(variables, ensure_ascii=False),
@@ -431,44 +409,17 @@ class EvalRecorder:
             attributes[ATTR + "span_id"] = span_id
         if trace_id:
             attributes[ATTR + "trace_id"] = trace_id
-        parent = None
-        if span_id and trace_id:
-            parent = trace.set_span_in_context(
-                NonRecordingSpan(
-                    SpanContext(
-                        trace_id=int(trace_id, 16),
-                        span_id=int(span_id, 16),
-                        is_remote=True,
-                        trace_flags=TraceFlags(TraceFlags.SAMPLED),
-                    )
-                )
-            )
-        span = self._tracer.start_span(
+        eval_span_id = self._write_span(
             f"{constants['name']}.classify",
-            context=parent,
-            start_time=start_ns,
-            attributes=attributes,
+            attributes,
+            (span_id, trace_id),
+            (start_ns, end_ns),
+            error,
         )
-        if error is not None:
-            span.record_exception(error)
-            span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
-        else:
-            span.set_status(Status(StatusCode.OK))
-        eval_span_id = format(span.get_span_context().span_id, "016x")
-        span.end(end_time=end_ns)
-
         if error is not None or score is None:
             return
         if span_id is None:
-            self.stats.unlinked += 1
-            if not self._warned_unlinked:
-                self._warned_unlinked = True
-                logger.warning(
-                    "Eval %r ran without an evaluated span: add a 'span_id' key to the eval "
-                    "input or wrap the call in `evaluating(span_id)`. Its constants are "
-                    "recorded; its result cannot be attached to a span.",
-                    constants["name"],
-                )
+            self._count_unlinked(constants["name"])
             return
         self.stats.linked += 1
         annotation: dict[str, Any] = {
@@ -484,6 +435,85 @@ class EvalRecorder:
             },
         }
         self._writer.put(annotation)
+
+    def _linked_span(self, eval_name: str) -> tuple[str | None, str | None]:
+        """Return the evaluated span's id and trace id (lower-case hex), when valid.
+
+        An invalid span id is counted and warned about; the eval is then recorded unlinked.
+        """
+        link = _current.get()
+        span_id = link.span_id.lower() if link else None
+        trace_id = link.trace_id.lower() if link and link.trace_id else None
+        if span_id is not None and not _HEX16.match(span_id):
+            self.stats.invalid_span_ids += 1
+            logger.warning(
+                "Eval %r names span id %r; expected 16 hex digits. Recorded without a link.",
+                eval_name,
+                link.span_id if link else None,
+            )
+            return None, None
+        if trace_id is not None and not _HEX32.match(trace_id):
+            trace_id = None
+        return span_id, trace_id
+
+    def _write_span(
+        self,
+        name: str,
+        attributes: dict[str, Any],
+        link: tuple[str | None, str | None],
+        times_ns: tuple[int, int],
+        error: BaseException | None,
+    ) -> str:
+        """Write the evaluator span (a child of the evaluated span when both ids are known).
+
+        Returns:
+            The new span's id as 16 hex digits.
+        """
+        from opentelemetry import trace
+        from opentelemetry.trace import (
+            NonRecordingSpan,
+            SpanContext,
+            Status,
+            StatusCode,
+            TraceFlags,
+        )
+
+        span_id, trace_id = link
+        parent = None
+        if span_id and trace_id:
+            parent = trace.set_span_in_context(
+                NonRecordingSpan(
+                    SpanContext(
+                        trace_id=int(trace_id, 16),
+                        span_id=int(span_id, 16),
+                        is_remote=True,
+                        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+                    )
+                )
+            )
+        span = self._tracer.start_span(
+            name, context=parent, start_time=times_ns[0], attributes=attributes
+        )
+        if error is not None:
+            span.record_exception(error)
+            span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+        else:
+            span.set_status(Status(StatusCode.OK))
+        eval_span_id = format(span.get_span_context().span_id, "016x")
+        span.end(end_time=times_ns[1])
+        return eval_span_id
+
+    def _count_unlinked(self, eval_name: str) -> None:
+        """Count an eval that ran without an evaluated span (warned about once)."""
+        self.stats.unlinked += 1
+        if not self._warned_unlinked:
+            self._warned_unlinked = True
+            logger.warning(
+                "Eval %r ran without an evaluated span: add a 'span_id' key to the eval "
+                "input or wrap the call in `evaluating(span_id)`. Its constants are "
+                "recorded; its result cannot be attached to a span.",
+                eval_name,
+            )
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Export pending evaluator spans and write pending annotations; True when done."""

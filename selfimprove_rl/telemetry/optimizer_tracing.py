@@ -38,6 +38,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from selfimprove_rl.errors import ConfigError
+from selfimprove_rl.telemetry.run_record import OptimizerTraceRecord, PhoenixRunRecord
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -395,8 +396,6 @@ class OptimizerTracer:
         self._episode = None
 
     def _note(self, run: ExperimentRunner) -> None:
-        from selfimprove_rl.telemetry.callbacks import OptimizerTraceRecord, PhoenixRunRecord
-
         if self.trace_id is None:
             return
         try:

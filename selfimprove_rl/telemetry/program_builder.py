@@ -117,22 +117,9 @@ def build_program_checkpoint(
         for _, row in trace.calls:
             row.evals = _row_evals(annotations.get(row.span_id, []), constants)
     names = _name_calls(traces, program)
-    for trace in traces.values():
-        unmatched = [call for call in trace.calls if call[1].span_id not in names]
-        if unmatched:
-            skipped["unmatched_call"] += len(unmatched)
-        trace.calls = [call for call in trace.calls if call[1].span_id in names]
+    _drop_unmatched(traces, names, skipped)
     order = list(program.order) if program is not None else _node_order(traces, names)
-    complete: list[_Trace] = []
-    for trace in traces.values():
-        seen = [names[row.span_id] for _, row in trace.calls]
-        if len(set(seen)) != len(seen):
-            skipped["repeated_node"] += 1
-        elif set(seen) != set(order):
-            skipped["incomplete_trace"] += 1
-        else:
-            trace.calls.sort(key=lambda item: order.index(names[item[1].span_id]))
-            complete.append(trace)
+    complete = _complete_traces(traces, names, order, skipped)
     wiring = program or _infer_program(complete, names, order)
     complete = _fitting(complete, names, wiring, skipped)
     output = wiring.output_name
@@ -180,6 +167,37 @@ def build_program_checkpoint(
         program=wiring,
         node_actions=actions,
     )
+
+
+def _drop_unmatched(
+    traces: Mapping[str, _Trace], names: Mapping[str, str], skipped: Counter[str]
+) -> None:
+    """Drop the calls no node matches from their traces (counted as ``unmatched_call``)."""
+    for trace in traces.values():
+        unmatched = [call for call in trace.calls if call[1].span_id not in names]
+        if unmatched:
+            skipped["unmatched_call"] += len(unmatched)
+        trace.calls = [call for call in trace.calls if call[1].span_id in names]
+
+
+def _complete_traces(
+    traces: Mapping[str, _Trace],
+    names: Mapping[str, str],
+    order: list[str],
+    skipped: Counter[str],
+) -> list[_Trace]:
+    """The traces that call every node once, their calls in node order (others are counted)."""
+    complete: list[_Trace] = []
+    for trace in traces.values():
+        seen = [names[row.span_id] for _, row in trace.calls]
+        if len(set(seen)) != len(seen):
+            skipped["repeated_node"] += 1
+        elif set(seen) != set(order):
+            skipped["incomplete_trace"] += 1
+        else:
+            trace.calls.sort(key=lambda item: order.index(names[item[1].span_id]))
+            complete.append(trace)
+    return complete
 
 
 def _traces(frames: TelemetryFrames, skipped: Counter[str]) -> dict[str, _Trace]:

@@ -402,36 +402,9 @@ def log_experiment(
             },
         )
         experiment_id = str(experiment["id"])
-        runs = evaluations = 0
-        now = datetime.now(UTC)
-        for index, sample_id in enumerate(table.sample_ids):
-            if sample_id not in example_ids:
-                raise TelemetryError(
-                    f"Dataset {dataset_name!r} has no example for sample {sample_id!r}; use a "
-                    "new dataset name for a different sample set."
-                )
-            run = px.client.experiments.log_run(
-                experiment_id=experiment_id,
-                dataset_example_id=example_ids[sample_id],
-                output={"content": (outputs or {}).get(sample_id)},
-                start_time=now,
-                end_time=now,
-                error=table.failed.get(sample_id),
-            )
-            runs += 1
-            if sample_id in table.failed:
-                continue
-            for name, values in table.scores.items():
-                px.client.experiments.log_evaluation(
-                    experiment_run_id=str(run["id"]),
-                    name=name,
-                    annotator_kind="LLM",
-                    score=float(values[index]),
-                    label=_at(table.labels.get(name), index),
-                    explanation=_at(table.explanations.get(name), index),
-                    start_time=now,
-                )
-                evaluations += 1
+        runs, evaluations = _log_runs(
+            px, experiment_id, example_ids, table, outputs or {}, dataset_name
+        )
     except httpx.HTTPError as exc:
         raise TelemetryError(
             f"Could not log experiment {experiment_name!r} to Phoenix at {px.endpoint}: "
@@ -445,6 +418,55 @@ def log_experiment(
         evaluations=evaluations,
         url=px.client.experiments.get_experiment_url(dataset.id, experiment_id),
     )
+
+
+def _log_runs(
+    px: PhoenixPrompts,
+    experiment_id: str,
+    example_ids: Mapping[str, Any],
+    table: ScoreTable,
+    outputs: Mapping[str, str],
+    dataset_name: str,
+) -> tuple[int, int]:
+    """Log one experiment run per sample and its eval scores (none for a failed sample).
+
+    Returns:
+        The runs and the evaluations written.
+
+    Raises:
+        TelemetryError: the dataset has no example for a sample of the table.
+    """
+    runs = evaluations = 0
+    now = datetime.now(UTC)
+    for index, sample_id in enumerate(table.sample_ids):
+        if sample_id not in example_ids:
+            raise TelemetryError(
+                f"Dataset {dataset_name!r} has no example for sample {sample_id!r}; use a "
+                "new dataset name for a different sample set."
+            )
+        run = px.client.experiments.log_run(
+            experiment_id=experiment_id,
+            dataset_example_id=example_ids[sample_id],
+            output={"content": outputs.get(sample_id)},
+            start_time=now,
+            end_time=now,
+            error=table.failed.get(sample_id),
+        )
+        runs += 1
+        if sample_id in table.failed:
+            continue
+        for name, values in table.scores.items():
+            px.client.experiments.log_evaluation(
+                experiment_run_id=str(run["id"]),
+                name=name,
+                annotator_kind="LLM",
+                score=float(values[index]),
+                label=_at(table.labels.get(name), index),
+                explanation=_at(table.explanations.get(name), index),
+                start_time=now,
+            )
+            evaluations += 1
+    return runs, evaluations
 
 
 def _ensure_dataset(px: PhoenixPrompts, name: str, samples: Sequence[Sample]) -> Any:

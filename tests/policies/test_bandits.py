@@ -228,8 +228,8 @@ def test_state_dict_is_json_and_round_trips(env: PromptEnv, policy_class: type) 
 
 
 def test_a_combined_proposer_interleaves_and_routes_feedback() -> None:
+    from policies.catalog import make_proposer
     from policies.proposers import CombinedProposer
-    from policies.registry import make_proposer
 
     class Fixed:
         def __init__(self, name: str, texts: list[str]) -> None:

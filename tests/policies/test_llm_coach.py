@@ -252,7 +252,7 @@ def test_reply_parsing_helpers() -> None:
 
 
 def test_proposers_are_built_from_plain_keyword_arguments() -> None:
-    from policies.registry import make_proposer
+    from policies.catalog import make_proposer
 
     coach = make_proposer("llm_coach", kwargs={"model": "m", "base_url": "http://127.0.0.1:9/v1"})
     assert (

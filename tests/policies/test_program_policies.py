@@ -6,10 +6,10 @@ from envs.multi_agent import make_team_env
 from envs.program_factory import make_program_env
 from envs.spaces import EnvAction
 from policies.base import Transition
+from policies.catalog import make_policy
 from policies.output_rules import OutputRuleProposer, ProposerCoach
 from policies.program_adapter import AgentTeam, NodeAgent, ProgramCoach, node_view, to_node_action
 from policies.random_policy import RandomPolicy
-from policies.registry import make_policy
 from selfimprove_rl.errors import PolicyError
 from selfimprove_rl.program_data import load_pipeline
 from selfimprove_rl.program_state import NodeEdit

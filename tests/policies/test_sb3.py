@@ -12,7 +12,7 @@ from proposer_helpers import COFFEE_RULE, ELSE_RULE, NEUTRAL, ScriptedProposer, 
 
 from envs.prompt_env import PromptEnv
 from envs.sb3 import CandidateActions, Featurizer, make_sb3_env
-from policies.registry import make_proposer
+from policies.catalog import make_proposer
 from policies.sb3_policy import SB3Policy, tensorboard_available
 from selfimprove_rl.errors import EnvError, PolicyError
 

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from policies.registry import POLICIES, register_policy
+from policies.catalog import POLICIES, register_policy
 from policies.rule_induction import RuleInductionCoach
 from selfimprove_rl.config import parse_config
 from selfimprove_rl.demo import deploy_prompt, production_traffic
@@ -19,6 +19,7 @@ from selfimprove_rl.errors import ConfigError
 from selfimprove_rl.fileio import read_jsonl
 from selfimprove_rl.mimic import PLACEHOLDER_SOP_PROMPT, load_dataset
 from selfimprove_rl.runner import run_experiment
+from selfimprove_rl.telemetry import phoenix_integrations
 from selfimprove_rl.telemetry.callbacks import PhoenixRunRecord
 from selfimprove_rl.telemetry.optimizer_tracing import OptimizerTracer
 
@@ -27,6 +28,9 @@ from .conftest import wait_until
 pytestmark = pytest.mark.phoenix
 
 COACH_QUESTION = "Which rule would route this reply?"
+
+
+PHOENIX = phoenix_integrations()  # the wiring the CLI passes: Phoenix data and callbacks
 
 
 class AskingCoach(RuleInductionCoach):
@@ -98,7 +102,7 @@ def test_episodes_steps_replays_evals_and_coach_nest_in_the_optimizer_project(
             "phoenix": {"trace_optimizer": True, "optimizer_project": optimizer},
         }
     )
-    run = run_experiment(config, out=tmp_path / "run", progress=False)
+    run = run_experiment(config, out=tmp_path / "run", progress=False, integrations=PHOENIX)
     assert trace.get_tracer_provider() is global_provider  # never the global provider
     steps = list(read_jsonl(run.run_dir / "steps.jsonl"))
     record = PhoenixRunRecord.load(run.run_dir)
@@ -181,4 +185,4 @@ def test_the_production_project_is_refused(phoenix_server: Any) -> None:
         }
     )
     with pytest.raises(ConfigError, match="optimizer_project is 'bot'"):
-        run_experiment(config, out="/nonexistent/never-created")
+        run_experiment(config, out="/nonexistent/never-created", integrations=PHOENIX)

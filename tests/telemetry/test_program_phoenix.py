@@ -18,6 +18,7 @@ from selfimprove_rl.telemetry import (
     build_program_checkpoint,
     instrument_evals,
     load_version,
+    phoenix_integrations,
     uninstrument_evals,
 )
 
@@ -49,6 +50,9 @@ TRAFFIC = [
     ("Change the password on my account", "account"),
     ("The parcel box was crushed", "shipping"),
 ]
+
+
+PHOENIX = phoenix_integrations()  # the wiring the CLI passes: Phoenix data and callbacks
 
 
 def run_app(provider: Any) -> None:
@@ -189,7 +193,7 @@ def test_program_from_nested_spans_and_one_prompt_per_node(
             },
         }
     )
-    result = run_experiment(config, out=tmp_path / "run", progress=False)
+    result = run_experiment(config, out=tmp_path / "run", progress=False, integrations=PHOENIX)
     summary = result.summary
     assert summary["promotions"] >= 1 and summary["test"] > summary["baseline"]["test"]
     record = json.loads((result.run_dir / "phoenix.json").read_text())

@@ -24,10 +24,14 @@ from selfimprove_rl.telemetry import (
     PhoenixPrompts,
     PhoenixSource,
     load_version,
+    phoenix_integrations,
 )
 from selfimprove_rl.telemetry.callbacks import PhoenixRunRecord
 
 pytestmark = pytest.mark.phoenix
+
+
+PHOENIX = phoenix_integrations()  # the wiring the CLI passes: Phoenix data and callbacks
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +77,7 @@ def test_run_publishes_builds_logs_results_and_production_moves_only_on_promote(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     config = _config(phoenix_server, traffic, publish_prompt=True, log_results=True)
-    run = run_experiment(config, out=tmp_path / "run", progress=False)
+    run = run_experiment(config, out=tmp_path / "run", progress=False, integrations=PHOENIX)
     summary = run.summary
     registry = Registry(run.run_dir / "versions.jsonl")
     promoted = registry.promoted_ids[1:]
@@ -162,7 +166,7 @@ def test_promote_production_flag_and_resume_never_republish(
     phoenix_server: Any, traffic: dict[str, Any], tmp_path: Path
 ) -> None:
     config = _config(phoenix_server, traffic, promote_production=True)
-    run = run_experiment(config, out=tmp_path / "run", progress=False)
+    run = run_experiment(config, out=tmp_path / "run", progress=False, integrations=PHOENIX)
     record = PhoenixRunRecord.load(run.run_dir)
     assert record.production is not None and record.production.by == "run"
     assert record.experiments == []  # log_results was not asked for
@@ -171,7 +175,9 @@ def test_promote_production_flag_and_resume_never_republish(
         assert live.version_id == record.published[-1].phoenix_version_id
         assert live.system_prompt + "\n" == (run.run_dir / "final_prompt.txt").read_text()
         versions = _prompt_versions(px, traffic["prompt"])
-        again = run_experiment(config, out=run.run_dir, resume=True, progress=False)
+        again = run_experiment(
+            config, out=run.run_dir, resume=True, progress=False, integrations=PHOENIX
+        )
         assert again.summary["promoted_version"] == run.summary["promoted_version"]
         assert _prompt_versions(px, traffic["prompt"]) == versions
     assert PhoenixRunRecord.load(run.run_dir).published == record.published
@@ -183,13 +189,15 @@ def test_publishing_needs_an_endpoint_and_a_prompt_name(
     offline = {"data": {"kind": "dataset", "path": "coffee_sports"}}
     with pytest.raises(ConfigError, match="need a Phoenix server"):
         run_experiment(
-            parse_config({**offline, "phoenix": {"publish_prompt": True}}), out=tmp_path / "a"
+            parse_config({**offline, "phoenix": {"publish_prompt": True}}),
+            out=tmp_path / "a",
+            integrations=PHOENIX,
         )
     no_prompt = parse_config(
         {**offline, "phoenix": {"publish_prompt": True, "endpoint": phoenix_server.url}}
     )
     with pytest.raises(ConfigError, match=re.escape("set phoenix.prompt_name")):
-        run_experiment(no_prompt, out=tmp_path / "b", progress=False)
+        run_experiment(no_prompt, out=tmp_path / "b", progress=False, integrations=PHOENIX)
     assert not (tmp_path / "b" / "summary.json").exists()
     assert main(["promote", str(tmp_path / "b")]) == 2
 
@@ -207,7 +215,7 @@ def test_promote_publishes_a_build_the_run_did_not_publish(
             "stopping": {"max_total_steps": 2, "stagnation_steps": 2},
         }
     )
-    run = run_experiment(config, out=tmp_path / "run", progress=False)
+    run = run_experiment(config, out=tmp_path / "run", progress=False, integrations=PHOENIX)
     assert not (run.run_dir / "phoenix.json").exists()
     name = f"{traffic['prompt']}-later"
     code = main(["promote", str(run.run_dir), "--endpoint", phoenix_server.url, "--prompt", name])
