@@ -269,6 +269,7 @@ class ExperimentRunner:
             registry=Registry(self.run_dir / "versions.jsonl"),
             cache=self.cache,
             replay_config=self.config.replay,
+            max_episode_steps=_episode_steps(env_options),
         )
         return env
 
@@ -774,3 +775,13 @@ def _phoenix_callbacks(config: ExperimentConfig, run_dir: Path, resume: bool) ->
     from selfimprove_rl.telemetry.callbacks import build_callbacks
 
     return build_callbacks(config)
+
+
+def _episode_steps(env_options: dict[str, Any]) -> int | None:
+    """The ``max_episode_steps`` for ``gymnasium.make``: the env's ``max_steps`` when set.
+
+    The spec's limit is the env's default; passing the configured one keeps the TimeLimit
+    wrapper at the step where the env itself truncates (``None``: the spec's, the default).
+    """
+    steps = env_options.get("max_steps")
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0 else None
