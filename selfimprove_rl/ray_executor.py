@@ -154,6 +154,8 @@ class RayExecutor:
     def _run(
         self, ray: Any, jobs: Sequence[RunJob], threshold: float | None
     ) -> Iterator[RunRecord]:
+        from ray.exceptions import RayError
+
         task = ray.remote(run_shipped).options(num_cpus=self.cpus_per_run, max_retries=0)
         checkpoints = {path: ray.put(_checkpoint(path)) for path in {_data_path(j) for j in jobs}}
         pending: dict[Any, RunJob] = {}
@@ -166,7 +168,7 @@ class RayExecutor:
             config_json, label, run_dir = pending.pop(ready)
             try:
                 record, archive = ray.get(ready)
-            except ray.exceptions.RayError as exc:
+            except RayError as exc:
                 yield _failed(config_json, label, run_dir, exc)
                 continue
             if archive is not None:

@@ -58,7 +58,8 @@ def test_made_env_truncates_at_the_spec_limit(env_id: str) -> None:
     )
     try:
         env.reset(seed=0)
-        truncated = [env.step(NoOp())[3] for _ in range(3)]
+        no_op = NoOp() if env_id == envs.ENV_ID else {}  # a program's no-op: no node edits
+        truncated = [env.step(no_op)[3] for _ in range(3)]
         assert truncated == [False, False, True]
         assert env.spec is not None and env.spec.max_episode_steps == 3
     finally:
@@ -133,7 +134,7 @@ def test_program_env_spend_is_per_step() -> None:
     try:
         _, info = env.reset(seed=0)
         edit = env.step('NODE: router\nADD: if input mentions refund: respond "billing"')[4]
-        noop = env.step(NoOp())[4]
+        noop = env.step({})[4]
         assert edit["spend"]["requests"] > 0 and noop["spend"] == NO_SPEND
         assert noop["spend_episode"] == add_spend(info["spend"], edit["spend"])
     finally:
