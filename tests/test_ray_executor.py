@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,6 +62,8 @@ def config_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def ray_session() -> Iterator[None]:
+    # On a loaded machine the raylet's 30 s wait for its agents' ports ends the start-up.
+    os.environ.setdefault("RAY_agent_register_timeout_ms", "180000")
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     try:
         yield
