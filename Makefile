@@ -21,8 +21,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install $(PIP_QUIET) --upgrade pip 2>&1 | $(NO_LOCATION_WARNINGS)
 	# torch first and pinned: the CPU build on this machine's disk (anything else pulls CUDA).
 	$(PIP) install $(PIP_QUIET) torch==2.13.0 2>&1 | $(NO_LOCATION_WARNINGS)
-	$(PIP) install $(PIP_QUIET) -e ".[dev]" 2>&1 | $(NO_LOCATION_WARNINGS)
-	$(PY) -c "import selfimprove_rl, envs, policies, torch; assert torch.__version__.startswith('2.13.0')"
+	# the ray extra too: the tests run a comparison on a local Ray instance.
+	$(PIP) install $(PIP_QUIET) -e ".[dev,ray]" 2>&1 | $(NO_LOCATION_WARNINGS)
+	$(PY) -c "import selfimprove_rl, envs, policies, experiments, ray, torch; \
+		assert torch.__version__.startswith('2.13.0')"
 	touch $@
 
 # The Phoenix server is a component started as a process, like a database; it lives in its

@@ -54,7 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from envs.program_spaces import ProgramAction, ProgramActionSpace, program_observation_space
 from envs.program_views import ProgramEvaluation, node_observation, node_rows, trace_rows
 from envs.spaces import EnvAction
-from envs.spend import SpendMeter, judge_calls_bound
+from envs.spend import NO_SPEND, SpendMeter, add_spend, judge_calls_bound
 from selfimprove_rl.aio import BackgroundLoop
 from selfimprove_rl.cache import ResponseCache
 from selfimprove_rl.checkpoint import Action, Checkpoint, Sample, SplitName
@@ -238,6 +238,7 @@ class ProgramEnv(gymnasium.Env[Observation, Any]):
         self._step_index = 0
         self._tie_streak = 0
         self._last_samples: list[Sample] = []
+        self._episode_spend = dict(NO_SPEND)
         self._closed = False
 
     def _split_evaluators(self, evaluators: Sequence[Evaluator]) -> None:
@@ -427,9 +428,20 @@ class ProgramEnv(gymnasium.Env[Observation, Any]):
             )
         evaluation = self._current_eval
         assert evaluation is not None
+        restored = options.get("restore") is not None  # a restore re-scores from the cache
         info = self._info(
-            start, start, evaluation, evaluation, accepted=True, edits=[], invalid=None
+            start,
+            start,
+            evaluation,
+            evaluation,
+            accepted=True,
+            edits=[],
+            invalid=None,
+            replayed=not restored,
         )
+        if not restored:
+            self._episode_spend = dict(NO_SPEND)
+        self._count_spend(info)
         return self._observation(), info
 
     def state_dict(self) -> dict[str, Any]:
@@ -448,6 +460,7 @@ class ProgramEnv(gymnasium.Env[Observation, Any]):
             "step_index": self._step_index,
             "tie_streak": self._tie_streak,
             "np_random": self.np_random.bit_generator.state,
+            "spend_episode": dict(self._episode_spend),
         }
 
     def _restore(self, state: dict[str, Any]) -> str:
@@ -470,6 +483,7 @@ class ProgramEnv(gymnasium.Env[Observation, Any]):
             self.np_random.bit_generator.state = state["np_random"]
         self._episode_seed, self._step_index = episode_seed, step_index
         self._tie_streak, self._current_id = tie_streak, current
+        self._episode_spend = {**NO_SPEND, **dict(state.get("spend_episode") or {})}
         hits_before = self.replayer.usage.cache_hits
         with self.spend.unbudgeted():
             self._current_eval = self._loop.run(self._evaluate(self._state(current), samples))
@@ -508,14 +522,23 @@ class ProgramEnv(gymnasium.Env[Observation, Any]):
             self.spend.refused = refusal
             current = self._current_eval
             info = self._info(
-                base_id, base_id, current, current, accepted=False, edits=[], invalid=None
+                base_id,
+                base_id,
+                current,
+                current,
+                accepted=False,
+                edits=[],
+                invalid=None,
+                replayed=False,
             )
             info["budget_refusal"] = refusal
+            self._count_spend(info)
             return self._observation(), 0.0, False, True, info
         new_state, edits, invalid = self._apply_edits(base_state, raw)
         unchanged = invalid is not None or new_state == base_state
         observe = self.config.observe_on_no_op and invalid is None
-        if unchanged and base_id == self._current_id and not observe:
+        replayed = not (unchanged and base_id == self._current_id and not observe)
+        if not replayed:
             base_eval = new_eval = self._current_eval
         elif unchanged:
             base_eval = new_eval = self._loop.run(self._evaluate(base_state, self._minibatch()))
@@ -558,7 +581,9 @@ class ProgramEnv(gymnasium.Env[Observation, Any]):
             accepted=accepted,
             edits=edits,
             invalid=invalid,
+            replayed=replayed,
         )
+        self._count_spend(info)
         info.update(
             end_to_end_reward=end_to_end,
             node_rewards=node_rewards if invalid is None else dict.fromkeys(node_rewards, 0.0),
@@ -775,6 +800,11 @@ class ProgramEnv(gymnasium.Env[Observation, Any]):
             )
         return observation
 
+    def _count_spend(self, info: dict[str, Any]) -> None:
+        """Add the step's ``spend`` to the episode's, shown as ``info["spend_episode"]``."""
+        self._episode_spend = add_spend(self._episode_spend, info["spend"])
+        info["spend_episode"] = dict(self._episode_spend)
+
     def _observation(self) -> Observation:
         assert self._current_id is not None and self._current_eval is not None
         table = self._current_eval.table
@@ -791,11 +821,14 @@ class ProgramEnv(gymnasium.Env[Observation, Any]):
         accepted: bool,
         edits: list[NodeEdit],
         invalid: InvalidEdit | None,
+        replayed: bool = True,
     ) -> dict[str, Any]:
         assert self._current_id is not None and self._current_eval is not None
         same = base is candidate
         requests = candidate.requests + (0 if same else base.requests)
         tokens = candidate.tokens + (0 if same else base.tokens)
+        if not replayed:  # a no-op, an invalid edit or a refused step sends nothing
+            requests = tokens = 0
         return {
             "step": self._step_index,
             "version_id": version_id,

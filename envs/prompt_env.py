@@ -18,8 +18,10 @@ Invariants:
   the current one on the step's minibatch (a positive reward against its base, and, for a
   branch from another base, a higher score than the current version);
 * a sample whose replay fails scores 0 and is listed in ``info["failures"]``;
-* ``info`` holds no wall-clock figures, and its ``spend`` counts replay *requests* (cache hits
-  included) so equal seeds and actions give equal info; money actually sent is ``env.usage``.
+* ``info`` holds no wall-clock figures; its ``spend`` counts this step's replay *requests*
+  (cache hits included; 0 when the step replayed nothing) and their tokens, and
+  ``spend_episode`` the same summed over the episode (its reset included), so equal seeds and
+  actions give equal info; money actually sent is ``env.usage``.
 
 Episodes start from the registry's live build (or ``options["version"]``), end with
 ``terminated`` when the current version's minibatch score reaches ``target_score``, and with
@@ -52,7 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from envs.observation import build_observation
 from envs.spaces import EnvAction, PromptActionSpace, observation_space
-from envs.spend import SpendMeter, judge_calls_bound
+from envs.spend import NO_SPEND, SpendMeter, add_spend, judge_calls_bound
 from selfimprove_rl.aio import BackgroundLoop
 from selfimprove_rl.cache import ResponseCache
 from selfimprove_rl.checkpoint import Checkpoint, Sample, SplitName
@@ -232,6 +234,7 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
         self._current_eval: _Evaluation | None = None
         self._episode_seed = 0
         self._step_index = 0
+        self._episode_spend = dict(NO_SPEND)
         self._closed = False
 
     # ----------------------------------------------------------------- accounting
@@ -385,7 +388,11 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
             accepted=True,
             edits=[],
             invalid=None,
+            replayed=options.get("restore") is None,  # a restore re-scores from the cache
         )
+        if options.get("restore") is None:
+            self._episode_spend = dict(NO_SPEND)
+        self._count_spend(info)
         return self._observation(), info
 
     def state_dict(self) -> dict[str, Any]:
@@ -402,6 +409,7 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
             "episode_seed": self._episode_seed,
             "step_index": self._step_index,
             "np_random": self.np_random.bit_generator.state,
+            "spend_episode": dict(self._episode_spend),
         }
 
     def _restore(self, state: dict[str, Any]) -> str:
@@ -425,6 +433,7 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
         if state.get("np_random") is not None:
             self.np_random.bit_generator.state = state["np_random"]
         self._episode_seed, self._step_index, self._current_id = episode_seed, step_index, current
+        self._episode_spend = {**NO_SPEND, **dict(state.get("spend_episode") or {})}
         hits_before = self.replayer.usage.cache_hits
         with self.spend.unbudgeted():
             self._current_eval = self._loop.run(
@@ -444,7 +453,8 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
             ``invalid_edit`` (None or reason/block/line/message), ``scores`` and
             ``base_scores`` (aggregate and per eval on the minibatch), ``sample_scores``
             (sample id → the new version's weighted score), ``failures``
-            (sample id → error), ``spend`` (replay requests and tokens), ``minibatch``
+            (sample id → error), ``spend`` (this step's replay requests and tokens),
+            ``spend_episode`` (the episode's so far, reset included), ``minibatch``
             (sample ids), ``examples`` (per-sample rows of the current version), ``step``,
             ``budget_exhausted``, ``budget_refusal`` (why the step was refused for want of
             budget: nothing was sent, no version registered; ``None`` otherwise),
@@ -516,7 +526,9 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
             accepted=accepted,
             edits=edits,
             invalid=invalid,
+            replayed=bool(planned),
         )
+        self._count_spend(info)
         return self._observation(), float(reward), bool(terminated), bool(truncated), info
 
     def _apply_edits(
@@ -573,8 +585,10 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
             accepted=False,
             edits=[],
             invalid=None,
+            replayed=False,
         )
         info["budget_refusal"] = refusal
+        self._count_spend(info)
         return self._observation(), 0.0, False, True, info
 
     def _reward(self, base_eval: _Evaluation, new_eval: _Evaluation) -> float:
@@ -584,6 +598,11 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
             extra = new_eval.mean_prompt_tokens - base_eval.mean_prompt_tokens
             reward -= self.config.token_penalty * extra / 1000.0
         return reward
+
+    def _count_spend(self, info: dict[str, Any]) -> None:
+        """Add the step's ``spend`` to the episode's, shown as ``info["spend_episode"]``."""
+        self._episode_spend = add_spend(self._episode_spend, info["spend"])
+        info["spend_episode"] = dict(self._episode_spend)
 
     def _improves_current(
         self, version_id: str, base_id: str, reward: float, new_eval: _Evaluation
@@ -694,10 +713,13 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
         accepted: bool,
         edits: list[Edit],
         invalid: InvalidEdit | None,
+        replayed: bool = True,
     ) -> dict[str, Any]:
         assert self._current_id is not None and self._current_eval is not None
         requests = len(candidate.samples) + (len(base.samples) if base is not candidate else 0)
         tokens = candidate.tokens + (base.tokens if base is not candidate else 0)
+        if not replayed:  # a no-op, an invalid edit or a refused step sends nothing
+            requests = tokens = 0
         return {
             "step": self._step_index,
             "version_id": version_id,

@@ -250,3 +250,17 @@ def judge_calls_bound(
         pending = getattr(evaluator, "pending_calls", None)
         calls += unknown + (int(pending(known)) if pending is not None else len(known))
     return calls
+
+
+NO_SPEND: dict[str, int] = {"requests": 0, "tokens": 0}
+"""A step's ``info["spend"]`` when it replayed nothing (a no-op, invalid or refused step)."""
+
+
+def add_spend(total: dict[str, int], step: dict[str, int]) -> dict[str, int]:
+    """Return ``total`` plus one step's ``info["spend"]`` (what ``info["spend_episode"]`` sums).
+
+    Example:
+        >>> add_spend({"requests": 16, "tokens": 900}, {"requests": 8, "tokens": 400})
+        {'requests': 24, 'tokens': 1300}
+    """
+    return {key: int(total.get(key, 0)) + int(step.get(key, 0)) for key in {**total, **step}}

@@ -170,18 +170,78 @@ def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Run an experiment. Flags override the config's fields; without a config "
         "they describe the whole job (e.g. --data my.jsonl --policy rule_induction).",
     )
-    parser.add_argument("config", nargs="?", help="Experiment config (TOML).")
+    parser.add_argument(
+        "config",
+        nargs="?",
+        help="Experiment config: a TOML file or a shipped config name (`selfimprove-rl configs`).",
+    )
     parser.add_argument("--out", help="Run directory (default: a new folder under out_dir).")
     parser.add_argument("--resume", action="store_true", help="Continue the run in --out.")
     parser.add_argument(
         "--data", help="Mimic JSONL ({input, output} lines), checkpoint JSON, or data set name."
     )
-    parser.add_argument("--policy", help="Policy name or 'module:Class'.")
+    _add_policy_flags(parser)
     parser.add_argument("--model", help="Target model (e.g. sim-large).")
     parser.add_argument("--seed", type=int, help="Seed of episodes and policy.")
     parser.add_argument("--max-steps", type=int, help="Env steps across all episodes.")
+    _add_set_flag(parser)
     parser.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
     parser.set_defaults(run=_run_run)
+
+
+def _add_policy_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--policy",
+        help="Policy name or 'module:Class' (a module in the current folder works, as with "
+        "`python -m`). Replaces the config's whole [policy] table: without --policy-kwargs "
+        "the config's policy kwargs are dropped (they were meant for its policy).",
+    )
+    parser.add_argument(
+        "--policy-kwargs",
+        help="Policy constructor kwargs as a JSON object, e.g. '{\"arms\": 6}'.",
+    )
+
+
+def _add_set_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Change one config field, e.g. --set stopping.max_total_steps=10 or --set "
+        "env.minibatch_size=16 (repeatable; applied after the other flags; the value is read "
+        "as TOML, else as text; an unknown key is an error).",
+    )
+
+
+def _policy_overrides(args: argparse.Namespace, current: Any) -> dict[str, object]:
+    """``--policy``/``--policy-kwargs`` as config overrides (``current``: the config's [policy])."""
+    import json
+
+    from selfimprove_rl.errors import ConfigError
+
+    kwargs: object = None
+    if args.policy_kwargs is not None:
+        try:
+            kwargs = json.loads(args.policy_kwargs)
+        except json.JSONDecodeError as exc:
+            kwargs = exc
+        if not isinstance(kwargs, dict):
+            raise ConfigError(
+                f"Expects --policy-kwargs as a JSON object like '{{\"arms\": 6}}', got "
+                f"{args.policy_kwargs!r}."
+            )
+    elif args.policy is not None:
+        if current.kwargs:
+            print(
+                f"note: --policy {args.policy} drops the config's policy kwargs "
+                f"{sorted(current.kwargs)} (meant for {current.name}); pass --policy-kwargs "
+                "to give it some.",
+                file=sys.stderr,
+            )
+        kwargs = {}
+    return {"policy.name": args.policy, "policy.kwargs": kwargs}
 
 
 def _data_overrides(data: str | None) -> dict[str, object]:
@@ -197,21 +257,30 @@ def _data_overrides(data: str | None) -> dict[str, object]:
     return {"data.kind": kind, "data.path": data}
 
 
-def _run_run(args: argparse.Namespace) -> int:
-    from selfimprove_rl.config import ExperimentConfig, load_config
-    from selfimprove_rl.runner import run_experiment
-    from selfimprove_rl.telemetry import phoenix_integrations
+def _run_config(args: argparse.Namespace) -> Any:
+    """The run's config: the file (or defaults), then the flags, then every ``--set``."""
+    from selfimprove_rl.config import load_config, parse_config
 
-    config = load_config(args.config) if args.config else ExperimentConfig()
+    config = load_config(args.config)
     config = config.with_overrides(
         **_data_overrides(args.data),
+        **_policy_overrides(args, config.policy),
         **{
-            "policy.name": args.policy,
             "target.model": args.model,
             "seed": args.seed,
             "stopping.max_total_steps": args.max_steps,
         },
     )
+    if args.settings:
+        config = parse_config(config.model_dump(mode="json"), settings=args.settings)
+    return config
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    from selfimprove_rl.runner import run_experiment
+    from selfimprove_rl.telemetry import phoenix_integrations
+
+    config = _run_config(args)
     result = run_experiment(
         config,
         out=args.out,
@@ -407,13 +476,32 @@ def _add_compare(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "compare.png to --out. Policies come from the config's [[compare.policies]] entries "
         "or --policies (names or 'module:Class').",
     )
-    parser.add_argument("config", help="Experiment config (TOML) with a [compare] table.")
+    parser.add_argument(
+        "config",
+        help="Experiment config with a [compare] table: a TOML file or a shipped config name "
+        "(compare_noisy).",
+    )
     parser.add_argument("--policies", help="Comma-separated policy names, labels or module:Class.")
     parser.add_argument("--seeds", type=int, help="Runs per policy (seeds first_seed...).")
     parser.add_argument("--out", help="Output folder (default: a new folder under out_dir).")
-    parser.add_argument("--jobs", type=int, help="Worker processes (1: run in this process).")
+    parser.add_argument(
+        "--jobs", type=int, help="Worker processes (1: run in this process; local executor)."
+    )
     parser.add_argument("--budget-calls", type=int, help="Model calls each run may spend.")
     parser.add_argument("--threshold", type=float, help="Test score for 'steps to threshold'.")
+    parser.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="Where runs execute: local worker processes (default), or one Ray task per run "
+        "(`pip install selfimprove-rl[ray]`).",
+    )
+    parser.add_argument(
+        "--ray-address",
+        help="Ray cluster to join, e.g. ray://head:10001 or auto (default: $RAY_ADDRESS, else "
+        "a local Ray instance started for this command).",
+    )
+    _add_set_flag(parser)
     parser.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
     parser.set_defaults(run=_run_compare)
 
@@ -427,12 +515,21 @@ def _run_compare(args: argparse.Namespace) -> int:
     )
     from selfimprove_rl.telemetry import phoenix_integrations
 
-    experiment, compare = load_compare_config(args.config)
+    experiment, compare = load_compare_config(args.config, settings=args.settings)
     overrides = {"seeds": args.seeds, "jobs": args.jobs, "budget_calls": args.budget_calls}
     overrides["threshold"] = args.threshold
     updated = {**compare.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
     compare = parse_compare(updated, source="command line")
     names = [n.strip() for n in args.policies.split(",") if n.strip()] if args.policies else None
+    executor = None
+    if args.executor == "ray":
+        from selfimprove_rl.ray_executor import RayExecutor
+
+        executor = RayExecutor(address=args.ray_address)
+    elif args.ray_address:
+        from selfimprove_rl.errors import ConfigError
+
+        raise ConfigError("--ray-address needs --executor ray.")
     result = run_compare(
         experiment,
         compare,
@@ -440,6 +537,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         out=args.out,
         progress=not args.no_progress,
         integrations=phoenix_integrations(),
+        executor=executor,
     )
     print(markdown_table(result.rows), end="")
     for run in result.runs:
@@ -447,6 +545,36 @@ def _run_compare(args: argparse.Namespace) -> int:
             print(f"run {run.policy} seed {run.seed} failed: {run.error}", file=sys.stderr)
     print(f"comparison: {result.out_dir}")
     return 1 if any(run.error for run in result.runs) else 0
+
+
+def _add_configs(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "configs",
+        help="List the shipped experiment configs, or copy one out to edit.",
+        description="Without arguments: list the configs shipped with the package (each runs "
+        "by name: `selfimprove-rl run coffee_sports`). `configs copy NAME [DEST]` writes one "
+        "out (default ./NAME.toml) and never overwrites a file.",
+    )
+    actions = parser.add_subparsers(dest="configs_action")
+    actions.add_parser("list", help="List the shipped configs (the default).")
+    copy = actions.add_parser("copy", help="Write a shipped config out for editing.")
+    copy.add_argument("name", help="Shipped config name (see `selfimprove-rl configs`).")
+    copy.add_argument("dest", nargs="?", help="File or existing folder (default: ./NAME.toml).")
+    parser.set_defaults(run=_run_configs)
+
+
+def _run_configs(args: argparse.Namespace) -> int:
+    from selfimprove_rl.config_files import copy_config, shipped_configs
+
+    if args.configs_action == "copy":
+        path = copy_config(args.name, args.dest)
+        print(f"wrote {path}; run it with: selfimprove-rl run {path}")
+        return 0
+    configs = shipped_configs()
+    width = max(len(c.name) for c in configs)
+    for config in configs:
+        print(f"{config.name:<{width}}  {config.description}")
+    return 0
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
@@ -458,6 +586,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], N
     _add_fetch,
     _add_promote,
     _add_compare,
+    _add_configs,
 ]
 
 
@@ -484,6 +613,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     runner: Runner = args.run
+    _import_from_current_folder()
     previous = _exit_on_sigterm()
     try:
         return runner(args)
@@ -494,6 +624,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _import_from_current_folder() -> None:
+    """Put the current folder first on ``sys.path``, as ``python -m`` does.
+
+    So ``--policy my_policy:MyPolicy`` finds ``./my_policy.py`` without ``PYTHONPATH=.``;
+    compare's worker processes inherit the path.
+    """
+    import os
+
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.insert(0, here)
 
 
 def _exit_on_sigterm() -> Any:

@@ -45,12 +45,12 @@ import csv
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -60,6 +60,7 @@ from selfimprove_rl.config import (
     read_toml,
     validation_problems,
 )
+from selfimprove_rl.config_files import apply_settings, settings_error
 from selfimprove_rl.errors import ConfigError
 from selfimprove_rl.fileio import atomic_write_text, read_jsonl
 from selfimprove_rl.hooks import Integrations
@@ -171,16 +172,32 @@ class CompareResult(BaseModel):
     runs: list[RunRecord]
 
 
-def load_compare_config(path: str | Path) -> tuple[ExperimentConfig, CompareConfig]:
-    """Read an experiment TOML with a ``[compare]`` table.
+def load_compare_config(
+    path: str | Path, *, settings: Sequence[str] = ()
+) -> tuple[ExperimentConfig, CompareConfig]:
+    """Read an experiment TOML with a ``[compare]`` table, with ``--set a.b=value`` settings.
+
+    Args:
+        path: a TOML file or a shipped config name (``compare_noisy``).
+        settings: changes applied before validation; ``compare.*`` keys go to the
+            ``[compare]`` table.
 
     Raises:
         ConfigError: missing file, invalid TOML, or an invalid field (named).
     """
     data = read_toml(path)
     section = data.pop("compare", {})
-    experiment = parse_config(data, source=str(path))
-    return experiment, parse_compare(section, source=str(path))
+    ours = [s for s in settings if s.strip().startswith("compare.")]
+    experiment = parse_config(
+        data, source=str(path), settings=[s for s in settings if s not in ours]
+    )
+    if not ours:
+        return experiment, parse_compare(section, source=str(path))
+    section = apply_settings({"compare": section}, ours)["compare"]
+    try:
+        return experiment, CompareConfig.model_validate(section)
+    except ValidationError as exc:
+        raise settings_error(exc, CompareConfig, ours, prefix="compare.") from exc
 
 
 def parse_compare(section: dict[str, Any], *, source: str = "compare") -> CompareConfig:
@@ -305,6 +322,7 @@ def run_compare(
     out: str | Path | None = None,
     progress: bool = True,
     integrations: Integrations | None = None,
+    executor: RunExecutor | None = None,
 ) -> CompareResult:
     """Run every policy over every seed at one call budget, then write the table and plot.
 
@@ -317,6 +335,8 @@ def run_compare(
         progress: show a progress bar over runs.
         integrations: the outside systems the runs may use (Phoenix data and callbacks),
             as the caller wires them (see :func:`~selfimprove_rl.runner.run_experiment`).
+        executor: where the runs execute (default: :class:`LocalExecutor` with
+            ``compare.jobs`` workers); the table does not depend on it.
 
     Returns:
         The folder, the table rows and every run's record.
@@ -344,7 +364,7 @@ def run_compare(
     shared = experiment.with_overrides(
         **{"data.kind": "checkpoint", "data.path": str(checkpoint_path), "env.max_calls": budget}
     )
-    jobs: list[tuple[str, str, str]] = []
+    jobs: list[RunJob] = []
     for entry in entries:
         for seed in range(compare.first_seed, compare.first_seed + compare.seeds):
             config = shared.with_overrides(
@@ -352,7 +372,9 @@ def run_compare(
             )
             run_dir = out_dir / "runs" / _safe(entry.title) / f"seed-{seed}"
             jobs.append((config.model_dump_json(), entry.title, str(run_dir)))
-    records = _execute(jobs, threshold, compare.jobs or default_jobs(), progress, integrations)
+    records = _execute(
+        jobs, threshold, executor or LocalExecutor(compare.jobs), progress, integrations
+    )
     order = {e.title: i for i, e in enumerate(entries)}
     records.sort(key=lambda r: (order[r.policy], r.seed))
     labels = [e.title for e in entries]
@@ -372,33 +394,62 @@ def _safe(label: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in label)
 
 
-def _execute(
-    jobs: list[tuple[str, str, str]],
-    threshold: float | None,
-    workers: int,
-    progress: bool,
-    integrations: Integrations | None = None,
-) -> list[RunRecord]:
-    bar = _bar(len(jobs), progress)
-    records: list[RunRecord] = []
-    if workers <= 1 or len(jobs) <= 1:
-        for config_json, label, run_dir in jobs:
-            records.append(run_one(config_json, label, run_dir, threshold, integrations))
-            _tick(bar, label)
-    else:
+RunJob = tuple[str, str, str]
+"""One run of a comparison: its experiment config as JSON, its policy label, its run dir."""
+
+
+class RunExecutor(Protocol):
+    """Runs a comparison's jobs somewhere and yields each record as its run finishes.
+
+    :class:`LocalExecutor` (this process or local worker processes) is the default;
+    :class:`~selfimprove_rl.ray_executor.RayExecutor` runs one Ray task per run.
+    """
+
+    def run(
+        self,
+        jobs: Sequence[RunJob],
+        threshold: float | None,
+        integrations: Integrations | None = None,
+    ) -> Iterator[RunRecord]:
+        """Run every job (:func:`run_one`); yield the records in the order they finish."""
+        ...
+
+
+class LocalExecutor:
+    """Run in this process (``workers`` <= 1) or in spawned local worker processes.
+
+    Args:
+        workers: worker processes (default: :func:`default_jobs`).
+    """
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = workers or default_jobs()
+
+    def run(
+        self,
+        jobs: Sequence[RunJob],
+        threshold: float | None,
+        integrations: Integrations | None = None,
+    ) -> Iterator[RunRecord]:
+        """Run every job; yield the records in the order they finish.
+
+        Raises:
+            ConfigError: a worker process died (see :func:`run_compare`).
+        """
+        if self.workers <= 1 or len(jobs) <= 1:
+            for config_json, label, run_dir in jobs:
+                yield run_one(config_json, label, run_dir, threshold, integrations)
+            return
         import multiprocessing
 
         # spawn: a fresh interpreter per worker (no forked event loops or torch threads).
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
-            futures = {
-                pool.submit(run_one, config_json, label, run_dir, threshold, integrations): label
-                for config_json, label, run_dir in jobs
-            }
+        workers = min(self.workers, len(jobs))
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            futures = [pool.submit(run_one, *job, threshold, integrations) for job in jobs]
             try:
                 for future in as_completed(futures):
-                    records.append(future.result())
-                    _tick(bar, futures[future])
+                    yield future.result()
             except BrokenProcessPool as exc:
                 raise ConfigError(
                     "A compare worker process died before finishing its run. Worker processes "
@@ -406,6 +457,20 @@ def _execute(
                     'script put the call under `if __name__ == "__main__":`, or use jobs=1 '
                     "(--jobs 1) to run in this process."
                 ) from exc
+
+
+def _execute(
+    jobs: list[RunJob],
+    threshold: float | None,
+    executor: RunExecutor,
+    progress: bool,
+    integrations: Integrations | None = None,
+) -> list[RunRecord]:
+    bar = _bar(len(jobs), progress)
+    records: list[RunRecord] = []
+    for record in executor.run(jobs, threshold, integrations):
+        records.append(record)
+        _tick(bar, record.policy)
     if bar is not None:
         bar.close()
     return records

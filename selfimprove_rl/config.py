@@ -30,6 +30,7 @@ silently.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -44,6 +45,7 @@ from pydantic import (
 )
 
 from selfimprove_rl.backend import Backend
+from selfimprove_rl.config_files import apply_settings, locate_config, settings_error
 from selfimprove_rl.errors import ConfigError
 from selfimprove_rl.registry import GateConfig
 from selfimprove_rl.replay import ReplayConfig
@@ -229,15 +231,22 @@ def validation_problems(exc: ValidationError, *, prefix: str = "") -> str:
     )
 
 
-def parse_config(data: dict[str, Any], *, source: str = "config") -> ExperimentConfig:
-    """Validate a config mapping.
+def parse_config(
+    data: dict[str, Any], *, source: str = "config", settings: Sequence[str] = ()
+) -> ExperimentConfig:
+    """Validate a config mapping, after applying ``--set a.b=value`` settings to it.
 
     Raises:
-        ConfigError: listing every invalid field as ``a.b: message``.
+        ConfigError: listing every invalid field as ``a.b: message`` (on one line, with the
+            closest known key for an unknown one, when ``settings`` were given).
     """
+    if settings:
+        data = apply_settings(data, settings)
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as exc:
+        if settings:
+            raise settings_error(exc, ExperimentConfig, settings) from exc
         problems = validation_problems(exc)
         raise ConfigError(f"Invalid experiment config ({source}):\n{problems}") from exc
 
@@ -245,13 +254,15 @@ def parse_config(data: dict[str, Any], *, source: str = "config") -> ExperimentC
 def read_toml(path: str | Path) -> dict[str, Any]:
     """Return a config file's TOML tables as a dict (not validated).
 
+    Args:
+        path: a TOML file, or the name of a shipped config (``coffee_sports``; see
+            :func:`~selfimprove_rl.config_files.locate_config`).
+
     Raises:
-        ConfigError: the file is missing or not TOML.
+        ConfigError: no such file or shipped config, or not TOML.
     """
-    target = Path(path)
-    if not target.exists():
-        raise ConfigError(f"No config file at {target}; see experiments/configs/ for examples.")
-    if target.is_dir():
+    target = locate_config(path)
+    if isinstance(target, Path) and target.is_dir():
         raise ConfigError(f"{target} is a directory; expected a TOML config file.")
     try:
         text = target.read_text(encoding="utf-8")
@@ -268,10 +279,15 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{target} is not valid TOML: {exc}") from exc
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
-    """Read and validate a TOML experiment config.
+def load_config(path: str | Path | None, *, settings: Sequence[str] = ()) -> ExperimentConfig:
+    """Read and validate a TOML experiment config (or the defaults), with ``--set`` settings.
+
+    Args:
+        path: a TOML file or a shipped config name; ``None``: the defaults.
+        settings: ``a.b=value`` changes applied before validation.
 
     Raises:
         ConfigError: the file is missing, not TOML, or invalid.
     """
-    return parse_config(read_toml(path), source=str(path))
+    data = read_toml(path) if path is not None else {}
+    return parse_config(data, source=str(path or "defaults"), settings=settings)

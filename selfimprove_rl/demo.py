@@ -79,9 +79,7 @@ NEW_INPUTS = (
 # The offline demo is the shipped seed experiment, renamed; the Phoenix demo runs it on the
 # demo project's telemetry. (Configs move into the package as data with issue 14's other half;
 # then only this path changes.)
-SHIPPED_CONFIG = (
-    Path(__file__).resolve().parents[1] / "experiments" / "configs" / "coffee_sports.toml"
-)
+SHIPPED_CONFIG = "coffee_sports"  # a shipped config (package data), by name
 
 
 def demo_config() -> ExperimentConfig:

@@ -264,6 +264,7 @@ class ExperimentRunner:
             registry=Registry(self.run_dir / "versions.jsonl"),
             cache=self.cache,
             replay_config=self.config.replay,
+            max_episode_steps=_episode_steps(env_options),
         )
         return env
 
@@ -786,3 +787,13 @@ def _integration_callbacks(
             "run_experiment."
         )
     return integrations.callbacks(config)
+
+
+def _episode_steps(env_options: dict[str, Any]) -> int | None:
+    """The ``max_episode_steps`` for ``gymnasium.make``: the env's ``max_steps`` when set.
+
+    The spec's limit is the env's default; passing the configured one keeps the TimeLimit
+    wrapper at the step where the env itself truncates (``None``: the spec's, the default).
+    """
+    steps = env_options.get("max_steps")
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0 else None

@@ -67,6 +67,8 @@ LAYERS: dict[str, str] = {
     "selfimprove_rl.report": "workflow",
     "selfimprove_rl.report_budget": "workflow",
     "selfimprove_rl.compare": "workflow",
+    "selfimprove_rl.config_files": "workflow",
+    "selfimprove_rl.ray_executor": "workflow",
     "experiments": "workflow",
     "selfimprove_rl.telemetry": "integrations",
     "selfimprove_rl.cli": "app",
