@@ -87,7 +87,10 @@ def true_gains(run_dir: Path, config: Any, cache: ResponseCache) -> list[dict[st
 
         def scores(version_id: str) -> np.ndarray:
             if version_id not in per_version:
-                parts = [env.evaluate_version(version_id, s)[1].per_sample() for s in ("train", "holdout")]
+                parts = [
+                    env.evaluate_version(version_id, s)[1].per_sample()
+                    for s in ("train", "holdout")
+                ]
                 per_version[version_id] = np.asarray(parts[0] + parts[1])
             return per_version[version_id]
 

@@ -30,9 +30,13 @@ order of the test samples (seeded by the run seed and the gate's number, so a re
 redoes a gate identically) and runs at a *spent* level: the k-th gate against the same live
 build gets ``alpha * 6 / (pi^2 k^2)`` (``alpha_spending = "per_live_build"``, the default).
 The levels of one live build's gates sum to ``alpha``, so by a union bound the chance that it
-is ever replaced by a build not better by ``min_improvement`` is at most ``alpha``, however
-the candidates were chosen; each promotion starts a new budget, so a run that keeps
-improving keeps its power. ``"per_run"`` counts gates over the whole run (the chance of *any*
+is ever replaced by a build not better by ``min_improvement`` is at most ``alpha``. The union
+bound is over a sequence the test split cannot steer: while a build is live, a policy learns
+nothing about the test split (gate outcomes are not in its transitions, and a rejection
+leaves the live build as it was), so its candidates are the ones it would propose anyway.
+Only a promotion reveals something (which candidate won), and each promotion starts a new
+budget: the expected number of false promotions in a run is at most ``alpha`` times the
+number of builds that were live, and a run that keeps improving keeps its power. ``"per_run"`` counts gates over the whole run (the chance of *any*
 false promotion in the run is at most ``alpha``); ``"none"`` gives every gate ``alpha``.
 This was preferred to a reusable holdout (Thresholdout): that answers with noised scores and
 a budget of overfitting queries, which would blur the clear wins the sequential test stops
@@ -153,7 +157,9 @@ def sequential_gate(
         remaining = len(order) - len(sequence.values)
         bounds = sequence.bounds()
         optimistic = sequence.bounds([1.0] * remaining) if remaining else None
-        outcome = verdict(bounds, config.min_improvement, remaining=remaining, optimistic=optimistic)
+        outcome = verdict(
+            bounds, config.min_improvement, remaining=remaining, optimistic=optimistic
+        )
         if outcome.verdict != "continue":
             promoted, reason = outcome.verdict == "accept", outcome.reason
             break
@@ -201,4 +207,3 @@ def _regressions(
         for name, score in candidate.items()
         if name in live and live[name] - score > tolerance
     }
-

@@ -6,8 +6,11 @@ order and in chunks, and after every chunk the gate may stop. Looking at the dat
 every chunk and stopping when it looks good is exactly what a fixed-n test forbids, so the
 bounds here form a *confidence sequence* (Howard et al. 2021; Waudby-Smith & Ramdas 2023,
 "Estimating means of bounded random variables by betting"): with probability at least
-``1 - alpha`` the mean paired gain lies inside the bounds *at every sample count at once*,
-so stopping at any data-dependent time keeps the guarantee.
+``1 - alpha`` the mean paired gain stays above the lower bound *at every sample count at
+once* (and, separately, below the upper bound), so stopping at any data-dependent time keeps
+the guarantee. Each side is one-sided at level ``alpha`` because each guards one decision:
+the lower bound promotion (a false promotion has probability at most ``alpha``), the upper
+bound an early rejection.
 
 The construction is testing by betting. For a candidate mean ``m`` a gambler starts with
 capital 1 and stakes, on each new difference, a fixed fraction ``f`` of the capital on
@@ -18,12 +21,12 @@ capital 1 and stakes, on each new difference, a fixed fraction ``f`` of the capi
 
 A factor never drops below ``1 - f > 0`` because ``d`` lies in [-1, 1], so each product is a
 nonnegative martingale (supermartingale under the composite null) when the true mean is
-``m``, and Ville's inequality bounds the chance that it *ever* reaches ``2 / alpha`` by
-``alpha / 2``. The gate averages the capital over a few fractions ``f`` (a mixture of
+``m``, and Ville's inequality bounds the chance that it *ever* reaches ``1 / alpha`` by
+``alpha``. The gate averages the capital over a few fractions ``f`` (a mixture of
 martingales is one; it loses at most ``log(len(fractions))`` against the best fraction in
 hindsight), so it bets boldly when the differences are clear-cut (a rule that fixes a
 whole class of inputs) and cautiously when they are noisy. Every ``m`` whose capital has
-reached ``2 / alpha`` at some sample count is out of the sequence; the factors are monotone
+reached ``1 / alpha`` at some sample count is out of the sequence; the factors are monotone
 in ``m`` (the lower side's shrink as ``m`` grows, the upper side's grow), so what is left is
 an interval ``[lower, upper]`` found by bisection.
 
@@ -75,7 +78,9 @@ class Verdict(NamedTuple):
     reason: str
 
 
-def spent_alpha(alpha: float, gate_index: int, spending: Literal["none", "inverse_square"]) -> float:
+def spent_alpha(
+    alpha: float, gate_index: int, spending: Literal["none", "inverse_square"]
+) -> float:
     """The level of the ``gate_index``-th gate (1-based) of a run under an alpha-spending rule.
 
     ``"inverse_square"`` gives the k-th gate ``alpha * 6 / (pi^2 k^2)``: the levels sum to
@@ -102,8 +107,8 @@ class ConfidenceSequence:
     """A betting confidence sequence for the mean of paired differences in [-1, 1].
 
     Args:
-        alpha: the error level: the mean leaves ``[lower, upper]`` at some sample count with
-            probability at most ``alpha`` (``alpha / 2`` per side).
+        alpha: the error level of each side: the mean falls below ``lower`` at some sample
+            count with probability at most ``alpha``, and likewise above ``upper``.
         fractions: the betting fractions of the mixture, each in (0, 1).
 
     Raises:

@@ -128,7 +128,9 @@ def test_run_from_cli_flags_writes_every_file(tmp_path: Path, small_jsonl: Path,
 
 
 def test_gate_only_promotes_test_improvements(tmp_path: Path, small_jsonl: Path) -> None:
-    path = _write_config(tmp_path / "c.toml", small_jsonl, policy="random", steps=6, gate="full_split")
+    path = _write_config(
+        tmp_path / "c.toml", small_jsonl, policy="random", steps=6, gate="full_split"
+    )
     config = load_config(path)
     result = run_experiment(config, out=tmp_path / "run", progress=False)
     registry = Registry(result.run_dir / "versions.jsonl")

@@ -15,8 +15,10 @@ from selfimprove_rl.sequential import Bounds, ConfidenceSequence, spent_alpha, v
 def _paired_bernoulli(rng: np.random.Generator, p_new: float, p_old: float, n: int) -> np.ndarray:
     """Differences of two correlated Bernoulli scores: mostly ties, some wins and losses."""
     shared = rng.random(n)
-    return (shared < p_new).astype(float) - (shared < p_old).astype(float) + (
-        (rng.random(n) < 0.1) * rng.choice([-1.0, 1.0], n) * (shared >= max(p_new, p_old))
+    return (
+        (shared < p_new).astype(float)
+        - (shared < p_old).astype(float)
+        + ((rng.random(n) < 0.1) * rng.choice([-1.0, 1.0], n) * (shared >= max(p_new, p_old)))
     )
 
 
@@ -79,11 +81,14 @@ def test_a_clear_loss_is_rejected_after_few_samples() -> None:
 
 def test_ties_never_promote_and_end_as_futile() -> None:
     sequence = ConfidenceSequence(0.05)
-    sequence.update([0.0] * 32)
+    sequence.update([0.0] * 24)
     bounds = sequence.bounds()
     assert bounds.lower <= 0.0 <= bounds.upper
-    optimistic = sequence.bounds([1.0] * 8)
-    outcome = verdict(bounds, 0.01, remaining=8, optimistic=optimistic)
+    hopeful = verdict(bounds, 0.01, remaining=16, optimistic=sequence.bounds([1.0] * 16))
+    assert hopeful.verdict == "continue"  # sixteen straight wins could still clear the bound
+    sequence.update([0.0] * 12)
+    bounds = sequence.bounds()
+    outcome = verdict(bounds, 0.01, remaining=4, optimistic=sequence.bounds([1.0] * 4))
     assert outcome.verdict == "reject" and "futile" in outcome.reason
 
 
