@@ -323,7 +323,7 @@ class ExperimentRunner:
             )
             if outcome.decision is None:
                 return None, outcome.refusal
-            decision, refusal = outcome
+            decision, refusal = outcome.decision, outcome.refusal
         else:
             reserve, refusal = self.budget.gate_refusal(version_id)
             if refusal is not None:
