@@ -36,8 +36,9 @@ nothing about the test split (gate outcomes are not in its transitions, and a re
 leaves the live build as it was), so its candidates are the ones it would propose anyway.
 Only a promotion reveals something (which candidate won), and each promotion starts a new
 budget: the expected number of false promotions in a run is at most ``alpha`` times the
-number of builds that were live, and a run that keeps improving keeps its power. ``"per_run"`` counts gates over the whole run (the chance of *any*
-false promotion in the run is at most ``alpha``); ``"none"`` gives every gate ``alpha``.
+number of builds that were live, and a run that keeps improving keeps its power.
+``"per_run"`` counts gates over the whole run (the chance of *any* false promotion in the
+run is at most ``alpha``); ``"none"`` gives every gate ``alpha``.
 This was preferred to a reusable holdout (Thresholdout): that answers with noised scores and
 a budget of overfitting queries, which would blur the clear wins the sequential test stops
 early on, while alpha spending keeps every decision an exact, auditable bound.
