@@ -111,12 +111,125 @@ def true_gains(run_dir: Path, config: Any, cache: ResponseCache) -> list[dict[st
     return rows
 
 
+GOOD_SOP = (
+    "ADD: if input mentions coffee, espresso, latte, beans, brew, roast, barista, crema, cup: "
+    'respond "I see you are a person of taste! I like coffee, too."\n'
+    'ADD: else: respond "Well, I don\'t like sports."'
+)
+
+
+def quick(candidates: int, seed: int) -> dict[str, Any]:
+    """The same comparison without the runner: exact match, a keyword SOP, direct gates.
+
+    A live build with keyword rules (no sentence embeddings needed) answers through
+    ``sim-noisy``; each proposal adds a neutral line to it, is replayed on a random train
+    minibatch, and is gated (both gates, same test samples, shared cache) only if its
+    minibatch reward is positive, as the runner does. Its true gain is measured on holdout.
+    """
+    from envs.factory import make_prompt_env
+    from selfimprove_rl.evals.code import ExactMatch
+    from selfimprove_rl.gate import sequential_gate
+    from selfimprove_rl.mimic import load_dataset
+    from selfimprove_rl.prompt import apply, parse_directives
+    from selfimprove_rl.registry import GateConfig, GateDecision, SplitScore, decide
+
+    checkpoint = load_dataset("coffee_sports", model=MODEL)
+    env = make_prompt_env(data=checkpoint, model=MODEL, evaluators=[ExactMatch()])
+    registry, rng, config = env.registry, np.random.default_rng(seed), GateConfig()
+    base = registry.build(registry.live_id)
+    good = registry.add(apply(base.state, parse_directives(GOOD_SOP)), parent_id=base.version_id)
+    registry.record_decision(
+        GateDecision(
+            candidate_id=good.version_id,
+            baseline_id=base.version_id,
+            promoted=True,
+            delta=0.0,
+            reason="benchmark setup: the keyword SOP is the live build",
+        )
+    )
+    train, test, holdout = env.splits.train, env.splits.test, env.splits.holdout
+    rows: list[dict[str, Any]] = []
+
+    def split_score(table: Any) -> SplitScore:
+        return SplitScore(aggregate=table.aggregate(), per_eval=table.per_eval(), n=len(test))
+
+    try:
+        for _ in range(candidates):
+            live = registry.build(registry.live_id)
+            line = f"ADD: Reference number {int(rng.integers(10_000, 99_999))}."
+            state = apply(live.state, parse_directives(line))
+            candidate = registry.add(state, parent_id=live.version_id, origin="neutral")
+            minibatch = [train[i] for i in rng.choice(len(train), 16, replace=False)]
+            new, old = env.score_samples([candidate.version_id, live.version_id], minibatch)
+            if new.aggregate() - old.aggregate() <= 0:
+                continue
+            new_test, old_test = env.score_samples([candidate.version_id, live.version_id], test)
+            full = decide(split_score(new_test), split_score(old_test), config)
+            decision = sequential_gate(
+                env, candidate.version_id, config, seed=seed, reserve=0
+            ).decision
+            assert decision is not None
+            new_h, old_h = env.score_samples([candidate.version_id, live.version_id], holdout)
+            gain = new_h.aggregate() - old_h.aggregate()
+            rows.append(
+                {
+                    "full_split": full.promoted,
+                    "sequential": decision.promoted,
+                    "n": decision.n,
+                    "true_gain": gain,
+                    "no_better": gain <= config.min_improvement,
+                }
+            )
+    finally:
+        env.close()
+    no_better = [r for r in rows if r["no_better"]]
+    return {
+        "proposed": candidates,
+        "gated": len(rows),
+        "no_better": len(no_better),
+        "mean_sequential_samples": float(np.mean([r["n"] for r in rows])) if rows else None,
+        **{
+            mode: {
+                "no_better_promoted": sum(r[mode] for r in no_better),
+                "false_promotion_rate": (
+                    sum(r[mode] for r in no_better) / len(no_better) if no_better else None
+                ),
+            }
+            for mode in MODES
+        },
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument(
+        "--quick",
+        type=int,
+        default=0,
+        metavar="N",
+        help="propose N neutral edits to a keyword SOP scored by exact match, gated directly "
+        "(no runner, no sentence embeddings; for a loaded machine)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.quick:
+        quick_results = [quick(args.quick, seed) for seed in range(args.seeds)]
+        print(
+            json.dumps(
+                {
+                    "benchmark": "false_promotion_quick",
+                    "model": MODEL,
+                    "eval": "exact_match",
+                    "policy": "neutral edits (a random reference-number line)",
+                    "per_seed": quick_results,
+                    "target_rate": 0.05,
+                },
+                indent=2,
+            )
+        )
+        return
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         cache = ResponseCache(Path(tmp) / "measure.sqlite")
