@@ -46,6 +46,7 @@ early on, while alpha spending keeps every decision an exact, auditable bound.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -133,6 +134,14 @@ def sequential_gate(
     alpha = spent_alpha(config.alpha, index, _spending(config))
     order = sample_order(len(test), seed=seed, gate_number=len(registry.decisions) + 1)
     sequence = ConfidenceSequence(alpha)
+    if test and sequence.bounds([1.0] * len(test)).lower <= config.min_improvement:
+        warnings.warn(
+            f"The test split has {len(test)} samples: even if the candidate won on every one, "
+            f"the gate at alpha={alpha:.2g} could not clear min_improvement="
+            f"{config.min_improvement}, so it cannot promote. Use more data or a larger test "
+            'share, a larger [gate] alpha, or [gate] mode = "full_split".',
+            stacklevel=2,
+        )
     candidate, live = _Sums(), _Sums()
     states = [registry.build(v).state for v in (candidate_id, live_id)]
     calls_before = env.spend.usage["calls"]
