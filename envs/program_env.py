@@ -367,6 +367,22 @@ class ProgramEnv(gymnasium.Env[Observation, Any]):
         )
         return evaluation.split_score, evaluation.table
 
+    def score_samples(
+        self, version_ids: Sequence[str], samples: Sequence[Sample]
+    ) -> list[ScoreTable]:
+        """Replay and score versions end to end on the same samples, concurrently.
+
+        The sequential gate's paired look at a chunk of test samples (records nothing).
+        """
+        self._require_open()
+        batch = list(samples)
+
+        async def run() -> list[ProgramEvaluation]:
+            states = [self._state(v) for v in version_ids]
+            return list(await asyncio.gather(*(self._evaluate(s, batch) for s in states)))
+
+        return [evaluation.table for evaluation in self._loop.run(run())]
+
     def evaluate_version(
         self, version_id: str, split: SplitName
     ) -> tuple[ProgramReport, ScoreTable]:

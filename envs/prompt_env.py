@@ -324,6 +324,23 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
         )
         return evaluation.split_score, evaluation.table
 
+    def score_samples(
+        self, version_ids: Sequence[str], samples: Sequence[Sample]
+    ) -> list[ScoreTable]:
+        """Replay and score versions on the same samples, concurrently; records nothing.
+
+        The sequential gate's paired look at a chunk of test samples: one table per version,
+        rows in the order of ``samples``. Calls count in :attr:`spend` as any replay does.
+        """
+        self._require_open()
+        batch = list(samples)
+
+        async def run() -> list[_Evaluation]:
+            states = [self.registry.build(v).state for v in version_ids]
+            return list(await asyncio.gather(*(self._evaluate(s, batch) for s in states)))
+
+        return [evaluation.table for evaluation in self._loop.run(run())]
+
     def evaluate_version(
         self, version_id: str, split: SplitName
     ) -> tuple[ReplayReport, ScoreTable]:

@@ -11,9 +11,13 @@ killed half-way loses nothing and resumes from the file:
 * ``rollback`` — the live build moved back to an earlier promoted one.
 
 The first build added is the baseline and is live from the start. A candidate becomes the
-live build only through :meth:`Registry.gate`: its test score must beat the live build's by at
-least ``min_improvement`` and no single eval may regress by more than ``max_eval_regression``.
-Holdout is scored only for the final report, never consulted by the gate.
+live build only through a gate decision: :meth:`Registry.gate` (``mode = "full_split"``: its
+test score must beat the live build's by at least ``min_improvement``) or the sequential gate
+of :mod:`selfimprove_rl.gate` (the default: the lower confidence bound of its paired test
+gain must clear ``min_improvement``), recorded with :meth:`Registry.record_decision` along
+with the samples it used, the bounds and the error level; in both, no single eval may regress
+by more than ``max_eval_regression``. Holdout is scored only for the final report, never
+consulted by the gate.
 """
 
 from __future__ import annotations
@@ -85,15 +89,42 @@ class BuildRecord(BaseModel):
 
 
 class GateConfig(BaseModel):
-    """The promotion gate's thresholds."""
+    """The promotion gate: its rule, thresholds and (sequential mode) error level.
 
-    model_config = ConfigDict(frozen=True)
+    ``mode = "sequential"`` (the default) scores the candidate and the live build on paired
+    test samples, a chunk at a time in a random order drawn per gate, and stops as soon as an
+    anytime-valid confidence sequence for the mean paired gain decides (see
+    :mod:`selfimprove_rl.sequential` and :mod:`selfimprove_rl.gate`). ``mode = "full_split"``
+    is the former rule: both builds scored on the whole test split, promoted when the gain
+    is at least ``min_improvement`` (no error control; kept for comparisons).
+    """
 
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mode: Literal["sequential", "full_split"] = Field(
+        default="sequential", description="Sequential paired test, or the whole split each time."
+    )
     min_improvement: float = Field(
         default=0.01, ge=0.0, description="Test-score gain a candidate needs over the live build."
     )
     max_eval_regression: float = Field(
         default=0.02, ge=0.0, description="Largest drop any single eval may show on test."
+    )
+    alpha: float = Field(
+        default=0.05,
+        gt=0.0,
+        lt=1.0,
+        description="Sequential mode: the chance of promoting a build not better by "
+        "min_improvement, per live build (see alpha_spending).",
+    )
+    alpha_spending: Literal["per_live_build", "per_run", "none"] = Field(
+        default="per_live_build",
+        description="Sequential mode: how alpha is split over repeated gates on one test "
+        "split: the k-th gate gets alpha*6/(pi^2 k^2), k counted since the live build was "
+        "promoted ('per_live_build') or over the run ('per_run'); 'none': alpha each.",
+    )
+    chunk_size: int = Field(
+        default=8, ge=1, description="Sequential mode: paired test samples scored per look."
     )
 
 
@@ -105,9 +136,28 @@ class GateDecision(BaseModel):
     candidate_id: str
     baseline_id: str
     promoted: bool
-    delta: float
+    delta: float = Field(
+        description="Mean paired test gain of the candidate: on the whole split (full_split "
+        "mode) or on the samples the sequential gate scored."
+    )
     regressions: dict[str, float] = Field(default_factory=dict)
     reason: str
+    method: Literal["full_split", "sequential"] = "full_split"
+    n: int | None = Field(default=None, description="Paired test samples the gate scored.")
+    n_split: int | None = Field(default=None, description="Test samples available.")
+    lower: float | None = Field(default=None, description="Lower confidence bound of the gain.")
+    upper: float | None = Field(default=None, description="Upper confidence bound of the gain.")
+    alpha: float | None = Field(default=None, description="Error level this gate ran at.")
+    gate_index: int | None = Field(
+        default=None, description="Which gate this was under the alpha-spending rule (1-based)."
+    )
+    candidate_score: float | None = Field(
+        default=None, description="The candidate's mean test score on the gate's samples."
+    )
+    live_score: float | None = Field(
+        default=None, description="The live build's mean test score on the gate's samples."
+    )
+    calls: int = Field(default=0, ge=0, description="Model calls the gate sent.")
 
 
 def decide(
@@ -391,6 +441,55 @@ class Registry:
         )
         self._emit({"event": "decision", "decision": decision.model_dump(mode="json")})
         return decision
+
+    def record_decision(self, decision: GateDecision) -> GateDecision:
+        """Record a decision a gate reached outside :meth:`gate` (the sequential gate's).
+
+        Raises:
+            RegistryError: a version is unknown, the candidate is not a new candidate against
+                the live build, or it was gated already.
+        """
+        candidate = self.record(decision.candidate_id)
+        self.record(decision.baseline_id)
+        if decision.baseline_id != self.live_id or decision.candidate_id == self.live_id:
+            raise RegistryError(
+                f"A decision must gate a candidate against the live build {self.live_id}; got "
+                f"{decision.candidate_id} against {decision.baseline_id}."
+            )
+        if candidate.status != "candidate":
+            raise RegistryError(
+                f"Version {decision.candidate_id} is {candidate.status} already; gate a new "
+                "candidate."
+            )
+        self._emit({"event": "decision", "decision": decision.model_dump(mode="json")})
+        return decision
+
+    def test_estimate(self, version_id: str) -> SplitScore | None:
+        """The best-known test score of a version: the whole split's, else a gate's estimate.
+
+        A sequential gate scores only some test samples; the estimate is the version's mean
+        on the samples of the last gate it took part in (as candidate or live build), with
+        ``n`` those samples. ``None`` when the version was never scored on test.
+        """
+        record = self.record(version_id)
+        if "test" in record.scores:
+            return record.scores["test"]
+        for decision in reversed(self.decisions):
+            if decision.method != "sequential" or not decision.n:
+                continue
+            if decision.candidate_id == version_id:
+                score = decision.candidate_score
+            elif decision.baseline_id == version_id:
+                score = decision.live_score
+            else:
+                continue
+            if score is not None:
+                return SplitScore(aggregate=score, per_eval={}, n=decision.n)
+        return None
+
+    def gates_against(self, version_id: str) -> int:
+        """How many candidates were gated against ``version_id`` while it was live."""
+        return sum(1 for decision in self.decisions if decision.baseline_id == version_id)
 
     def rollback(self, to: str | None = None) -> str:
         """Make an earlier promoted build live again; returns its id.

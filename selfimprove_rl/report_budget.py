@@ -5,7 +5,8 @@ wherever a split was not scored yet: that is what a run's call budget reserves
 (:meth:`ReportBudget.reserve`, worked out exactly from the response cache, judge verdicts
 bounded by one call per item). Every step, gate and new episode is admitted only if it fits
 next to that reserve; a gate reserves for the larger of the two reports it can lead to (the
-live build's, or the candidate's if it is promoted). The report itself then scores test and
+live build's, or the candidate's if it is promoted), and the sequential gate checks each
+chunk of paired test samples against it before scoring it. The report itself then scores test and
 holdout in full, and train only when what is left covers it.
 
 Works on a :class:`~envs.prompt_env.PromptEnv` (the unwrapped env) by its public methods.
@@ -44,10 +45,12 @@ class ReportBudget:
         limit: int | None = self.env.config.max_calls
         return limit
 
-    def reserve(self, candidate: str | None = None) -> int:
+    def reserve(self, candidate: str | None = None, *, gate_scores_test: bool = True) -> int:
         """Calls the final report needs at most if it ran now (or with ``candidate`` live).
 
-        A candidate's test split is left out: its gate scores it, and charges for it.
+        With ``gate_scores_test`` (the full-split gate) a candidate's test split is left out:
+        its gate scores it, and charges for it. The sequential gate scores only some test
+        samples, so the report may still need the rest (the cache prices what it has).
         """
         if self.max_calls is None:
             return 0
@@ -57,7 +60,8 @@ class ReportBudget:
         for version_id in dict.fromkeys([live, registry.baseline_id]):
             scored = registry.record(version_id).scores
             for split in REPORT_SPLITS:
-                if split in scored or (version_id == candidate and split == "test"):
+                skip = gate_scores_test and version_id == candidate and split == "test"
+                if split in scored or skip:
                     continue
                 total += int(self.env.calls_to_score_version(version_id, split))
         return total
@@ -95,6 +99,10 @@ class ReportBudget:
             f"call budget: gating {candidate} needs up to {needed} calls and the final report "
             f"up to {reserve}, but {left} are left of max_calls={self.max_calls}"
         )
+
+    def gate_reserve(self, candidate: str) -> int:
+        """What the sequential gate of ``candidate`` must leave for the report, either way."""
+        return max(self.reserve(), self.reserve(candidate=candidate, gate_scores_test=False))
 
     def reset_refusal(self) -> str | None:
         """Why a new episode may not start (its first minibatch does not fit), or ``None``."""

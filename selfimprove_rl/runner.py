@@ -2,9 +2,12 @@
 
 The workflow: load (or fetch) the checkpoint, build the env by registered id and the policy
 by name, then step: the policy acts, the env replays and rewards, and every version that
-beat its base on the minibatch is scored on the test split and put to the promotion gate.
-The run stops on the step budget, on stagnation (no promotion for a while), on a test
-threshold, or when the call budget is spent; the live build is then scored on holdout for the
+beat its base on the minibatch is put to the promotion gate (by default the sequential gate
+of :mod:`selfimprove_rl.gate`: candidate and live build scored on paired test samples until an
+anytime-valid bound decides). The run stops on the step budget, on stagnation (no promotion
+for a while), on a test threshold (the live build's test estimate, see
+:meth:`~selfimprove_rl.registry.Registry.test_estimate`), or when the call budget is spent;
+the live and the baseline build are then scored on the whole test and holdout splits for the
 report. Everything lands in the run directory:
 
 ``config.json`` (resolved config; written last when a run starts, so a start that fails
@@ -61,6 +64,7 @@ from selfimprove_rl.checkpoint import Checkpoint
 from selfimprove_rl.config import ExperimentConfig, parse_config
 from selfimprove_rl.errors import BackendUnavailableError, ConfigError
 from selfimprove_rl.fileio import append_jsonl, atomic_write_text
+from selfimprove_rl.gate import sequential_gate
 from selfimprove_rl.hooks import Integrations, RunCallback
 from selfimprove_rl.prompt import diff
 from selfimprove_rl.registry import GateDecision, Registry, SplitScore
@@ -296,27 +300,38 @@ class ExperimentRunner:
         return score
 
     def _gate(self, version_id: str) -> tuple[GateDecision | None, str | None]:
-        """Score a candidate on test and put it to the gate (once per version).
+        """Put a candidate to the gate (once per version); see :mod:`selfimprove_rl.gate`.
 
         Returns:
-            The decision (``None`` when there was nothing to gate), and why the gate did not
-            run for want of budget (``None`` when it ran or was not needed).
+            The decision (``None`` when there was nothing to gate), and why the budget stopped
+            the gate (``None`` when it did not: then the run goes on).
         """
         registry, unwrapped = self.registry, self.env.unwrapped
         live_id = registry.live_id
         if version_id == live_id or any(d.candidate_id == version_id for d in registry.decisions):
             return None, None
-        reserve, refusal = self.budget.gate_refusal(version_id)
-        if refusal is not None:
-            return None, refusal
-        unwrapped.spend.reserved_calls = reserve
-        self._ensure_test_score(live_id)
-        self._ensure_test_score(version_id)
-        decision = registry.gate(version_id, self.config.gate)
+        gate = self.config.gate
+        if gate.mode == "sequential":
+            reserve = self.budget.gate_reserve(version_id)
+            unwrapped.spend.reserved_calls = reserve
+            outcome = sequential_gate(
+                unwrapped, version_id, gate, seed=self.config.seed, reserve=reserve
+            )
+            if outcome.decision is None:
+                return None, outcome.refusal
+            decision, refusal = outcome.decision, outcome.refusal
+        else:
+            reserve, refusal = self.budget.gate_refusal(version_id)
+            if refusal is not None:
+                return None, refusal
+            unwrapped.spend.reserved_calls = reserve
+            self._ensure_test_score(live_id)
+            self._ensure_test_score(version_id)
+            decision = registry.gate(version_id, gate)
         if decision.promoted:
             for callback in self.callbacks:
                 callback.on_promotion(self, version_id, decision)
-        return decision, None
+        return decision, refusal
 
     def _should_gate(self, info: dict[str, Any], reward: float) -> bool:
         return (
@@ -390,14 +405,10 @@ class ExperimentRunner:
         since_promotion = self._steps_since_promotion()
         if stopping.stagnation_steps is not None and since_promotion >= stopping.stagnation_steps:
             return f"no promotion in {since_promotion} steps (stagnation_steps)"
-        live = registry.record(registry.live_id)
+        live = registry.test_estimate(registry.live_id)
         threshold = stopping.test_threshold
-        if (
-            threshold is not None
-            and "test" in live.scores
-            and live.scores["test"].aggregate >= threshold
-        ):
-            return f"live build test score {live.scores['test'].aggregate:.4f} >= {threshold}"
+        if threshold is not None and live is not None and live.aggregate >= threshold:
+            return f"live build test score {live.aggregate:.4f} (n={live.n}) >= {threshold}"
         return ""
 
     def _stop_reason(self, needs_reset: bool) -> tuple[str, bool]:
@@ -542,7 +553,7 @@ class ExperimentRunner:
         the gate, also given alone as ``gate_calls``).
         """
         live_id = self.registry.live_id
-        live_test = self.registry.record(live_id).scores.get("test")
+        live_test = self.registry.test_estimate(live_id)
         usage, mark = self.env.unwrapped.usage, self._mark
         return {
             "step": len(self.steps) + 1,

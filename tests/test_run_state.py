@@ -116,6 +116,8 @@ name = "scripted_policy:Scripted"
 minibatch_size = 8
 max_steps = 3
 max_calls = 400
+[gate]
+mode = "full_split"  # 12 test samples: too few for the sequential gate to promote
 [stopping]
 max_total_steps = 9
 stagnation_steps = 100
@@ -234,6 +236,8 @@ minibatch_size = 8
 max_steps = 4
 observe_on_no_op = true
 max_calls = 260
+[gate]
+mode = "full_split"  # a tiny test split: too few samples for the sequential gate to promote
 [stopping]
 max_total_steps = 8
 stagnation_steps = 100

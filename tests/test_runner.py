@@ -32,7 +32,13 @@ def small_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _write_config(
-    path: Path, data: Path, *, policy: str, steps: int, latency_ms: float = 0
+    path: Path,
+    data: Path,
+    *,
+    policy: str,
+    steps: int,
+    latency_ms: float = 0,
+    gate: str = "sequential",
 ) -> Path:
     faults = f"\n[backend.faults]\nlatency_ms = {latency_ms}\n" if latency_ms else ""
     path.write_text(
@@ -52,6 +58,8 @@ name = "{policy}"
 [env]
 minibatch_size = 8
 max_steps = 4
+[gate]
+mode = "{gate}"
 [stopping]
 max_total_steps = {steps}
 stagnation_steps = 100
@@ -121,7 +129,10 @@ def test_run_from_cli_flags_writes_every_file(tmp_path: Path, small_jsonl: Path,
 
 
 def test_gate_only_promotes_test_improvements(tmp_path: Path, small_jsonl: Path) -> None:
-    config = load_config(_write_config(tmp_path / "c.toml", small_jsonl, policy="random", steps=6))
+    path = _write_config(
+        tmp_path / "c.toml", small_jsonl, policy="random", steps=6, gate="full_split"
+    )
+    config = load_config(path)
     result = run_experiment(config, out=tmp_path / "run", progress=False)
     registry = Registry(result.run_dir / "versions.jsonl")
     for decision in registry.decisions:
