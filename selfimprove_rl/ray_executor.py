@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from selfimprove_rl.compare import RunJob, RunRecord, run_one
-from selfimprove_rl.hooks import Integrations
 from selfimprove_rl.errors import ConfigError
 from selfimprove_rl.fileio import atomic_write_text
+from selfimprove_rl.hooks import Integrations
 
 
 def _import_ray() -> Any:
