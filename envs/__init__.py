@@ -87,6 +87,8 @@ __all__ = [
     "Featurizer",
     "ProgramAction",
     "ProgramActionSpace",
+    "ProgramEnvConfig",
     "PromptActionSpace",
+    "PromptEnvConfig",
     "make_sb3_env",
 ]

@@ -24,13 +24,13 @@ def _port_open(url: str) -> bool:
 @pytest.mark.phoenix
 def test_phoenix_demo_from_traffic_to_a_new_production_prompt(tmp_path: Path) -> None:
     lines: list[str] = []
-    result = run_demo(out=tmp_path, traffic=40, max_steps=3, progress=False, echo=lines.append)
+    result = run_demo(out=tmp_path, traffic=120, max_steps=3, progress=False, echo=lines.append)
     assert result.mode == "phoenix" and result.fallback_reason is None
     assert result.phoenix_url is not None and not _port_open(result.phoenix_url)  # stopped
     assert result.phoenix_dir == tmp_path / "phoenix"
     assert (tmp_path / "phoenix" / "phoenix.db").exists()
-    assert result.traffic_calls == 40
-    assert result.eval_stats["annotations_written"] == 40
+    assert result.traffic_calls == 120
+    assert result.eval_stats["annotations_written"] == 120
     summary = result.summary
     assert summary["data"]["source"] == "phoenix"
     assert summary["data"]["phoenix_prompt"]["version_id"] == result.deployed_version

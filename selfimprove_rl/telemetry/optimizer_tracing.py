@@ -414,6 +414,8 @@ class OptimizerTracer:
         for evaluator in env.evaluators:
             self._patch(evaluator, "evaluate", self._traced_eval(evaluator, evaluator.evaluate))
         self._patch(env, "score_version", self._traced_score(env.score_version))
+        if hasattr(env, "score_samples"):
+            self._patch(env, "score_samples", self._traced_chunk(env.score_samples))
         self._patch(run.policy, "act", self._traced_act(run.config.policy.name, run.policy.act))
 
     def _patch(self, owner: Any, name: str, replacement: Callable[..., Any]) -> None:
@@ -490,6 +492,28 @@ class OptimizerTracer:
             return results
 
         return evaluate
+
+    def _traced_chunk(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        """A sequential gate's look at a chunk of test samples: ``score test <candidate>``."""
+
+        @functools.wraps(original)
+        def score_samples(version_ids: Any, samples: Any) -> Any:
+            ids = [str(v) for v in version_ids]
+            span = self._begin(
+                f"score test {ids[0] if ids else ''}",
+                "CHAIN",
+                {ATTR + "version_ids": ids, ATTR + "split": "test", ATTR + "samples": len(samples)},
+            )
+            with self._pushed(span):
+                try:
+                    tables = original(version_ids, samples)
+                except BaseException as exc:
+                    self._end(span, error=exc)
+                    raise
+            self._end(span, {ATTR + "score.samples": len(samples)})
+            return tables
+
+        return score_samples
 
     def _traced_score(self, original: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(original)

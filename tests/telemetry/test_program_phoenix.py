@@ -186,6 +186,7 @@ def test_program_from_nested_spans_and_one_prompt_per_node(
             "policy": {"name": "program_coach", "kwargs": {"mode": "joint"}},
             "env": {"minibatch_size": None, "max_steps": 6},
             "stopping": {"max_total_steps": 6, "test_threshold": 0.99},
+            "gate": {"mode": "full_split"},  # a few test traces: the old rule
             "phoenix": {
                 "endpoint": phoenix_server.url,
                 "publish_prompt": True,

@@ -59,6 +59,7 @@ def _config(server: Any, traffic: dict[str, Any], **phoenix: Any) -> ExperimentC
             "policy": {"name": "rule_induction"},
             "env": {"minibatch_size": 16, "max_steps": 4, "target_score": 0.99},
             "stopping": {"max_total_steps": 3, "stagnation_steps": 3},
+            "gate": {"mode": "full_split"},  # a few test samples: the old rule
             "phoenix": phoenix,
         }
     )

@@ -21,7 +21,7 @@ from .conftest import send_traffic, wait_until
 def test_public_api_matches_all() -> None:
     exported = {name for name in dir(telemetry) if not name.startswith("_")}
     modules = {"builder", "frames", "instrument", "publish", "server", "source", "tracing"}
-    modules |= {"callbacks", "optimizer_tracing", "program_builder"}
+    modules |= {"callbacks", "optimizer_tracing", "program_builder", "run_record", "wiring"}
     assert set(telemetry.__all__) == exported - modules
 
 
