@@ -42,6 +42,7 @@ LAYERS: dict[str, str] = {
     "selfimprove_rl.aio": "base",
     "selfimprove_rl.retry": "base",
     "selfimprove_rl.embeddings": "base",
+    "selfimprove_rl.processes": "base",
     "selfimprove_rl.sequential": "base",
     "selfimprove_rl.stats": "base",
     "selfimprove_rl.simulated": "models",

@@ -22,7 +22,6 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from selfimprove_rl.errors import LocalModelError
 from selfimprove_rl.local_llm.weights import QWEN_CODER_05B, check_gguf, find_model, verify_model
+from selfimprove_rl.processes import log_tail, terminate
 
 if TYPE_CHECKING:
     import subprocess
@@ -277,25 +277,14 @@ class LlamaServer:
 
     def log_tail(self, lines: int = 30) -> str:
         """The last ``lines`` lines of the server log (empty when there is none)."""
-        path = self.log_path
-        if path is None or not path.exists():
-            return ""
-        text = path.read_text(encoding="utf-8", errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
     def stop(self) -> None:
         """Stop the server: SIGTERM, then SIGKILL after ``stop_grace`` seconds. Idempotent."""
         import shutil
-        import subprocess
 
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=self.stop_grace)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+        terminate(process, self.stop_grace)
         handle, self._log_handle = self._log_handle, None
         if handle is not None:
             handle.close()

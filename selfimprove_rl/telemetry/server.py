@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -28,6 +27,7 @@ from types import TracebackType
 from typing import IO
 
 from selfimprove_rl.errors import TelemetryError
+from selfimprove_rl.processes import log_tail, terminate
 
 PHOENIX_BIN_ENV = "SELFIMPROVE_PHOENIX_BIN"
 _REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -221,21 +221,12 @@ class PhoenixServer:
 
     def log_tail(self, lines: int = 30) -> str:
         """The last ``lines`` lines of the server log (empty when there is none)."""
-        if self._working_dir is None or not self.log_path.exists():
-            return ""
-        text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.log_path if self._working_dir is not None else None, lines)
 
     def stop(self) -> None:
         """Stop the server: SIGTERM, then SIGKILL after ``stop_grace`` seconds. Idempotent."""
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=self.stop_grace)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+        terminate(process, self.stop_grace)
         handle, self._log_handle = self._log_handle, None
         if handle is not None:
             handle.close()
