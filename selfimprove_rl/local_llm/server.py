@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from selfimprove_rl.errors import LocalModelError
 from selfimprove_rl.local_llm.weights import QWEN_CODER_05B, check_gguf, find_model, verify_model
-from selfimprove_rl.processes import log_tail, terminate
+from selfimprove_rl.processes import free_port, log_tail, terminate
 
 if TYPE_CHECKING:
     import subprocess
@@ -108,15 +108,6 @@ def find_llm_python(configured: str | os.PathLike[str] | None = None) -> Path:
         f"(creates {LLM_VENV} and assembles the model; compiling takes several minutes), or "
         f"set ${LLM_PYTHON_ENV} to such an interpreter."
     )
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port on ``host`` that was free a moment ago."""
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 class LlamaServer:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -27,7 +26,7 @@ from types import TracebackType
 from typing import IO
 
 from selfimprove_rl.errors import TelemetryError
-from selfimprove_rl.processes import log_tail, terminate
+from selfimprove_rl.processes import free_port, log_tail, terminate
 
 PHOENIX_BIN_ENV = "SELFIMPROVE_PHOENIX_BIN"
 _REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -68,13 +67,6 @@ def find_phoenix_executable() -> Path:
         "Run `make install` (creates .venv-phoenix with arize-phoenix), or "
         f"`pip install arize-phoenix` in another environment and set ${PHOENIX_BIN_ENV}."
     )
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port on ``host`` that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 class PhoenixServer:
