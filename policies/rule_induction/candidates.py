@@ -8,9 +8,10 @@ coach multiplies them by what the env's rewards taught it about each kind of cha
 
 Kinds (a priori weight in :data:`KIND_WEIGHTS`):
 
-``scaffold`` / ``scaffold:nolist``
+``scaffold`` / ``scaffold:list`` / ``scaffold:nolist``
     From a block without rules: a rule per reply (its description from :mod:`.terms`), the
-    reply described worst as the default, with or without the reply list.
+    reply described worst as the default; ``scaffold`` as configured (``reply_list``), the
+    other kind with the reply list toggled.
 ``rule:add`` / ``rule:refresh``
     A rule for a reply that has none, or a rule re-described from a larger memory.
 ``rule:last``
@@ -51,6 +52,7 @@ from selfimprove_rl.prompt import AddDemo, Edit, ReplaceBlock, SwapDemo
 
 KIND_WEIGHTS: dict[str, float] = {
     "scaffold": 3.0,
+    "scaffold:list": 2.0,
     "scaffold:nolist": 2.0,
     "demos:round": 1.5,
     "demos:free": 1.5,
@@ -192,7 +194,7 @@ class CandidateBuilder:
             out.append(
                 self._replace(
                     self._scaffold(not self.config.reply_list),
-                    "scaffold:nolist" if self.config.reply_list else "scaffold",
+                    "scaffold:nolist" if self.config.reply_list else "scaffold:list",
                     total,
                     "The same rules with the reply list toggled.",
                 )

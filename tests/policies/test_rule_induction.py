@@ -141,7 +141,7 @@ def test_a_plan_round_trips_through_its_lines_keeping_foreign_lines_first() -> N
 
 
 def test_the_first_proposal_is_a_plain_scaffold_with_the_vaguest_reply_as_default() -> None:
-    (candidate,) = proposer().propose(observation(START), info(), k=1)
+    (candidate,) = proposer(reply_list=True).propose(observation(START), info(), k=1)
     assert candidate.kind == "scaffold"
     (edit,) = candidate.edits
     assert isinstance(edit, ReplaceBlock) and edit.block == "sop"
@@ -152,10 +152,12 @@ def test_the_first_proposal_is_a_plain_scaffold_with_the_vaguest_reply_as_defaul
     assert "refund" in plan.rule_for(REFUND)  # type: ignore[operator]
 
 
-def test_without_the_list_option_the_scaffold_has_no_list() -> None:
-    candidates = proposer(reply_list=False).propose(observation(START), info(), k=5)
+def test_by_default_the_scaffold_has_no_list_and_the_listed_variant_comes_second() -> None:
+    candidates = proposer().propose(observation(START), info(), k=5)
     assert candidates[0].kind == "scaffold"
     assert read_plan(candidates[0].edits[0].lines).reply_list == ()  # type: ignore[union-attr]
+    listed = [c for c in candidates if c.kind == "scaffold:list"]
+    assert listed and read_plan(listed[0].edits[0].lines).reply_list  # type: ignore[union-attr]
 
 
 def test_demo_rounds_add_one_typical_input_per_reply_and_respect_the_caps() -> None:
@@ -300,7 +302,7 @@ def test_policies_import_nothing_from_the_simulated_model() -> None:
 
 
 def test_the_reply_the_target_gives_too_often_moves_to_the_end() -> None:
-    state = apply(START, proposer().propose(observation(START), info(), k=1)[0].edits)
+    state = apply(START, proposer(reply_list=True).propose(observation(START), info(), k=1)[0].edits)
     first = read_plan(state.block("sop").lines).rules[0][1]
     found = proposer().propose(observation(state, "v0001"), info("v0001", output=first), k=20)
     (moved,) = [c for c in found if c.kind == "rule:last"]
