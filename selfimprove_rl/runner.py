@@ -417,6 +417,7 @@ class ExperimentRunner:
         A budget stop is kept by a resume (the spend moves on once the report is scored); a
         rule's stop is checked again against the config as it is then.
         """
+        self._confirm_threshold()
         reason = self._rule_stop(self.registry)
         if reason:
             return reason, False
@@ -437,6 +438,22 @@ class ExperimentRunner:
             if reason:
                 return str(reason), False
         return "", False
+
+    def _confirm_threshold(self) -> None:
+        """Score the live build on the whole test split before a partial estimate stops the run.
+
+        A sequential gate may promote on a few test samples (1.0 on 16 is no evidence of 0.98);
+        the ``test_threshold`` rule stops only on the whole split's score. The calls count
+        towards the run, and the final report reuses the score rather than replaying it.
+        """
+        threshold = self.config.stopping.test_threshold
+        live_id = self.registry.live_id
+        live = self.registry.test_estimate(live_id)
+        if threshold is None or live is None or live.aggregate < threshold:
+            return
+        if live.n >= len(self.env.unwrapped.splits.test):
+            return
+        self._ensure_test_score(live_id)
 
     def _still_stopped(self, registry: Registry) -> bool:
         """On resume: whether the saved stop holds.

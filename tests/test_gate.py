@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from selfimprove_rl.config import parse_config
+from selfimprove_rl.config import load_config, parse_config
 from selfimprove_rl.errors import RegistryError
 from selfimprove_rl.fileio import read_jsonl
 from selfimprove_rl.gate import sample_order
@@ -124,3 +124,21 @@ def test_a_decision_must_gate_a_new_candidate_against_the_live_build() -> None:
     registry.record_decision(_decision(new, base, promoted=False))
     with pytest.raises(RegistryError, match=re.escape("Version v0001 is rejected already")):
         registry.record_decision(_decision(new, base, promoted=True))
+
+
+def test_the_threshold_stops_a_run_only_on_the_whole_test_split(tmp_path: Path) -> None:
+    """A gate's early 1.0 on 16 samples is confirmed on all 32 before it may stop the run."""
+    config = load_config(
+        "coffee_sports",
+        settings=["seed=1", "stopping.max_total_steps=2", "stopping.stagnation_steps=100"],
+    )
+    threshold = config.stopping.test_threshold
+    assert threshold is not None
+    result = run_experiment(config, out=tmp_path / "run", progress=False)
+    registry = Registry(result.run_dir / "versions.jsonl")
+    first = registry.decisions[0]
+    assert first.promoted and first.n is not None and first.n < first.n_split
+    assert first.candidate_score is not None and first.candidate_score >= threshold
+    whole = registry.record(first.candidate_id).scores["test"]
+    assert whole.n == first.n_split and whole.aggregate < threshold
+    assert result.summary["stopped_because"] == "reached max_total_steps=2"

@@ -302,7 +302,8 @@ def test_policies_import_nothing_from_the_simulated_model() -> None:
 
 
 def test_the_reply_the_target_gives_too_often_moves_to_the_end() -> None:
-    state = apply(START, proposer(reply_list=True).propose(observation(START), info(), k=1)[0].edits)
+    (scaffold,) = proposer(reply_list=True).propose(observation(START), info(), k=1)
+    state = apply(START, scaffold.edits)
     first = read_plan(state.block("sop").lines).rules[0][1]
     found = proposer().propose(observation(state, "v0001"), info("v0001", output=first), k=20)
     (moved,) = [c for c in found if c.kind == "rule:last"]
