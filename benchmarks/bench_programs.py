@@ -6,7 +6,8 @@ simulated model. Every run goes through ``selfimprove-rl``'s runner (gate on tes
 holdout) and is stopped by the same budget of model calls (replay, counterfactual and gate
 calls all count).
 
-Part ``bootstrap`` — one coach (``program_coach``, per-node ``output_rules`` proposers):
+Part ``bootstrap`` — one coach (``program_coach``, per-node ``rule_induction`` coaches; the gate
+scores both builds on the whole test split of 32, as ``pipeline.toml`` does):
 
 * ``alternate/strict``   one node per step, accept only end-to-end improvements;
 * ``alternate/ties``     one node per step, up to ``tie_moves`` zero-reward moves in a row;
@@ -39,7 +40,7 @@ from selfimprove_rl.config import parse_config
 from selfimprove_rl.fileio import atomic_write_text
 from selfimprove_rl.runner import run_experiment
 
-NODE_POLICY = {"policy": "proposer_coach", "policy_kwargs": {"proposer": "output_rules"}}
+NODE_POLICY = {"policy": "rule_induction"}
 SETUPS: dict[str, dict[str, Any]] = {
     "alternate/strict": {"policy": {"mode": "alternate"}, "env": {}},
     "alternate/ties": {"policy": {"mode": "alternate"}, "env": {"tie_moves": 3}},
@@ -75,7 +76,7 @@ def config_for(setup: str, seed: int, budget: int) -> dict[str, Any]:
             "max_calls": budget,
             **spec["env"],
         },
-        "gate": {"min_improvement": 0.01, "max_eval_regression": 0.05},
+        "gate": {"mode": "full_split", "min_improvement": 0.01, "max_eval_regression": 0.05},
         "stopping": {"max_total_steps": 1000, "stagnation_steps": None, "test_threshold": None},
     }
 
