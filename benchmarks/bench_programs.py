@@ -35,7 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from selfimprove_rl.compare import mean_ci95, summarise_run
+from selfimprove_rl.compare import summarise_run
+from selfimprove_rl.stats import t_interval
 from selfimprove_rl.config import parse_config
 from selfimprove_rl.fileio import atomic_write_text
 from selfimprove_rl.runner import run_experiment
@@ -129,7 +130,8 @@ def _router_accuracy(result: Any) -> float | None:
 
 
 def fmt(values: list[float], digits: int = 3) -> str:
-    mean, half = mean_ci95(values)
+    interval = t_interval(values, bounds=(-math.inf, math.inf))
+    mean, half = interval.mean, (interval.high - interval.low) / 2
     if math.isnan(mean):
         return "–"
     return f"{mean:.{digits}f}" + ("" if math.isnan(half) else f" ± {half:.{digits}f}")
