@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from selfimprove_rl.compare import summarise_run
-from selfimprove_rl.stats import t_interval
 from selfimprove_rl.config import parse_config
 from selfimprove_rl.fileio import atomic_write_text
 from selfimprove_rl.runner import run_experiment
+from selfimprove_rl.stats import t_interval
 
 NODE_POLICY = {"policy": "rule_induction"}
 SETUPS: dict[str, dict[str, Any]] = {
