@@ -128,9 +128,7 @@ def test_compare_set_reaches_both_tables() -> None:
 def test_policy_flag_drops_the_config_kwargs(tmp_path: Path, capsys) -> None:
     config = _run_config(_args("pipeline", "--policy", "random"))
     assert config.policy.name == "random" and config.policy.kwargs == {}
-    assert "drops the config's policy kwargs ['mode', 'policy']" in (
-        capsys.readouterr().err
-    )
+    assert "drops the config's policy kwargs ['mode', 'policy']" in (capsys.readouterr().err)
     config = _run_config(_args("pipeline", "--policy", "ucb1", "--policy-kwargs", '{"arms": 3}'))
     assert config.policy.kwargs == {"arms": 3}
     config = _run_config(_args("pipeline", "--policy-kwargs", '{"mode": "joint"}'))
