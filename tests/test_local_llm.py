@@ -366,6 +366,8 @@ def test_serve_llm_serves_until_interrupted_or_killed(
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        # A shell's background job starts with SIGINT ignored, and Python keeps it ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.default_int_handler),
     )
     probe = LlamaServer()
     try:
