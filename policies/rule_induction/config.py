@@ -36,7 +36,7 @@ class RuleInductionConfig(BaseModel):
         description="Start with a 'reply with exactly one of these replies' list above the "
         "rules (the coach may still add it later when the target answers outside the known "
         "replies). Off by default: on the local 0.5B model the list cost exact match, most "
-        "with demonstrations (0.11 vs 0.31 with 3 demos per reply; benchmarks/bench_real.py).",
+        "with demonstrations (0.11 vs 0.31 with 3 demos per reply, 64 samples).",
     )
     max_demos_per_reply: int = Field(
         default=4, ge=0, description="Demonstrations the coach gives any one reply."
