@@ -75,6 +75,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--target", choices=("sim", "local"), default="sim")
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--seeds", type=int, default=3, help="Seeds 0..N-1 per row.")
+    parser.add_argument(
+        "--seed-list",
+        default=None,
+        help="Comma-separated seeds to run instead of 0..N-1 (e.g. 1,2 to add seeds to a row).",
+    )
     parser.add_argument("--quick", action="store_true", help="One seed, support_intents only.")
     parser.add_argument("--budget-calls", type=int, default=1000, help="Target calls per run.")
     parser.add_argument(
@@ -110,6 +115,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.datasets = "support_intents"
     if args.seeds < 1 or args.budget_calls < 1:
         parser.error("--seeds and --budget-calls must be positive")
+    try:
+        args.seed_values = (
+            sorted({int(part) for part in _split(args.seed_list) or []})
+            if args.seed_list
+            else list(range(args.seeds))
+        )
+    except ValueError:
+        parser.error(f"--seed-list takes comma-separated integers, got {args.seed_list!r}")
+    if not args.seed_values or min(args.seed_values) < 0:
+        parser.error("--seed-list needs at least one seed, none negative")
     return args
 
 
@@ -210,7 +225,7 @@ def _runner(
 def run_target(args: argparse.Namespace, store: ResultStore, rows: list[str]) -> list[str]:
     """Run every missing (data set, row, seed) on one target; returns the failures."""
     datasets = _split(args.datasets) or list(DATASETS)
-    seeds = list(range(args.seeds))
+    seeds = args.seed_values
 
     def missing() -> list[tuple[str, str, int]]:
         return [
