@@ -17,9 +17,9 @@ Qwen2.5-Coder-0.5B-Instruct of ``make llm``), for ``support_intents`` (4 replies
 
 Per row: holdout exact match (mean and 95% t-interval clipped to [0, 1] over seeds), target
 calls, coach calls, wall time. Then the simulator's fidelity: the Spearman rank correlation
-between ``sim-large``'s and the real model's holdout scores over every distinct prompt scored
-(seed, human baselines, sim-learned, each real-learned prompt, and peers from
-``bench_peers.py``'s prompts file when given).
+between the real model's holdout scores and ``sim-large``'s (and ``sim-vote``'s, the candidate
+reading) over every prompt scored (seed, human baselines, sim-learned, each real-learned
+prompt, and peers from ``bench_peers.py``'s prompts file when given).
 
 Every result is a JSON file under ``--out`` (one per data set, row and seed), so an
 interrupted benchmark continues where it stopped; replays of fixed prompts go through a
@@ -57,6 +57,8 @@ from selfimprove_rl.replay import ReplayConfig, Replayer
 from selfimprove_rl.runner import run_experiment
 
 DATA_SETS = ("support_intents", "coffee_sports")
+# The simulated readings whose ranking of prompts is compared with the real model's.
+FIDELITY_SIMS = ("sim-large", "sim-vote")
 
 # Written once, by hand, for this benchmark: what a careful engineer would write for the
 # real model without any optimizer. Labelled as such in every table.
@@ -373,9 +375,12 @@ def main() -> None:
             for results in rows.values():
                 for result in results:
                     action = Action.model_validate(result["action"])
-                    result["sim_large"], _ = scorer.score(action, bench.holdout, "sim-large")
+                    result["sim"] = {
+                        sim: scorer.score(action, bench.holdout, sim)[0] for sim in FIDELITY_SIMS
+                    }
+                    result["sim_large"] = result["sim"]["sim-large"]
             _print_table(name, rows, len(bench.holdout))
-            _print_fidelity(name, rows, args.peers)
+            _print_fidelity(name, rows, args.peers, scorer, bench.holdout)
     print(f"\nwall time {time.perf_counter() - started:.0f} s")
 
 
@@ -399,16 +404,44 @@ def _print_table(name: str, rows: dict[str, list[dict[str, Any]]], n_holdout: in
         )
 
 
-def _print_fidelity(name: str, rows: dict[str, list[dict[str, Any]]], peers: str | None) -> None:
-    pairs = [(r["sim_large"], r["holdout"]) for results in rows.values() for r in results]
+def _print_fidelity(
+    name: str,
+    rows: dict[str, list[dict[str, Any]]],
+    peers: str | None,
+    scorer: Scorer,
+    holdout: list[Sample],
+) -> None:
+    """Print the rank correlation of each simulated reading with the real model's scores.
+
+    Every row's prompt counts; a peer's prompt from ``bench_peers.py``'s prompts file counts
+    when it is a system prompt and demos we can replay on each simulated model (DSPy's
+    adapter-formatted messages carry only their sim-large score, and count for sim-large).
+    """
+    panel: dict[str, list[tuple[float, float]]] = {sim: [] for sim in FIDELITY_SIMS}
+    for results in rows.values():
+        for r in results:
+            for sim in FIDELITY_SIMS:
+                panel[sim].append((r["sim"][sim], r["holdout"]))
+    extra_for_large: list[tuple[float, float]] = []
     if peers and Path(peers).exists():
         for entry in json.loads(Path(peers).read_text()):
-            if entry.get("data") == name and "sim_large" in entry and "holdout" in entry:
-                pairs.append((entry["sim_large"], entry["holdout"]))
-    if len(pairs) < 3:
-        return
-    rho = stats.spearmanr([p[0] for p in pairs], [p[1] for p in pairs]).statistic
-    print(f"\nsim-large vs real model, {len(pairs)} prompts: Spearman rho = {rho:.2f}")
+            if entry.get("data") != name or "sim_large" not in entry or "holdout" not in entry:
+                continue
+            if entry.get("action"):
+                action = Action.model_validate(entry["action"])
+                for sim in FIDELITY_SIMS:
+                    panel[sim].append((scorer.score(action, holdout, sim)[0], entry["holdout"]))
+            else:
+                extra_for_large.append((entry["sim_large"], entry["holdout"]))
+    for sim, pairs in panel.items():
+        if len(pairs) < 3:
+            continue
+        rho = stats.spearmanr([p[0] for p in pairs], [p[1] for p in pairs]).statistic
+        print(f"\n{sim} vs real model, {len(pairs)} prompts: Spearman rho = {rho:.2f}")
+    if extra_for_large:
+        pairs = panel["sim-large"] + extra_for_large
+        rho = stats.spearmanr([p[0] for p in pairs], [p[1] for p in pairs]).statistic
+        print(f"sim-large with the peers' own messages too, {len(pairs)} prompts: rho = {rho:.2f}")
 
 
 if __name__ == "__main__":

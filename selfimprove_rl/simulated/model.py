@@ -248,9 +248,11 @@ class SimulatedChatModel:
 
         A literal match is certain evidence (the first one answers); an ``about`` rule's
         evidence is its best facet cosine, an example's its input's cosine, each counted only
-        from its threshold on. Rules and demonstrations for the same reply support each other
-        rather than the first match hiding the rest. Nothing above threshold: the ``else``,
-        then the closest listed reply, then a generic reply.
+        from its threshold on. Every statement is read, not only the first match: the reply of
+        the single strongest one answers, or with ``sums_evidence`` (``sim-vote``) the reply
+        whose statements' margins above threshold add up to the most, so rules and
+        demonstrations of one reply reinforce each other. Nothing above threshold: the
+        ``else``, then the closest listed reply, then a generic reply.
         """
         for statement in sop.statements:
             if statement.kind == "mentions" and statement.matches(user_input):
@@ -260,6 +262,8 @@ class SimulatedChatModel:
             return Decision(sop.fallback.reply, "else", sop.fallback.line)
         vector = self._matrix((user_input,))[0]
         best: Decision | None = None
+        strongest: dict[str, Decision] = {}
+        support: dict[str, float] = {}
         source: DecisionSource
         for statement in graded:
             if statement.kind == "about":
@@ -268,9 +272,18 @@ class SimulatedChatModel:
             else:
                 _, score = self._best_cosine(vector, (statement.example_input,))
                 source, threshold = "example", tier.example_threshold
-            if score >= threshold and (best is None or score > (best.similarity or 0.0)):
-                best = Decision(statement.reply, source, statement.line, score)
+            if score < threshold:
+                continue
+            decision = Decision(statement.reply, source, statement.line, score)
+            if best is None or score > (best.similarity or 0.0):
+                best = decision
+            reply = statement.reply
+            support[reply] = support.get(reply, 0.0) + score - threshold
+            if reply not in strongest or score > (strongest[reply].similarity or 0.0):
+                strongest[reply] = decision
         if best is not None:
+            if tier.sums_evidence:
+                return strongest[max(support, key=support.__getitem__)]
             return best
         if sop.fallback is not None:
             return Decision(sop.fallback.reply, "else", sop.fallback.line)

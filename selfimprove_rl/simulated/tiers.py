@@ -11,6 +11,10 @@ sim-large      everything, at the calibrated thresholds. The most expensive.
 sim-noisy      like sim-large, but deviates (a wrong line's reply, the generic reply, or a
                garbled reply) with probability ``0.08 + 0.3 * temperature`` (temperature
                defaults to 1.0, OpenAI's default), from an RNG seeded by the request.
+sim-vote       like sim-large, but the evidence for each reply adds up: every rule, example
+               and demonstration above its threshold votes for its reply with its margin, so
+               rules and demonstrations of one reply reinforce each other (a candidate
+               reading for sim-large; ``bench_real.py`` ranks prompts with both).
 =============  ==========================================================================
 
 Thresholds were calibrated on the coffee/sports data set shipped in ``selfimprove_rl/data``
@@ -48,6 +52,12 @@ class TierSpec(BaseModel):
         default=False,
         description="Answer with the reply the strongest rule, example or demonstration "
         "supports (as instruction-tuned models weigh a whole prompt), not the first match.",
+    )
+    sums_evidence: bool = Field(
+        default=False,
+        description="With weighs_evidence: each reply's support is the sum of the margins "
+        "above threshold of every rule, example and demonstration for it, and the best-"
+        "supported reply answers (several moderate cues can outweigh one strong one).",
     )
     noise_base: float = Field(default=0.0, ge=0.0, le=1.0)
     noise_per_temperature: float = Field(default=0.0, ge=0.0)
@@ -121,6 +131,16 @@ SIMULATED_MODELS: dict[str, TierSpec] = {
             noise_per_temperature=0.3,
             prompt_price_per_1k=0.0005,
             completion_price_per_1k=0.0015,
+        ),
+        TierSpec(
+            name="sim-vote",
+            description="Like sim-large, but the evidence for each reply adds up.",
+            weighs_evidence=True,
+            sums_evidence=True,
+            semantic_threshold=0.25,
+            example_threshold=0.2,
+            prompt_price_per_1k=0.0025,
+            completion_price_per_1k=0.01,
         ),
     )
 }

@@ -248,3 +248,26 @@ def test_async_client_answers_the_same() -> None:
         return [r.choices[0].message.content for r in replies]
 
     assert asyncio.run(main()) == ["Tea!", "Tell me more."]
+
+
+def test_vote_tier_adds_up_the_evidence_of_each_reply() -> None:
+    model = SimulatedChatModel()
+    sop = "If the message is about coffee, reply with exactly: Coffee!\nOtherwise, reply: Hm."
+    demos = [
+        ("I ran a marathon this morning", "Sports!"),
+        ("Our team won the match", "Sports!"),
+        ("I lift weights at the gym", "Sports!"),
+    ]
+    strongest = model.decide(
+        SIMULATED_MODELS["sim-large"], sop, "Espresso then the gym", demos=demos
+    )
+    summed = model.decide(SIMULATED_MODELS["sim-vote"], sop, "Espresso then the gym", demos=demos)
+    # One strong rule wins alone; three moderate demonstrations outweigh it together.
+    assert (strongest.reply, strongest.source) == ("Coffee!", "rule")
+    assert (summed.reply, summed.source) == ("Sports!", "example")
+    assert summed.similarity is not None and summed.similarity < (strongest.similarity or 0)
+    for tier in ("sim-large", "sim-vote"):  # one clear cue: both readings agree
+        decision = model.decide(
+            SIMULATED_MODELS[tier], sop, "I love a strong cup of coffee", demos=demos
+        )
+        assert decision.reply == "Coffee!"
