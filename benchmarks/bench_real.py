@@ -21,6 +21,17 @@ between the real model's holdout scores and ``sim-large``'s (and ``sim-vote``'s,
 reading) over every prompt scored (seed, human baselines, sim-learned, each real-learned
 prompt, and peers from ``bench_peers.py``'s prompts file when given).
 
+The fidelity **panel** adds prompts of the forms optimizers write, built mechanically from
+the train split so that every data set gets the same ones (labelled ``panel: ...``): the
+reply list alone; one rule for one reply; a rule per reply named by its label, without and
+with the list; word-list rules (the terms ``rule_induction`` induces), without and with 2
+typical demonstrations per reply; 1 demonstration per reply under the one-line instruction;
+the seed prompt with 3 demonstrations per reply. Real scores of a prompt on 32-40 samples
+differ by sampling noise alone, so the table also prints the **noise ceiling**: the split-half
+rank correlation of the real model with itself over the same panel (Spearman-Brown corrected,
+mean over 200 random halves) and its square root, the ρ a noiseless perfect simulator would
+be expected to reach against these real scores.
+
 Every result is a JSON file under ``--out`` (one per data set, row and seed), so an
 interrupted benchmark continues where it stopped; replays of fixed prompts go through a
 persistent response cache, so re-scoring is free.
@@ -35,6 +46,7 @@ import argparse
 import asyncio
 import json
 import math
+import random
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -88,6 +100,7 @@ ONE_LINE_INSTRUCTION = (
     "Answer the message with the matching reply from the examples, word for word."
 )
 DEMOS_PER_REPLY = 3
+SPLIT_HALVES = 200
 
 
 # ----------------------------------------------------------------------------- data
@@ -126,15 +139,7 @@ def human_baselines(name: str, checkpoint: Checkpoint, train: list[Sample]) -> d
     rules = HAND_WRITTEN[name]
     for label, reply in replies.items():
         rules = rules.replace("{" + label + "}", reply)
-    by_reply: dict[str, list[Sample]] = {}
-    for sample in train:
-        by_reply.setdefault(sample.reference or "", []).append(sample)
-    demos = tuple(
-        Demo(input=samples[round_].input_text, output=reply)
-        for round_ in range(DEMOS_PER_REPLY)
-        for reply, samples in sorted(by_reply.items())
-        if round_ < len(samples)
-    )
+    demos = _demos(train, DEMOS_PER_REPLY)
     base = checkpoint.action
     return {
         "human: rules": base.model_copy(update={"system_prompt": rules}),
@@ -142,6 +147,63 @@ def human_baselines(name: str, checkpoint: Checkpoint, train: list[Sample]) -> d
             update={"system_prompt": ONE_LINE_INSTRUCTION, "demos": demos}
         ),
         "human: rules + demos": base.model_copy(update={"system_prompt": rules, "demos": demos}),
+    }
+
+
+def _demos(train: list[Sample], per_reply: int, typical: bool = False) -> tuple[Demo, ...]:
+    """``per_reply`` demonstrations of each reply, round-robin; the first train inputs or, with
+    ``typical``, those nearest their reply's mean embedding (as ``rule_induction`` picks)."""
+    by_reply: dict[str, list[Sample]] = {}
+    for sample in train:
+        by_reply.setdefault(sample.reference or "", []).append(sample)
+    if typical:
+        from selfimprove_rl.embeddings import default_embedder
+
+        for reply, samples in by_reply.items():
+            vectors = default_embedder().encode([s.input_text for s in samples])
+            centre = vectors.mean(axis=0)
+            order = sorted(range(len(samples)), key=lambda i: -float(vectors[i] @ centre))
+            by_reply[reply] = [samples[i] for i in order]
+    return tuple(
+        Demo(input=samples[round_].input_text, output=reply)
+        for round_ in range(per_reply)
+        for reply, samples in sorted(by_reply.items())
+        if round_ < len(samples)
+    )
+
+
+def panel_prompts(name: str, checkpoint: Checkpoint, train: list[Sample]) -> dict[str, Action]:
+    """Return the fidelity panel: prompts of the forms optimizers write (module docstring)."""
+    from policies.rule_induction.phrasing import LIST_HEADER, join_terms, rule_line
+    from policies.rule_induction.terms import TermStats, describe
+
+    replies = replies_by_label(name, checkpoint)
+    reply_list = "\n".join([LIST_HEADER, *(f"- {r}" for r in sorted(replies.values()))])
+    label_rules = "\n".join(rule_line(label, reply) for label, reply in sorted(replies.items()))
+    first_label = sorted(replies)[0]
+    texts = [s.input_text for s in train]
+    labels = [s.reference or "" for s in train]
+    word_rules = "\n".join(
+        rule_line(join_terms(describe(texts, labels, reply, TermStats()).terms), reply)
+        for reply in sorted(replies.values())
+        if describe(texts, labels, reply, TermStats()).terms
+    )
+    base = checkpoint.action
+
+    def prompt(system: str, demos: tuple[Demo, ...] = ()) -> Action:
+        return base.model_copy(update={"system_prompt": system, "demos": demos})
+
+    return {
+        "panel: reply list": prompt(reply_list),
+        "panel: one rule": prompt(rule_line(first_label, replies[first_label])),
+        "panel: label rules": prompt(label_rules),
+        "panel: label rules + list": prompt(reply_list + "\n" + label_rules),
+        "panel: word-list rules": prompt(word_rules),
+        "panel: word-list rules + 2 typical demos": prompt(
+            word_rules, _demos(train, 2, typical=True)
+        ),
+        "panel: 1 demo per reply": prompt(ONE_LINE_INSTRUCTION, _demos(train, 1)),
+        "panel: seed + 3 demos per reply": prompt(base.system_prompt, _demos(train, 3)),
     }
 
 
@@ -156,6 +218,13 @@ class Scorer:
 
     def score(self, action: Action, samples: list[Sample], model: str) -> tuple[float, int]:
         """Return the exact-match score of ``action`` on ``model`` and the calls it sent."""
+        per_sample, calls = self.score_samples(action, samples, model)
+        return sum(per_sample) / len(per_sample), calls
+
+    def score_samples(
+        self, action: Action, samples: list[Sample], model: str
+    ) -> tuple[list[float], int]:
+        """Return the exact match of ``action`` on each sample and the calls it sent."""
         action = action.model_copy(update={"model": model})
         backend = self.backend if not model.startswith("sim-") else Backend()
         real = backend is self.backend
@@ -165,7 +234,7 @@ class Scorer:
             concurrency=self.concurrency if real else 16, timeout_s=600.0 if real else 30.0
         )
 
-        async def run() -> tuple[float, int]:
+        async def run() -> tuple[list[float], int]:
             client = backend.async_client()
             try:
                 replayer = Replayer(client, cache=cache, config=config)
@@ -173,7 +242,7 @@ class Scorer:
             finally:
                 await client.close()
             table = await score_outcomes([ExactMatch()], samples, report.outcomes)
-            return table.aggregate(), report.usage.calls
+            return table.per_sample(), report.usage.calls
 
         return asyncio.run(run())
 
@@ -245,6 +314,33 @@ def interval(values: Sequence[float]) -> tuple[float, float]:
     return mean, min(half, max(mean, 1 - mean))
 
 
+def split_half_reliability(per_sample: Sequence[Sequence[float]], seed: int = 0) -> float:
+    """Return how well the real scores rank prompts against themselves.
+
+    Each row is one prompt's per-sample scores on the same samples. The samples are split into
+    random halves :data:`SPLIT_HALVES` times; each time the prompts' mean scores on one half
+    are rank-correlated with those on the other, and the mean correlation is corrected to the
+    whole set's length (Spearman-Brown: ``2r / (1 + r)``). Halves where a side ranks every
+    prompt equal are skipped.
+    """
+    rng = random.Random(seed)
+    n = len(per_sample[0])
+    indices = list(range(n))
+    correlations: list[float] = []
+    for _ in range(SPLIT_HALVES):
+        rng.shuffle(indices)
+        first, second = indices[: n // 2], indices[n // 2 :]
+        a = [sum(row[i] for i in first) for row in per_sample]
+        b = [sum(row[i] for i in second) for row in per_sample]
+        if len(set(a)) < 2 or len(set(b)) < 2:
+            continue
+        correlations.append(float(stats.spearmanr(a, b).statistic))
+    if not correlations:
+        return float("nan")
+    r = sum(correlations) / len(correlations)
+    return 2 * r / (1 + r) if r > -1 else float("nan")
+
+
 # ----------------------------------------------------------------------------- main
 @contextmanager
 def target_server(args: Any) -> Iterator[str]:
@@ -289,6 +385,9 @@ class DataSetBench:
             self.out / "sim-learned.json", run_policy, config, self.out / "runs" / "sim-learned"
         )
         prompts.append(("sim-learned", action_of_state(sim["promoted_state"], self.base)))
+        if self.args.panel:
+            panel = panel_prompts(self.name, self.checkpoint, self.splits["train"])
+            prompts += list(panel.items())
         return prompts
 
     @property
@@ -303,10 +402,11 @@ class DataSetBench:
 
     def _score_fixed(self, action: Action) -> dict[str, Any]:
         started = time.perf_counter()
-        real, calls = self.scorer.score(action, self.holdout, self.args.model)
+        per_sample, calls = self.scorer.score_samples(action, self.holdout, self.args.model)
         sim, _ = self.scorer.score(action, self.holdout, "sim-large")
         return {
-            "holdout": real,
+            "holdout": sum(per_sample) / len(per_sample),
+            "per_sample": per_sample,
             "sim_large": sim,
             "target_calls": calls,
             "coach_calls": 0,
@@ -350,6 +450,12 @@ def main() -> None:
     parser.add_argument("--policies", default="rule_induction,llm_coach,ucb1")
     parser.add_argument("--peers", default=None, help="bench_peers.py's prompts JSON file.")
     parser.add_argument("--out", default="runs/bench_real")
+    parser.add_argument(
+        "--panel",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Score the fidelity panel's prompts too (module docstring).",
+    )
     args = parser.parse_args()
     data_sets = ["support_intents"] if args.quick else args.data.split(",")
     seeds = [0] if args.quick else list(range(args.seeds))
@@ -438,6 +544,16 @@ def _print_fidelity(
             continue
         rho = stats.spearmanr([p[0] for p in pairs], [p[1] for p in pairs]).statistic
         print(f"\n{sim} vs real model, {len(pairs)} prompts: Spearman rho = {rho:.2f}")
+    per_sample = [
+        r["per_sample"] for results in rows.values() for r in results if "per_sample" in r
+    ]
+    if len(per_sample) >= 3:
+        reliability = split_half_reliability(per_sample)
+        print(
+            f"noise ceiling over the {len(per_sample)} fixed prompts: the real model's split-half "
+            f"rank reliability {reliability:.2f}, expected rho of a perfect simulator "
+            f"{math.sqrt(max(reliability, 0.0)):.2f}"
+        )
     if extra_for_large:
         pairs = panel["sim-large"] + extra_for_large
         rho = stats.spearmanr([p[0] for p in pairs], [p[1] for p in pairs]).statistic

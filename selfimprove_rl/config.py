@@ -140,6 +140,12 @@ class StoppingConfig(BaseModel):
     test_threshold: float | None = Field(
         default=None, description="Stop once the live build's test score reaches this."
     )
+    when_gate_cannot_promote: bool = Field(
+        default=True,
+        description="After a promotion, score the live build on the whole test split (calls "
+        "the final report reuses) and stop once the next gate could not promote even a "
+        "candidate scoring 1 on every test sample: nothing left is certifiable on this split.",
+    )
 
 
 class PhoenixRunConfig(BaseModel):

@@ -47,6 +47,7 @@ early on, while alpha spending keeps every decision an exact, auditable bound.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -203,6 +204,46 @@ def sequential_gate(
         calls=env.spend.usage["calls"] - calls_before,
     )
     return GateOutcome(registry.record_decision(decision), refusal)
+
+
+def promotion_ceiling(
+    live_scores: Sequence[float], registry: Registry, config: GateConfig, *, seed: int
+) -> str:
+    """Why the next gate could promote no candidate against the live build (``""``: it could).
+
+    ``live_scores`` are the live build's per-sample scores on the whole test split, in split
+    order. No candidate scores above 1 on a sample, so none gains more than ``1 - s`` on it:
+    the candidate scoring 1 everywhere is the best any could be, and the gate's bounds only
+    rise with the gains. If even that candidate would not be promoted — in sequential mode by
+    the next gate (its sample order and spent alpha), in full-split mode by the mean gain
+    against ``min_improvement`` — no candidate would, and further steps cannot change the live
+    build: the test split is too small to certify what is left to gain.
+    """
+    headroom = [1.0 - min(1.0, max(0.0, float(s))) for s in live_scores]
+    if not headroom:
+        return ""
+    mean = sum(headroom) / len(headroom)
+    if config.mode != "sequential":
+        if mean >= config.min_improvement and mean > 0:
+            return ""
+        return (
+            f"the live build {registry.live_id} leaves {mean:.4f} to gain on the test split, "
+            f"below min_improvement={config.min_improvement}: no candidate can be promoted"
+        )
+    gate_number = len(registry.decisions) + 1
+    alpha = spent_alpha(config.alpha, gate_index(registry, config), _spending(config))
+    order = sample_order(len(headroom), seed=seed, gate_number=gate_number)
+    sequence = ConfidenceSequence(alpha)
+    sequence.update(headroom[i] for i in order)
+    lower = sequence.bounds().lower
+    if lower > config.min_improvement:
+        return ""
+    return (
+        f"the live build {registry.live_id} leaves {mean:.4f} to gain on the "
+        f"{len(headroom)} test samples; even a candidate scoring 1 on every one would reach a "
+        f"lower bound of {lower:+.4f} at the next gate (alpha={alpha:.2g}), not above "
+        f"min_improvement={config.min_improvement}: no candidate can be promoted"
+    )
 
 
 def _spending(config: GateConfig) -> Any:

@@ -38,6 +38,15 @@ RUN_STATE_FILE = "run_state.json"
 RUN_STATE_SCHEMA_VERSION = 1
 
 
+class LiveTestScores(BaseModel):
+    """A build's per-sample scores on the whole test split, in split order."""
+
+    model_config = ConfigDict(frozen=True)
+
+    version_id: str
+    per_sample: tuple[float, ...]
+
+
 class RunState(BaseModel):
     """A run's commit record after a step (``step`` 0: after the first reset)."""
 
@@ -60,6 +69,11 @@ class RunState(BaseModel):
     )
     stop_by_budget: bool = Field(
         default=False, description="Whether the budget ended it (a resume keeps that stop)."
+    )
+    live_test: LiveTestScores | None = Field(
+        default=None,
+        description="The live build's per-sample scores on the whole test split, when the "
+        "stopping rule needed them (a resume reads them instead of scoring again).",
     )
 
 

@@ -6,7 +6,9 @@ beat its base on the minibatch is put to the promotion gate (by default the sequ
 of :mod:`selfimprove_rl.gate`: candidate and live build scored on paired test samples until an
 anytime-valid bound decides). The run stops on the step budget, on stagnation (no promotion
 for a while), on a test threshold (the live build's test estimate, see
-:meth:`~selfimprove_rl.registry.Registry.test_estimate`), or when the call budget is spent;
+:meth:`~selfimprove_rl.registry.Registry.test_estimate`), when the gate could promote nothing
+more (even a candidate perfect on every test sample would not clear it: see
+:func:`~selfimprove_rl.gate.promotion_ceiling`), or when the call budget is spent;
 the live and the baseline build are then scored on the whole test and holdout splits for the
 report. Everything lands in the run directory:
 
@@ -64,13 +66,14 @@ from selfimprove_rl.checkpoint import Checkpoint
 from selfimprove_rl.config import ExperimentConfig, parse_config
 from selfimprove_rl.errors import BackendUnavailableError, ConfigError
 from selfimprove_rl.fileio import append_jsonl, atomic_write_text
-from selfimprove_rl.gate import sequential_gate
+from selfimprove_rl.gate import promotion_ceiling, sequential_gate
 from selfimprove_rl.hooks import Integrations, RunCallback
 from selfimprove_rl.prompt import diff
 from selfimprove_rl.registry import GateDecision, Registry, SplitScore
 from selfimprove_rl.report_budget import SPLITS, ReportBudget
 from selfimprove_rl.run_state import (
     RUN_STATE_FILE,
+    LiveTestScores,
     RunState,
     finished,
     reconcile,
@@ -188,6 +191,7 @@ class ExperimentRunner:
         self.episode_step = 0
         self._state: RunState | None = None
         self._mark: dict[str, int] = {}
+        self._live_test: LiveTestScores | None = None
 
     # ------------------------------------------------------------------ setup
     def _prepare(self) -> None:
@@ -202,6 +206,7 @@ class ExperimentRunner:
             self.config = parse_config(json.loads(config_path.read_text()), source=str(config_path))
             self.checkpoint = Checkpoint.load(self.run_dir / "checkpoint.json")
             self._state, self.steps = reconcile(self.run_dir)
+            self._live_test = self._state.live_test if self._state is not None else None
         else:
             self._claim_run_dir()
             self.checkpoint = load_checkpoint_for(
@@ -355,6 +360,7 @@ class ExperimentRunner:
             spend=spend,
             line=line,
             info=info,
+            live_test=self._live_test,
         )
         save_run_state(self.run_dir, state)
         self._state = state
@@ -418,7 +424,7 @@ class ExperimentRunner:
         rule's stop is checked again against the config as it is then.
         """
         self._confirm_threshold()
-        reason = self._rule_stop(self.registry)
+        reason = self._rule_stop(self.registry) or self._ceiling_stop(self.registry)
         if reason:
             return reason, False
         unwrapped = self.env.unwrapped
@@ -455,6 +461,34 @@ class ExperimentRunner:
             return
         self._ensure_test_score(live_id)
 
+    def _ceiling_stop(self, registry: Registry) -> str:
+        """Why the gate could promote nothing more (``""``: it could); see ``promotion_ceiling``.
+
+        Checked once something was promoted: the live build is scored on the whole test split
+        once (the final report reuses the score) and its per-sample scores are committed with
+        the run state, so a resumed run decides alike without scoring again.
+        """
+        if not self.config.stopping.when_gate_cannot_promote:
+            return ""
+        live_id = registry.live_id
+        if registry.build(live_id).parent_id is None:
+            return ""
+        if self._live_test is None or self._live_test.version_id != live_id:
+            if self.env is None:
+                return ""
+            unwrapped = self.env.unwrapped
+            if "test" in registry.record(live_id).scores:
+                _, table = unwrapped.evaluate_version(live_id, "test")
+            else:
+                _, table = unwrapped.score_version(live_id, "test")
+            self._live_test = LiveTestScores(
+                version_id=live_id, per_sample=tuple(table.per_sample())
+            )
+        reason = promotion_ceiling(
+            self._live_test.per_sample, registry, self.config.gate, seed=self.config.seed
+        )
+        return f"the gate cannot promote: {reason}" if reason else ""
+
     def _still_stopped(self, registry: Registry) -> bool:
         """On resume: whether the saved stop holds.
 
@@ -463,7 +497,9 @@ class ExperimentRunner:
         state = self._state
         if state is None or not state.stop_reason:
             return False
-        return state.stop_by_budget or bool(self._rule_stop(registry))
+        return state.stop_by_budget or bool(
+            self._rule_stop(registry) or self._ceiling_stop(registry)
+        )
 
     def _episode_seed(self, episode: int) -> int:
         return self.config.seed * 1000 + episode
@@ -519,7 +555,11 @@ class ExperimentRunner:
             bar.close()
         if not stopped:
             self._state = self._state.model_copy(
-                update={"stop_reason": reason, "stop_by_budget": by_budget}
+                update={
+                    "stop_reason": reason,
+                    "stop_by_budget": by_budget,
+                    "live_test": self._live_test,
+                }
             )
             save_run_state(self.run_dir, self._state)
         self.stop_reason = reason

@@ -65,7 +65,11 @@ def test_demo_runs_offline_when_no_phoenix_executable_is_found(
     assert saved["mode"] == "offline"
     assert PHOENIX_BIN_ENV in saved["fallback_reason"]
     summary = json.loads((out / "run" / "summary.json").read_text())
-    assert summary["steps"] == 2 and summary["data"]["source"] == "mimic"
+    assert summary["data"]["source"] == "mimic"
+    stopped = summary["stopped_because"]
+    assert summary["steps"] == 2 or (
+        summary["steps"] == 1 and stopped.startswith("the gate cannot promote")
+    ), stopped
     assert not (out / "run" / "phoenix.json").exists()
     assert f"run directory: {out / 'run'}" in printed
 

@@ -11,10 +11,10 @@ import pytest
 from selfimprove_rl.config import load_config, parse_config
 from selfimprove_rl.errors import RegistryError
 from selfimprove_rl.fileio import read_jsonl
-from selfimprove_rl.gate import sample_order
+from selfimprove_rl.gate import promotion_ceiling, sample_order
 from selfimprove_rl.mimic import dataset_path
 from selfimprove_rl.prompt import PromptState
-from selfimprove_rl.registry import GateDecision, Registry, SplitScore
+from selfimprove_rl.registry import GateConfig, GateDecision, Registry, SplitScore
 from selfimprove_rl.runner import run_experiment
 from selfimprove_rl.sequential import spent_alpha
 
@@ -130,7 +130,13 @@ def test_the_threshold_stops_a_run_only_on_the_whole_test_split(tmp_path: Path) 
     """A gate's early 1.0 on 16 samples is confirmed on all 32 before it may stop the run."""
     config = load_config(
         "coffee_sports",
-        settings=["seed=1", "stopping.max_total_steps=2", "stopping.stagnation_steps=100"],
+        settings=[
+            "seed=1",
+            "stopping.max_total_steps=2",
+            "stopping.stagnation_steps=100",
+            "stopping.when_gate_cannot_promote=false",
+            "policy.kwargs.scaffold_demos=0",  # the rules alone: an early 1.0, then less
+        ],
     )
     threshold = config.stopping.test_threshold
     assert threshold is not None
@@ -142,3 +148,40 @@ def test_the_threshold_stops_a_run_only_on_the_whole_test_split(tmp_path: Path) 
     whole = registry.record(first.candidate_id).scores["test"]
     assert whole.n == first.n_split and whole.aggregate < threshold
     assert result.summary["stopped_because"] == "reached max_total_steps=2"
+
+
+def test_the_ceiling_is_reached_when_not_even_a_perfect_candidate_could_pass() -> None:
+    registry, _, _ = _registry()
+    sequential, full = GateConfig(), GateConfig(mode="full_split", min_improvement=0.05)
+    one_miss = [1.0] * 39 + [0.0]
+    reason = promotion_ceiling(one_miss, registry, sequential, seed=0)
+    assert "leaves 0.0250 to gain on the 40 test samples" in reason
+    assert "no candidate can be promoted" in reason
+    # Everything to gain: a perfect candidate would be certified, so the run goes on.
+    assert promotion_ceiling([0.0] * 40, registry, sequential, seed=0) == ""
+    # Full-split mode compares the mean headroom with min_improvement.
+    assert promotion_ceiling(one_miss, registry, full, seed=0).startswith("the live build")
+    assert promotion_ceiling([0.9] * 40, registry, full, seed=0) == ""
+
+
+def test_a_run_stops_once_the_gate_cannot_promote_anything(tmp_path: Path) -> None:
+    """On 40 test samples the gate cannot certify the last few points: the run stops there."""
+    settings = ["seed=1", "stopping.max_total_steps=4", "stopping.stagnation_steps=100"]
+    result = run_experiment(
+        load_config("coffee_sports", settings=settings), out=tmp_path / "on", progress=False
+    )
+    registry = Registry(result.run_dir / "versions.jsonl")
+    steps = list(read_jsonl(result.run_dir / "steps.jsonl"))
+    assert result.summary["stopped_because"].startswith("the gate cannot promote: ")
+    assert registry.live_id != "v0000" and len(steps) < 4
+    # It knows because the live build was scored on the whole split, which the report reuses.
+    live_test = registry.record(registry.live_id).scores["test"]
+    assert live_test.n == 40 and live_test.aggregate == result.summary["test"]
+    off = run_experiment(
+        load_config(
+            "coffee_sports", settings=[*settings, "stopping.when_gate_cannot_promote=false"]
+        ),
+        out=tmp_path / "off",
+        progress=False,
+    )
+    assert off.summary["stopped_because"] == "reached max_total_steps=4"

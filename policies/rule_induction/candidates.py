@@ -8,10 +8,12 @@ coach multiplies them by what the env's rewards taught it about each kind of cha
 
 Kinds (a priori weight in :data:`KIND_WEIGHTS`):
 
-``scaffold`` / ``scaffold:list`` / ``scaffold:nolist``
+``scaffold:demos`` / ``scaffold`` / ``scaffold:list`` / ``scaffold:nolist``
     From a block without rules: a rule per reply (its description from :mod:`.terms`), the
     reply described worst as the default; ``scaffold`` as configured (``reply_list``), the
-    other kind with the reply list toggled.
+    other kind with the reply list toggled; ``scaffold:demos`` the configured scaffold with
+    ``scaffold_demos`` typical demonstrations per reply, interleaved by reply (rules and
+    demonstrations together did best on a real model).
 ``rule:add`` / ``rule:refresh``
     A rule for a reply that has none, or a rule re-described from a larger memory.
 ``rule:last``
@@ -51,6 +53,7 @@ from policies.rule_induction.terms import Description, TermStats, describe
 from selfimprove_rl.prompt import AddDemo, Edit, ReplaceBlock, SwapDemo
 
 KIND_WEIGHTS: dict[str, float] = {
+    "scaffold:demos": 3.5,
     "scaffold": 3.0,
     "scaffold:list": 2.0,
     "scaffold:nolist": 2.0,
@@ -183,6 +186,7 @@ class CandidateBuilder:
         out: list[Candidate | None] = []
         total = s.total_error
         if not s.plan.rules and s.plan.default is None:
+            out.append(self._scaffold_with_demos())
             out.append(
                 self._replace(
                     self._scaffold(self.config.reply_list),
@@ -264,6 +268,42 @@ class CandidateBuilder:
                 )
             )
         return out
+
+    def _scaffold_with_demos(self) -> Candidate | None:
+        """The configured scaffold plus typical demonstrations of every reply, in rounds."""
+        s = self.situation
+        per_reply = min(self.config.scaffold_demos, self.config.max_demos_per_reply)
+        room = self.config.max_demos - len(s.demos)
+        scaffold = self._replace(self._scaffold(self.config.reply_list), "scaffold:demos", 0, "")
+        if per_reply <= 0 or room <= 0 or scaffold is None:
+            return None
+        shown = {i for i, _ in s.demos}
+        picked: dict[str, list[str]] = {}
+        for reply in sorted(s.classes, key=lambda r: (-len(s.classes[r]), r)):
+            ids, vectors = self._class_inputs(reply)
+            texts = [self.memory.samples[i][0] for i in ids]
+            allowed = [index for index, text in enumerate(texts) if text not in shown]
+            rows = pick_diverse(
+                vectors, per_reply, diversity=self.config.diversity, allowed=allowed
+            )
+            picked[reply] = [texts[row] for row in rows]
+        demos = [
+            AddDemo(input=inputs[round_], output=reply)
+            for round_ in range(per_reply)
+            for reply, inputs in picked.items()
+            if round_ < len(inputs)
+        ][:room]
+        if not demos:
+            return None
+        edits: list[Edit] = [*scaffold.edits, *demos]
+        return self._candidate(
+            edits,
+            "scaffold:demos",
+            s.total_error,
+            "A plain rule per reply and typical demonstrations of every reply, together.",
+            scaffold.prompt_tokens
+            + sum(estimate_tokens(e.input) + estimate_tokens(e.output) for e in demos),
+        )
 
     def _rule_last(self) -> Candidate | None:
         """Move the rule of the reply the target gives most often wrongly to the end.

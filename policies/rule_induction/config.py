@@ -38,6 +38,13 @@ class RuleInductionConfig(BaseModel):
         "replies). Off by default: on the local 0.5B model the list cost exact match, most "
         "with demonstrations (0.11 vs 0.31 with 3 demos per reply, 64 samples).",
     )
+    scaffold_demos: int = Field(
+        default=3,
+        ge=0,
+        description="Typical demonstrations per reply in the first candidate, beside the "
+        "rules (0: rules alone first). On the local 0.5B model rules with 3 typical demos per "
+        "reply scored 0.41 vs 0.20 for the rules alone (64 samples).",
+    )
     max_demos_per_reply: int = Field(
         default=4, ge=0, description="Demonstrations the coach gives any one reply."
     )

@@ -252,7 +252,8 @@ class SimulatedChatModel:
         the single strongest one answers, or with ``sums_evidence`` (``sim-vote``) the reply
         whose statements' margins above threshold add up to the most, so rules and
         demonstrations of one reply reinforce each other. Nothing above threshold: the
-        ``else``, then the closest listed reply, then a generic reply.
+        ``else``, then the closest listed reply (with ``copies_a_shown_reply``, the closest
+        reply shown anywhere in the prompt), then a generic reply.
         """
         for statement in sop.statements:
             if statement.kind == "mentions" and statement.matches(user_input):
@@ -287,9 +288,12 @@ class SimulatedChatModel:
             return best
         if sop.fallback is not None:
             return Decision(sop.fallback.reply, "else", sop.fallback.line)
-        if sop.options:
-            index, score = self._best_cosine(vector, tuple(o.reply for o in sop.options))
-            return Decision(sop.options[index].reply, "option", sop.options[index].line, score)
+        shown = sop.options
+        if tier.copies_a_shown_reply:
+            shown = _first_of_each_reply((*sop.options, *sop.statements, *demos))
+        if shown:
+            index, score = self._best_cosine(vector, tuple(o.reply for o in shown))
+            return Decision(shown[index].reply, "option", shown[index].line, score)
         return Decision(generic_reply(user_input), "generic")
 
     def _deviate(
@@ -431,6 +435,17 @@ def conversation_turns(
         if first.get("role") == "user" and second.get("role") == "assistant":
             pairs.append((content_text(first.get("content")), content_text(second.get("content"))))
     return content_text(turns[last_user].get("content")), tuple(pairs)
+
+
+def _first_of_each_reply(statements: Sequence[Statement]) -> tuple[Statement, ...]:
+    """Return the first statement giving each distinct reply, in order."""
+    seen: set[str] = set()
+    first: list[Statement] = []
+    for statement in statements:
+        if statement.reply and statement.reply not in seen:
+            seen.add(statement.reply)
+            first.append(statement)
+    return tuple(first)
 
 
 def demo_examples(demos: Sequence[tuple[str, str]]) -> tuple[Statement, ...]:

@@ -13,8 +13,10 @@ sim-noisy      like sim-large, but deviates (a wrong line's reply, the generic r
                defaults to 1.0, OpenAI's default), from an RNG seeded by the request.
 sim-vote       like sim-large, but the evidence for each reply adds up: every rule, example
                and demonstration above its threshold votes for its reply with its margin, so
-               rules and demonstrations of one reply reinforce each other (a candidate
-               reading for sim-large; ``bench_real.py`` ranks prompts with both).
+               rules and demonstrations of one reply reinforce each other; with no
+               evidence and no ``else`` it copies the shown reply closest to the input
+               (a candidate reading for sim-large; ``bench_real.py`` ranks prompts with
+               both).
 =============  ==========================================================================
 
 Thresholds were calibrated on the coffee/sports data set shipped in ``selfimprove_rl/data``
@@ -58,6 +60,13 @@ class TierSpec(BaseModel):
         description="With weighs_evidence: each reply's support is the sum of the margins "
         "above threshold of every rule, example and demonstration for it, and the best-"
         "supported reply answers (several moderate cues can outweigh one strong one).",
+    )
+    copies_a_shown_reply: bool = Field(
+        default=False,
+        description="With weighs_evidence: when nothing is above threshold and there is no "
+        "'else', answer with the shown reply closest to the input (any rule's, example's, "
+        "demonstration's or listed reply), as a small instruction-tuned model copies a reply "
+        "it was shown rather than writing its own.",
     )
     noise_base: float = Field(default=0.0, ge=0.0, le=1.0)
     noise_per_temperature: float = Field(default=0.0, ge=0.0)
@@ -137,6 +146,7 @@ SIMULATED_MODELS: dict[str, TierSpec] = {
             description="Like sim-large, but the evidence for each reply adds up.",
             weighs_evidence=True,
             sums_evidence=True,
+            copies_a_shown_reply=True,
             semantic_threshold=0.25,
             example_threshold=0.2,
             prompt_price_per_1k=0.0025,

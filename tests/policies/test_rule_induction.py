@@ -141,7 +141,9 @@ def test_a_plan_round_trips_through_its_lines_keeping_foreign_lines_first() -> N
 
 
 def test_the_first_proposal_is_a_plain_scaffold_with_the_vaguest_reply_as_default() -> None:
-    (candidate,) = proposer(reply_list=True).propose(observation(START), info(), k=1)
+    (candidate,) = proposer(reply_list=True, scaffold_demos=0).propose(
+        observation(START), info(), k=1
+    )
     assert candidate.kind == "scaffold"
     (edit,) = candidate.edits
     assert isinstance(edit, ReplaceBlock) and edit.block == "sop"
@@ -153,15 +155,34 @@ def test_the_first_proposal_is_a_plain_scaffold_with_the_vaguest_reply_as_defaul
 
 
 def test_by_default_the_scaffold_has_no_list_and_the_listed_variant_comes_second() -> None:
-    candidates = proposer().propose(observation(START), info(), k=5)
+    candidates = proposer(scaffold_demos=0).propose(observation(START), info(), k=5)
     assert candidates[0].kind == "scaffold"
     assert read_plan(candidates[0].edits[0].lines).reply_list == ()  # type: ignore[union-attr]
     listed = [c for c in candidates if c.kind == "scaffold:list"]
     assert listed and read_plan(listed[0].edits[0].lines).reply_list  # type: ignore[union-attr]
 
 
+def test_by_default_the_first_proposal_is_the_scaffold_with_typical_demos_of_every_reply() -> None:
+    first, *rest = proposer().propose(observation(START), info(), k=5)
+    assert first.kind == "scaffold:demos"
+    scaffold = next(c for c in rest if c.kind == "scaffold")
+    assert first.edits[0] == scaffold.edits[0]
+    demos = first.edits[1:]
+    assert all(isinstance(e, AddDemo) for e in demos)
+    outputs = [e.output for e in demos]  # type: ignore[union-attr]
+    assert len(demos) == 3 * len(INPUTS)
+    assert sorted(outputs[:3]) == sorted(INPUTS)  # one round of every reply, then the next
+    for edit in demos:
+        assert edit.input in INPUTS[edit.output]  # type: ignore[union-attr]
+    assert len({e.input for e in demos}) == len(demos)  # type: ignore[union-attr]
+    (capped,) = proposer(max_demos=4).propose(observation(START), info(), k=1)
+    assert len(capped.edits) == 1 + 4
+
+
 def test_demo_rounds_add_one_typical_input_per_reply_and_respect_the_caps() -> None:
-    state = apply(START, proposer().propose(observation(START), info(), k=1)[0].edits)
+    state = apply(
+        START, proposer(scaffold_demos=0).propose(observation(START), info(), k=1)[0].edits
+    )
     found = proposer().propose(observation(state, "v0001"), info("v0001"), k=10)
     (round_,) = [c for c in found if c.kind == "demos:round"]
     assert all(isinstance(e, AddDemo) for e in round_.edits)
@@ -179,7 +200,9 @@ def test_demo_rounds_add_one_typical_input_per_reply_and_respect_the_caps() -> N
 
 
 def test_a_swap_brings_in_a_wrongly_answered_input_of_the_worst_reply() -> None:
-    state = apply(START, proposer().propose(observation(START), info(), k=1)[0].edits)
+    state = apply(
+        START, proposer(scaffold_demos=0).propose(observation(START), info(), k=1)[0].edits
+    )
     round_ = next(
         c
         for c in proposer().propose(observation(state, "v1"), info("v1"), k=10)
@@ -264,7 +287,7 @@ def test_coach_logs_changes_and_its_state_round_trips() -> None:
     coach.update(
         Transition(observation(START), action, 0.6, observation(after, "v0001"), False, False, step)
     )
-    assert coach.change_log[0]["kind"] == "scaffold" and coach.change_log[0]["accepted"]
+    assert coach.change_log[0]["kind"] == "scaffold:demos" and coach.change_log[0]["accepted"]
     restored = RuleInductionCoach(seed=3, encoder=encoder)
     restored.load_state_dict(json.loads(json.dumps(coach.state_dict())))
     assert restored.act(observation(after, "v0001"), step) == coach.act(

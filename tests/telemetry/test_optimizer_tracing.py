@@ -98,7 +98,11 @@ def test_episodes_steps_replays_evals_and_coach_nest_in_the_optimizer_project(
             },
             "policy": {"name": asking_coach},
             "env": {"minibatch_size": 16, "max_steps": 2, "target_score": 1.01},
-            "stopping": {"max_total_steps": 3, "stagnation_steps": 5},
+            "stopping": {
+                "max_total_steps": 3,
+                "stagnation_steps": 5,
+                "when_gate_cannot_promote": False,  # two episodes, whatever the gate decides
+            },
             "phoenix": {"trace_optimizer": True, "optimizer_project": optimizer},
         }
     )
