@@ -25,6 +25,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install $(PIP_QUIET) -e ".[dev,ray]" 2>&1 | $(NO_LOCATION_WARNINGS)
 	$(PY) -c "import selfimprove_rl, envs, policies, experiments, ray, torch; \
 		assert torch.__version__.startswith('2.13.0')"
+	# Embed the shipped data sets' texts now: a new process's first env reset loads no torch.
+	$(VENV)/bin/selfimprove-rl warm-up
 	touch $@
 
 # The Phoenix server is a component started as a process, like a database; it lives in its

@@ -12,7 +12,9 @@ and peak RSS; the parent times the whole process (interpreter start to exit). Tw
 * ``cold``: an empty embedding store (a new ``SELFIMPROVE_EMBEDDING_CACHE`` folder per
   trial): the process loads torch and the embedding model and embeds every text it meets;
 * ``warm``: the store a previous process filled (one untimed process fills it first): the
-  case of every run after the first on a machine.
+  case of every run after the first on a machine;
+* ``installed``: the store ``selfimprove-rl warm-up`` filled (``make install`` runs it), each
+  trial resetting with another seed (another minibatch): a newcomer's first process.
 
 Also printed: ``len(repr(env.observation_space))``. Medians are the figures to quote on a
 shared machine; best and worst show the noise. Run:
@@ -39,7 +41,7 @@ import gymnasium, envs
 imported = time.perf_counter()
 env = gymnasium.make("selfimprove_rl/PromptEnv-v0")
 made = time.perf_counter()
-env.reset(seed=0)
+env.reset(seed=int(sys.argv[1]) if len(sys.argv) > 1 else 0)
 reset = time.perf_counter()
 print(json.dumps({
     "import": imported - began,
@@ -55,12 +57,16 @@ print(json.dumps({"cpu": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.r
 """
 
 
-def run_probe(cache_dir: Path) -> dict[str, Any]:
+def run_probe(cache_dir: Path, seed: int = 0) -> dict[str, Any]:
     """Run the probe in a fresh interpreter; return its figures plus process wall and RSS."""
     env = {**os.environ, "SELFIMPROVE_EMBEDDING_CACHE": str(cache_dir)}
     began = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=False
+        [sys.executable, "-c", PROBE, str(seed)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     wall = time.perf_counter() - began
     if done.returncode != 0:
@@ -107,6 +113,17 @@ def main() -> None:
         warm = [run_probe(warm_dir) for _ in range(args.trials)]
         result["warm"] = summarize(warm)
         result["fill_store_seconds"] = round(filling["process_wall"], 3)
+        installed_dir = root / "installed"
+        began = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "selfimprove_rl.cli", "warm-up"],
+            env={**os.environ, "SELFIMPROVE_EMBEDDING_CACHE": str(installed_dir)},
+            capture_output=True,
+            check=True,
+        )
+        result["warm_up_seconds"] = round(time.perf_counter() - began, 3)
+        installed = [run_probe(installed_dir, seed=i + 1) for i in range(args.trials)]
+        result["installed"] = summarize(installed)
         result["observation_space_repr_length"] = warm[0]["repr_length"]
         load = os.getloadavg()
         result["load_average_1m"] = round(load[0], 2)

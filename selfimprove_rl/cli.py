@@ -577,6 +577,32 @@ def _run_configs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_warm_up(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "warm-up",
+        help="Embed the shipped data sets' texts now, so a new process's first reset is fast.",
+        description="Replay each shipped data set's seed prompt on all its samples on the "
+        "simulated model, filling the on-disk embedding store: afterwards the first "
+        "gymnasium.make + reset of a fresh process loads no torch. `make install` runs it.",
+    )
+    parser.add_argument(
+        "--data", action="append", help="A shipped data set (repeatable; default: all)."
+    )
+    parser.set_defaults(run=_run_warm_up)
+
+
+def _run_warm_up(args: argparse.Namespace) -> int:
+    from envs.warmup import warm_up
+
+    report = warm_up(args.data)
+    where = report.store or "memory only (SELFIMPROVE_EMBEDDING_CACHE=off): nothing is kept"
+    print(
+        f"warm-up: {', '.join(report.data_sets)}: {report.texts_computed} texts embedded in "
+        f"{report.seconds:.1f} s; store: {where}"
+    )
+    return 0
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _add_run,
     _add_demo,
@@ -587,6 +613,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], N
     _add_promote,
     _add_compare,
     _add_configs,
+    _add_warm_up,
 ]
 
 
