@@ -43,6 +43,7 @@ import itertools
 import json
 import random
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -233,7 +234,7 @@ class SimulatedChatModel:
         fallback = sop.fallback
         if fallback is not None:
             return Decision(fallback.reply, "else", fallback.line)
-        options = () if tier.literal_only else sop.options
+        options = () if tier.literal_only or not tier.reply_list_answers else sop.options
         if options:
             if vector is None:
                 vector = self._matrix((user_input,))[0]
@@ -251,14 +252,20 @@ class SimulatedChatModel:
         from its threshold on. Every statement is read, not only the first match: the reply of
         the single strongest one answers, or with ``sums_evidence`` (``sim-vote``) the reply
         whose statements' margins above threshold add up to the most, so rules and
-        demonstrations of one reply reinforce each other. Nothing above threshold: the
-        ``else``, then the closest listed reply (with ``copies_a_shown_reply``, the closest
-        reply shown anywhere in the prompt), then a generic reply.
+        demonstrations of one reply reinforce each other. Examples and demonstrations of a
+        reply shown fewer than ``demos_to_copy`` times are not read. Nothing above threshold:
+        the ``else``, then the closest listed reply (unless ``reply_list_answers`` is off),
+        with ``falls_back_to_a_rule_reply`` the closest rule reply, then a generic reply.
         """
         for statement in sop.statements:
             if statement.kind == "mentions" and statement.matches(user_input):
                 return Decision(statement.reply, "rule", statement.line)
         graded = [s for s in (*sop.statements, *demos) if s.kind in ("about", "example")]
+        if tier.demos_to_copy > 1:
+            shown = Counter(s.reply for s in graded if s.kind == "example")
+            graded = [
+                s for s in graded if s.kind == "about" or shown[s.reply] >= tier.demos_to_copy
+            ]
         if not graded and sop.fallback is not None:
             return Decision(sop.fallback.reply, "else", sop.fallback.line)
         vector = self._matrix((user_input,))[0]
@@ -288,9 +295,10 @@ class SimulatedChatModel:
             return best
         if sop.fallback is not None:
             return Decision(sop.fallback.reply, "else", sop.fallback.line)
-        shown = sop.options
-        if tier.copies_a_shown_reply:
-            shown = _first_of_each_reply((*sop.options, *sop.statements, *demos))
+        shown = sop.options if tier.reply_list_answers else ()
+        if tier.falls_back_to_a_rule_reply:
+            rules = tuple(s for s in sop.statements if s.is_rule)
+            shown = _first_of_each_reply((*shown, *rules))
         if shown:
             index, score = self._best_cosine(vector, tuple(o.reply for o in shown))
             return Decision(shown[index].reply, "option", shown[index].line, score)

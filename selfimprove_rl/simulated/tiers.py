@@ -13,8 +13,9 @@ sim-noisy      like sim-large, but deviates (a wrong line's reply, the generic r
                defaults to 1.0, OpenAI's default), from an RNG seeded by the request.
 sim-vote       like sim-large, but the evidence for each reply adds up: every rule, example
                and demonstration above its threshold votes for its reply with its margin, so
-               rules and demonstrations of one reply reinforce each other; with no
-               evidence and no ``else`` it copies the shown reply closest to the input
+               rules and demonstrations of one reply reinforce each other; read as a
+               small model reads: a reply only listed, or demonstrated once, is no
+               evidence, and with none and no ``else`` the closest rule's reply answers
                (a candidate reading for sim-large; ``bench_real.py`` ranks prompts with
                both).
 =============  ==========================================================================
@@ -61,12 +62,24 @@ class TierSpec(BaseModel):
         "above threshold of every rule, example and demonstration for it, and the best-"
         "supported reply answers (several moderate cues can outweigh one strong one).",
     )
-    copies_a_shown_reply: bool = Field(
+    reply_list_answers: bool = Field(
+        default=True,
+        description="Whether a listed reply (under 'Reply with exactly one of these') "
+        "answers a message nothing else matches (the closest one). Off: a list alone is no "
+        "evidence, as a small model given only a menu answers in its own words.",
+    )
+    demos_to_copy: int = Field(
+        default=1,
+        ge=1,
+        description="With weighs_evidence: examples and demonstrations of a reply count as "
+        "evidence only once the prompt shows that reply this many times; shown fewer times, "
+        "a small model paraphrases it rather than copying it.",
+    )
+    falls_back_to_a_rule_reply: bool = Field(
         default=False,
         description="With weighs_evidence: when nothing is above threshold and there is no "
-        "'else', answer with the shown reply closest to the input (any rule's, example's, "
-        "demonstration's or listed reply), as a small instruction-tuned model copies a reply "
-        "it was shown rather than writing its own.",
+        "'else', answer with the reply of the rule whose reply is closest to the input, as a "
+        "small model copies a reply it was told to give rather than writing its own.",
     )
     noise_base: float = Field(default=0.0, ge=0.0, le=1.0)
     noise_per_temperature: float = Field(default=0.0, ge=0.0)
@@ -146,7 +159,9 @@ SIMULATED_MODELS: dict[str, TierSpec] = {
             description="Like sim-large, but the evidence for each reply adds up.",
             weighs_evidence=True,
             sums_evidence=True,
-            copies_a_shown_reply=True,
+            reply_list_answers=False,
+            demos_to_copy=2,
+            falls_back_to_a_rule_reply=True,
             semantic_threshold=0.25,
             example_threshold=0.2,
             prompt_price_per_1k=0.0025,

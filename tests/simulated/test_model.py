@@ -273,13 +273,13 @@ def test_vote_tier_adds_up_the_evidence_of_each_reply() -> None:
         assert decision.reply == "Coffee!"
 
 
-def test_vote_tier_copies_a_shown_reply_when_nothing_matches() -> None:
+def test_vote_tier_copies_a_rule_reply_when_nothing_matches() -> None:
     model = SimulatedChatModel()
     sop = "If the message is about coffee, reply with exactly: Coffee!"
     off_topic = "I ran a marathon this morning"
     large = model.decide(SIMULATED_MODELS["sim-large"], sop, off_topic)
     vote = model.decide(SIMULATED_MODELS["sim-vote"], sop, off_topic)
-    # sim-large writes its own generic reply; sim-vote copies the one reply it was shown.
+    # sim-large writes its own generic reply; sim-vote copies the one reply it was told to give.
     assert large.source == "generic" and large.reply != "Coffee!"
     assert (vote.reply, vote.source) == ("Coffee!", "option")
     # With an 'else' both follow it, and with no reply shown at all both answer generically.
@@ -287,3 +287,23 @@ def test_vote_tier_copies_a_shown_reply_when_nothing_matches() -> None:
     for tier in ("sim-large", "sim-vote"):
         assert model.decide(SIMULATED_MODELS[tier], with_else, off_topic).reply == "Hm."
         assert model.decide(SIMULATED_MODELS[tier], "Be nice.", off_topic).source == "generic"
+
+
+def test_vote_tier_neither_copies_a_listed_reply_nor_a_reply_demonstrated_once() -> None:
+    model = SimulatedChatModel()
+    menu = "Reply with exactly one of these replies, word for word, and nothing else:\n- Coffee!"
+    question = "I love a strong cup of coffee"
+    large = model.decide(SIMULATED_MODELS["sim-large"], menu, question)
+    vote = model.decide(SIMULATED_MODELS["sim-vote"], menu, question)
+    assert large.reply == "Coffee!" and vote.source == "generic"
+    once = [("Espresso every morning", "Coffee!")]
+    twice = [*once, ("A latte with oat milk", "Coffee!")]
+    assert model.decide(SIMULATED_MODELS["sim-large"], "Be nice.", question, demos=once).reply == (
+        "Coffee!"
+    )
+    assert model.decide(SIMULATED_MODELS["sim-vote"], "Be nice.", question, demos=once).source == (
+        "generic"
+    )
+    assert model.decide(SIMULATED_MODELS["sim-vote"], "Be nice.", question, demos=twice).reply == (
+        "Coffee!"
+    )
