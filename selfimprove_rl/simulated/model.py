@@ -262,9 +262,9 @@ class SimulatedChatModel:
                 return Decision(statement.reply, "rule", statement.line)
         graded = [s for s in (*sop.statements, *demos) if s.kind in ("about", "example")]
         if tier.demos_to_copy > 1:
-            shown = Counter(s.reply for s in graded if s.kind == "example")
+            times_shown = Counter(s.reply for s in graded if s.kind == "example")
             graded = [
-                s for s in graded if s.kind == "about" or shown[s.reply] >= tier.demos_to_copy
+                s for s in graded if s.kind == "about" or times_shown[s.reply] >= tier.demos_to_copy
             ]
         if not graded and sop.fallback is not None:
             return Decision(sop.fallback.reply, "else", sop.fallback.line)
