@@ -255,7 +255,7 @@ class SimulatedChatModel:
         demonstrations of one reply reinforce each other. Examples and demonstrations of a
         reply shown fewer than ``demos_to_copy`` times are not read. Nothing above threshold:
         the ``else``, then the closest listed reply (unless ``reply_list_answers`` is off),
-        with ``falls_back_to_a_rule_reply`` the closest rule reply, then a generic reply.
+        then a generic reply.
         """
         for statement in sop.statements:
             if statement.kind == "mentions" and statement.matches(user_input):
@@ -296,9 +296,6 @@ class SimulatedChatModel:
         if sop.fallback is not None:
             return Decision(sop.fallback.reply, "else", sop.fallback.line)
         shown = sop.options if tier.reply_list_answers else ()
-        if tier.falls_back_to_a_rule_reply:
-            rules = tuple(s for s in sop.statements if s.is_rule)
-            shown = _first_of_each_reply((*shown, *rules))
         if shown:
             index, score = self._best_cosine(vector, tuple(o.reply for o in shown))
             return Decision(shown[index].reply, "option", shown[index].line, score)
@@ -443,17 +440,6 @@ def conversation_turns(
         if first.get("role") == "user" and second.get("role") == "assistant":
             pairs.append((content_text(first.get("content")), content_text(second.get("content"))))
     return content_text(turns[last_user].get("content")), tuple(pairs)
-
-
-def _first_of_each_reply(statements: Sequence[Statement]) -> tuple[Statement, ...]:
-    """Return the first statement giving each distinct reply, in order."""
-    seen: set[str] = set()
-    first: list[Statement] = []
-    for statement in statements:
-        if statement.reply and statement.reply not in seen:
-            seen.add(statement.reply)
-            first.append(statement)
-    return tuple(first)
 
 
 def demo_examples(demos: Sequence[tuple[str, str]]) -> tuple[Statement, ...]:

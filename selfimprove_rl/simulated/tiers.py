@@ -15,9 +15,8 @@ sim-vote       like sim-large, but the evidence for each reply adds up: every ru
                and demonstration above its threshold votes for its reply with its margin, so
                rules and demonstrations of one reply reinforce each other; read as a
                small model reads: a reply only listed, or demonstrated once, is no
-               evidence, and with none and no ``else`` the closest rule's reply answers
-               (a candidate reading for sim-large; ``bench_real.py`` ranks prompts with
-               both).
+               evidence (a candidate reading for sim-large; ``bench_real.py`` ranks
+               prompts with both).
 =============  ==========================================================================
 
 Thresholds were calibrated on the coffee/sports data set shipped in ``selfimprove_rl/data``
@@ -74,12 +73,6 @@ class TierSpec(BaseModel):
         description="With weighs_evidence: examples and demonstrations of a reply count as "
         "evidence only once the prompt shows that reply this many times; shown fewer times, "
         "a small model paraphrases it rather than copying it.",
-    )
-    falls_back_to_a_rule_reply: bool = Field(
-        default=False,
-        description="With weighs_evidence: when nothing is above threshold and there is no "
-        "'else', answer with the reply of the rule whose reply is closest to the input, as a "
-        "small model copies a reply it was told to give rather than writing its own.",
     )
     noise_base: float = Field(default=0.0, ge=0.0, le=1.0)
     noise_per_temperature: float = Field(default=0.0, ge=0.0)
@@ -161,7 +154,6 @@ SIMULATED_MODELS: dict[str, TierSpec] = {
             sums_evidence=True,
             reply_list_answers=False,
             demos_to_copy=2,
-            falls_back_to_a_rule_reply=True,
             semantic_threshold=0.25,
             example_threshold=0.2,
             prompt_price_per_1k=0.0025,

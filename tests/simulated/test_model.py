@@ -273,22 +273,6 @@ def test_vote_tier_adds_up_the_evidence_of_each_reply() -> None:
         assert decision.reply == "Coffee!"
 
 
-def test_vote_tier_copies_a_rule_reply_when_nothing_matches() -> None:
-    model = SimulatedChatModel()
-    sop = "If the message is about coffee, reply with exactly: Coffee!"
-    off_topic = "I ran a marathon this morning"
-    large = model.decide(SIMULATED_MODELS["sim-large"], sop, off_topic)
-    vote = model.decide(SIMULATED_MODELS["sim-vote"], sop, off_topic)
-    # sim-large writes its own generic reply; sim-vote copies the one reply it was told to give.
-    assert large.source == "generic" and large.reply != "Coffee!"
-    assert (vote.reply, vote.source) == ("Coffee!", "option")
-    # With an 'else' both follow it, and with no reply shown at all both answer generically.
-    with_else = sop + "\nOtherwise, reply with exactly: Hm."
-    for tier in ("sim-large", "sim-vote"):
-        assert model.decide(SIMULATED_MODELS[tier], with_else, off_topic).reply == "Hm."
-        assert model.decide(SIMULATED_MODELS[tier], "Be nice.", off_topic).source == "generic"
-
-
 def test_vote_tier_neither_copies_a_listed_reply_nor_a_reply_demonstrated_once() -> None:
     model = SimulatedChatModel()
     menu = "Reply with exactly one of these replies, word for word, and nothing else:\n- Coffee!"
