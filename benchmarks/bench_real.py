@@ -492,11 +492,12 @@ def main() -> None:
 
 def _print_table(name: str, rows: dict[str, list[dict[str, Any]]], n_holdout: int) -> None:
     print(f"\n{name} — holdout exact match on the real model ({n_holdout} samples)")
-    print("| row | holdout (mean ± 95%) | n | target calls | coach calls | wall s | sim-large |")
-    print("|---|---|---|---|---|---|---|")
+    sims = " | ".join(FIDELITY_SIMS)
+    print(f"| row | holdout (mean ± 95%) | n | target calls | coach calls | wall s | {sims} |")
+    print("|---|---|---|---|---|---|" + "---|" * len(FIDELITY_SIMS))
     for label, results in rows.items():
         if not results:
-            print(f"| {label} | failed | 0 | | | | |")
+            print(f"| {label} | failed | 0 | | | |" + " |" * len(FIDELITY_SIMS))
             continue
         mean, half = interval([r["holdout"] for r in results])
         spread = "" if math.isnan(half) else f" ± {half:.3f}"
@@ -504,9 +505,12 @@ def _print_table(name: str, rows: dict[str, list[dict[str, Any]]], n_holdout: in
         def avg(key: str, results: list[dict[str, Any]] = results) -> float:
             return sum(float(r.get(key) or 0) for r in results) / len(results)
 
+        simulated = " | ".join(
+            f"{sum(r['sim'][sim] for r in results) / len(results):.3f}" for sim in FIDELITY_SIMS
+        )
         print(
             f"| {label} | {mean:.3f}{spread} | {len(results)} | {avg('target_calls'):.0f} | "
-            f"{avg('coach_calls'):.0f} | {avg('wall_s'):.0f} | {avg('sim_large'):.3f} |"
+            f"{avg('coach_calls'):.0f} | {avg('wall_s'):.0f} | {simulated} |"
         )
 
 
