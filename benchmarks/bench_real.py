@@ -17,9 +17,9 @@ Qwen2.5-Coder-0.5B-Instruct of ``make llm``), for ``support_intents`` (4 replies
 
 Per row: holdout exact match (mean and 95% t-interval clipped to [0, 1] over seeds), target
 calls, coach calls, wall time. Then the simulator's fidelity: the Spearman rank correlation
-between the real model's holdout scores and ``sim-large``'s (and ``sim-vote``'s, the candidate
-reading) over every prompt scored (seed, human baselines, sim-learned, each real-learned
-prompt, and peers from ``bench_peers.py``'s prompts file when given).
+between the real model's holdout scores and ``sim-large``'s (and ``sim-max-cue``'s,
+sim-large's earlier reading, for comparison) over every prompt scored (seed, human baselines,
+sim-learned, each real-learned prompt, and peers from ``bench_peers.py``'s prompts file when given).
 
 The fidelity **panel** adds prompts of the forms optimizers write, built mechanically from
 the train split so that every data set gets the same ones (labelled ``panel: ...``): the
@@ -70,7 +70,7 @@ from selfimprove_rl.runner import run_experiment
 
 DATA_SETS = ("support_intents", "coffee_sports")
 # The simulated readings whose ranking of prompts is compared with the real model's.
-FIDELITY_SIMS = ("sim-large", "sim-vote")
+FIDELITY_SIMS = ("sim-large", "sim-max-cue")
 
 # Written once, by hand, for this benchmark: what a careful engineer would write for the
 # real model without any optimizer. Labelled as such in every table.

@@ -9,9 +9,11 @@ gets wrong:
   among every remembered input, occur mostly (``min_precision``) with that reference and in
   at least ``min_support`` of its inputs, chosen greedily to cover the failing rows;
 * **examples** — ``example: "<input>" -> "<reference>"`` for failing rows, worst first, one
-  reference after another; one example per input, and only with the reference that input
-  usually needs (a downstream node sees the same input with other references when an
-  upstream node erred);
+  reference after another, each reference shown at least ``examples_per_reference`` times
+  (topped up with remembered inputs of that reference): a small real model paraphrases a
+  reply it is shown once and copies one shown twice (``benchmarks/bench_real.py``); one
+  example per input, and only with the reference that input usually needs (a downstream
+  node sees the same input with other references when an upstream node erred);
 * **a fallback** — ``else: respond "<reference>"`` for the reference whose failing inputs the
   keyword rules describe worst, when the block has no fallback yet.
 
@@ -82,6 +84,8 @@ class OutputRuleProposer:
             reference.
         max_terms: terms per keyword rule.
         max_examples: example lines per candidate.
+        examples_per_reference: example lines a reference needs in the prompt before it is
+            copied; a candidate adds as many of a reference as it lacks.
         block: the block to edit (default: ``sop`` when observed, else the last block).
     """
 
@@ -94,7 +98,8 @@ class OutputRuleProposer:
         min_support: int = 3,
         min_precision: float = 0.8,
         max_terms: int = 6,
-        max_examples: int = 3,
+        max_examples: int = 6,
+        examples_per_reference: int = 2,
         block: str | None = None,
     ) -> None:
         self.seed = seed
@@ -102,6 +107,7 @@ class OutputRuleProposer:
         self.min_precision = min_precision
         self.max_terms = max_terms
         self.max_examples = max_examples
+        self.examples_per_reference = examples_per_reference
         self.block = block
         self.memory: dict[str, str] = {}
         """Sample id and input (joined by a unit separator) -> the reference."""
@@ -222,29 +228,53 @@ class OutputRuleProposer:
     def _examples(
         self, failing: list[Mapping[str, Any]], lines: list[str], block: str
     ) -> list[Candidate]:
-        shown = {match.group(1) for line in lines if (match := _EXAMPLE_INPUT.match(line))}
+        shown_inputs = {m.group(1) for line in lines if (m := _EXAMPLE_INPUT.match(line))}
         usual = self._usual_references()
-        queues: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+        queues: dict[str, list[str]] = defaultdict(list)
         for row in sorted(failing, key=lambda r: (float(r.get("score", 0.0)), str(r["input"]))):
             text = _quoted(row["input"])
             # one example per input, and only with the reply that input usually needs
-            if text not in shown and usual.get(text, row["reference"]) == row["reference"]:
-                queues[row["reference"]].append(row)
+            if text not in shown_inputs and usual.get(text, row["reference"]) == row["reference"]:
+                if text not in queues[row["reference"]]:
+                    queues[row["reference"]].append(text)
+        spare = {
+            reference: sorted(t for t, r in usual.items() if r == reference and t not in queue)
+            for reference, queue in queues.items()
+        }
+        times_shown = Counter(
+            _quoted(line.rpartition("->")[2]).strip('"')
+            for line in lines
+            if _EXAMPLE_INPUT.match(line)
+        )
         picked: list[Edit] = []
-        while len(picked) < self.max_examples and any(queues.values()):
+
+        def add(text: str, reference: str) -> None:
+            line = f'example: "{text}" -> "{_quoted(reference)}"'
+            if text not in shown_inputs and line not in lines:
+                shown_inputs.add(text)
+                times_shown[_quoted(reference)] += 1
+                picked.append(AddLine(text=line, block=block))
+
+        progressed = True
+        while progressed and len(picked) < self.max_examples:
+            progressed = False
             for reference in sorted(queues, key=lambda r: -len(queues[r])):
-                if not queues[reference] or len(picked) >= self.max_examples:
-                    continue
-                row = queues[reference].pop(0)
-                line = f'example: "{_quoted(row["input"])}" -> "{_quoted(reference)}"'
-                if line not in lines and all(getattr(e, "text", "") != line for e in picked):
-                    picked.append(AddLine(text=line, block=block))
+                lacking = max(1, self.examples_per_reference - times_shown[_quoted(reference)])
+                if not queues[reference] or len(picked) + lacking > self.max_examples:
+                    continue  # nothing failing, or too few lines left to show it enough
+                progressed = True
+                add(queues[reference].pop(0), reference)
+                while times_shown[_quoted(reference)] < self.examples_per_reference and (
+                    queues[reference] or spare[reference]
+                ):
+                    add((queues[reference] or spare[reference]).pop(0), reference)
         if not picked:
             return []
         return [
             Candidate(
                 edits=picked,
-                rationale=f"Show {len(picked)} failing inputs with the reply they need.",
+                rationale=f"Show {len(picked)} inputs (failing ones first) with the reply they "
+                f"need, each reply {self.examples_per_reference}+ times.",
                 proposer=self.name,
                 kind="example",
                 estimate=0.5 * len(picked),

@@ -250,7 +250,7 @@ class SimulatedChatModel:
         A literal match is certain evidence (the first one answers); an ``about`` rule's
         evidence is its best facet cosine, an example's its input's cosine, each counted only
         from its threshold on. Every statement is read, not only the first match: the reply of
-        the single strongest one answers, or with ``sums_evidence`` (``sim-vote``) the reply
+        the single strongest one answers, or with ``sums_evidence`` (``sim-large``) the reply
         whose statements' margins above threshold add up to the most, so rules and
         demonstrations of one reply reinforce each other. Examples and demonstrations of a
         reply shown fewer than ``demos_to_copy`` times are not read. Nothing above threshold:

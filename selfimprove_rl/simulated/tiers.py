@@ -7,16 +7,19 @@ sim-keyword    literal ``mentions`` rules and ``else`` only; ``is about`` rules 
                examples are ignored. The cheapest.
 sim-small      every kind of line, but only the first 3 understood lines of the SOP, with
                stricter semantic and example thresholds. Cheap.
-sim-large      everything, at the calibrated thresholds. The most expensive.
+sim-large      everything, at the calibrated thresholds, read as a small instruction-tuned
+               model reads (measured against one, see ``benchmarks/bench_real.py``): the
+               evidence for each reply adds up (every rule, example and demonstration
+               above its threshold votes for its reply with its margin, so rules and
+               demonstrations of one reply reinforce each other); a reply only listed, or
+               demonstrated once, is no evidence. The most expensive.
 sim-noisy      like sim-large, but deviates (a wrong line's reply, the generic reply, or a
                garbled reply) with probability ``0.08 + 0.3 * temperature`` (temperature
                defaults to 1.0, OpenAI's default), from an RNG seeded by the request.
-sim-vote       like sim-large, but the evidence for each reply adds up: every rule, example
-               and demonstration above its threshold votes for its reply with its margin, so
-               rules and demonstrations of one reply reinforce each other; read as a
-               small model reads: a reply only listed, or demonstrated once, is no
-               evidence (a candidate reading for sim-large; ``bench_real.py`` ranks
-               prompts with both).
+sim-max-cue    sim-large's earlier reading, kept for comparison: the single strongest
+               rule, example or demonstration answers, a listed reply answers a message
+               nothing else matches, and a reply demonstrated once is copied. It ranks
+               prompts unlike the real model does (``bench_real.py`` prints both).
 =============  ==========================================================================
 
 Thresholds were calibrated on the coffee/sports data set shipped in ``selfimprove_rl/data``
@@ -129,8 +132,12 @@ SIMULATED_MODELS: dict[str, TierSpec] = {
         ),
         TierSpec(
             name="sim-large",
-            description="Every SOP line, semantic rules and in-context examples.",
+            description="Every SOP line, semantic rules and in-context examples; the evidence "
+            "for each reply adds up.",
             weighs_evidence=True,
+            sums_evidence=True,
+            reply_list_answers=False,
+            demos_to_copy=2,
             semantic_threshold=0.25,
             example_threshold=0.2,
             prompt_price_per_1k=0.0025,
@@ -140,6 +147,9 @@ SIMULATED_MODELS: dict[str, TierSpec] = {
             name="sim-noisy",
             description="Like sim-large, but deviates with p = 0.08 + 0.3 * temperature.",
             weighs_evidence=True,
+            sums_evidence=True,
+            reply_list_answers=False,
+            demos_to_copy=2,
             semantic_threshold=0.25,
             example_threshold=0.2,
             noise_base=0.08,
@@ -148,12 +158,9 @@ SIMULATED_MODELS: dict[str, TierSpec] = {
             completion_price_per_1k=0.0015,
         ),
         TierSpec(
-            name="sim-vote",
-            description="Like sim-large, but the evidence for each reply adds up.",
+            name="sim-max-cue",
+            description="sim-large's earlier reading: the single strongest cue answers.",
             weighs_evidence=True,
-            sums_evidence=True,
-            reply_list_answers=False,
-            demos_to_copy=2,
             semantic_threshold=0.25,
             example_threshold=0.2,
             prompt_price_per_1k=0.0025,

@@ -22,6 +22,7 @@ SOP = "\n".join(
         'if input mentions tea or "green tea": respond "Tea!"',
         f'else if input is about coffee, espresso or coffee drinks: respond "{COFFEE}"',
         'example: "I play tennis every weekend." -> "No sports, thanks."',
+        'example: "We watched the match at the stadium." -> "No sports, thanks."',
         'example: "I bake bread on Sundays." -> "Bread is great."',
         'else: respond "Tell me more."',
         'else: respond "Second else is never used."',
@@ -205,7 +206,7 @@ def test_unknown_model_is_a_404_that_suggests_the_closest(client: openai.OpenAI)
         ask(client, "hi", model="sim-larg")
     assert caught.value.code == "model_not_found"
     assert "Did you mean 'sim-large'?" in caught.value.message
-    assert "sim-keyword, sim-large, sim-noisy, sim-small" in caught.value.message
+    assert "sim-keyword, sim-large, sim-max-cue, sim-noisy, sim-small" in caught.value.message
 
 
 @pytest.mark.parametrize(
@@ -250,7 +251,7 @@ def test_async_client_answers_the_same() -> None:
     assert asyncio.run(main()) == ["Tea!", "Tell me more."]
 
 
-def test_vote_tier_adds_up_the_evidence_of_each_reply() -> None:
+def test_large_tier_adds_up_the_evidence_of_each_reply() -> None:
     model = SimulatedChatModel()
     sop = "If the message is about coffee, reply with exactly: Coffee!\nOtherwise, reply: Hm."
     demos = [
@@ -259,35 +260,35 @@ def test_vote_tier_adds_up_the_evidence_of_each_reply() -> None:
         ("I lift weights at the gym", "Sports!"),
     ]
     strongest = model.decide(
-        SIMULATED_MODELS["sim-large"], sop, "Espresso then the gym", demos=demos
+        SIMULATED_MODELS["sim-max-cue"], sop, "Espresso then the gym", demos=demos
     )
-    summed = model.decide(SIMULATED_MODELS["sim-vote"], sop, "Espresso then the gym", demos=demos)
+    summed = model.decide(SIMULATED_MODELS["sim-large"], sop, "Espresso then the gym", demos=demos)
     # One strong rule wins alone; three moderate demonstrations outweigh it together.
     assert (strongest.reply, strongest.source) == ("Coffee!", "rule")
     assert (summed.reply, summed.source) == ("Sports!", "example")
     assert summed.similarity is not None and summed.similarity < (strongest.similarity or 0)
-    for tier in ("sim-large", "sim-vote"):  # one clear cue: both readings agree
+    for tier in ("sim-max-cue", "sim-large"):  # one clear cue: both readings agree
         decision = model.decide(
             SIMULATED_MODELS[tier], sop, "I love a strong cup of coffee", demos=demos
         )
         assert decision.reply == "Coffee!"
 
 
-def test_vote_tier_neither_copies_a_listed_reply_nor_a_reply_demonstrated_once() -> None:
+def test_large_tier_neither_copies_a_listed_reply_nor_a_reply_demonstrated_once() -> None:
     model = SimulatedChatModel()
     menu = "Reply with exactly one of these replies, word for word, and nothing else:\n- Coffee!"
     question = "I love a strong cup of coffee"
+    max_cue = model.decide(SIMULATED_MODELS["sim-max-cue"], menu, question)
     large = model.decide(SIMULATED_MODELS["sim-large"], menu, question)
-    vote = model.decide(SIMULATED_MODELS["sim-vote"], menu, question)
-    assert large.reply == "Coffee!" and vote.source == "generic"
+    assert max_cue.reply == "Coffee!" and large.source == "generic"
     once = [("Espresso every morning", "Coffee!")]
     twice = [*once, ("A latte with oat milk", "Coffee!")]
-    assert model.decide(SIMULATED_MODELS["sim-large"], "Be nice.", question, demos=once).reply == (
-        "Coffee!"
-    )
-    assert model.decide(SIMULATED_MODELS["sim-vote"], "Be nice.", question, demos=once).source == (
+    assert model.decide(
+        SIMULATED_MODELS["sim-max-cue"], "Be nice.", question, demos=once
+    ).reply == ("Coffee!")
+    assert model.decide(SIMULATED_MODELS["sim-large"], "Be nice.", question, demos=once).source == (
         "generic"
     )
-    assert model.decide(SIMULATED_MODELS["sim-vote"], "Be nice.", question, demos=twice).reply == (
+    assert model.decide(SIMULATED_MODELS["sim-large"], "Be nice.", question, demos=twice).reply == (
         "Coffee!"
     )

@@ -41,7 +41,7 @@ def test_server_answers_like_the_in_process_model(slow_server: str) -> None:
         "sim-small",
         "sim-large",
         "sim-noisy",
-        "sim-vote",
+        "sim-max-cue",
     ]
     with pytest.raises(openai.NotFoundError, match="Did you mean 'sim-small'"):
         client.chat.completions.create(model="sim-smal", messages=MESSAGES)

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 from selfimprove_rl.config import parse_config
+from selfimprove_rl.program_state import ProgramState
+from selfimprove_rl.registry import Registry
 from selfimprove_rl.runner import run_experiment
 from selfimprove_rl.telemetry import (
     PhoenixPrompts,
@@ -207,5 +209,9 @@ def test_program_from_nested_spans_and_one_prompt_per_node(
             assert entry["prompt_name"] == f"{prompt}-{entry['node']}"
             assert version.metadata["selfimprove"]["node"] == entry["node"]
         router_version = load_version(px, f"{prompt}-router")
-        assert '-> "billing"' in router_version.system_prompt
+    promoted = Registry(result.run_dir / "versions.jsonl").build(live).state
+    assert isinstance(promoted, ProgramState)
+    router_state = promoted.node("router")
+    assert router_version.system_prompt == router_state.render()
+    assert router_version.demos == router_state.demos
     assert (result.run_dir / "prompt.diff").read_text().count("+++ program/") == 2
