@@ -396,9 +396,18 @@ class DataSetBench:
         return self.checkpoint.action
 
     def fixed(self, label: str, action: Action) -> dict[str, Any]:
-        """Score a fixed prompt on holdout on the real model and on sim-large."""
+        """Score a fixed prompt on holdout on the real model and on sim-large.
+
+        A stored result is reused only for the same prompt: a row whose prompt changed (the
+        sim-learned prompt after a simulator change, an edited baseline) is scored again.
+        """
         slug = label.replace(" ", "_").replace(":", "").replace("+", "and")
-        return stored(self.out / "fixed" / f"{slug}.json", self._score_fixed, action)
+        path = self.out / "fixed" / f"{slug}.json"
+        if path.exists() and json.loads(path.read_text()).get("action") != action.model_dump(
+            mode="json"
+        ):
+            path.unlink()
+        return stored(path, self._score_fixed, action)
 
     def _score_fixed(self, action: Action) -> dict[str, Any]:
         started = time.perf_counter()

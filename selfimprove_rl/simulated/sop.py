@@ -52,10 +52,12 @@ friendly", a rule with an empty reply) is ignored and listed in :attr:`Sop.ignor
 How the model answers with a parsed SOP (see :mod:`selfimprove_rl.simulated.model`): a
 literal ``mentions`` rule that matches answers (the first one); then ``sim-large`` and
 ``sim-noisy`` weigh every ``about`` rule, example and demonstration together and answer with
-the reply the strongest one above its threshold supports (an instruction-tuned model reads the
-whole prompt), while ``sim-small`` takes the ``if``/``else if`` rules in order, first match
-wins, then the nearest example; otherwise the first ``else``; otherwise the closest listed
-reply option; otherwise a generic reply derived from the input.
+the reply whose evidence above threshold adds up to the most (an instruction-tuned model reads
+the whole prompt; a reply shown only once as an example is not copied), ``sim-max-cue`` with
+the reply of the single strongest one, while ``sim-small`` takes the ``if``/``else if`` rules
+in order, first match wins, then the nearest example; otherwise the first ``else``; otherwise
+the closest listed reply option (not for ``sim-large`` and ``sim-noisy``: a small model given
+only a menu answers in its own words); otherwise a generic reply derived from the input.
 
 Example:
     >>> sop = parse_sop('''## SOP
