@@ -22,8 +22,15 @@ Printed per setup: runs, final test and holdout (end to end, mean and 95% interv
 router's label accuracy on test, calls spent, and calls until the live build's end-to-end
 test score first reached each threshold (mean over the runs that reached it, and how many).
 
-    .venv/bin/python benchmarks/bench_programs.py                       # both parts, 3 seeds
+Part ``ceiling`` — no optimizer: what fixed router prompts label on holdout (splits 0 to
+``--seeds`` - 1), on ``sim-large`` and on ``sim-max-cue`` (its earlier reading): a rule per
+label, k random train messages per label as chat-turn demonstrations (with and without the
+rules), and every train message as a demonstration. It bounds what any coach can reach
+end to end with this router on the simulated model.
+
+    .venv/bin/python benchmarks/bench_programs.py                       # the loop parts, 3 seeds
     .venv/bin/python benchmarks/bench_programs.py --part agents --seeds 5 --budget 4000
+    .venv/bin/python benchmarks/bench_programs.py --part ceiling        # fixed router prompts
 """
 
 from __future__ import annotations
@@ -31,14 +38,18 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from envs.program_factory import load_program_source
 from selfimprove_rl.compare import summarise_run
 from selfimprove_rl.config import parse_config
 from selfimprove_rl.fileio import atomic_write_text
 from selfimprove_rl.runner import run_experiment
+from selfimprove_rl.simulated import SIMULATED_MODELS, SimulatedChatModel
 from selfimprove_rl.stats import t_interval
 
 NODE_POLICY = {"policy": "rule_induction"}
@@ -161,14 +172,65 @@ def table(rows: list[dict[str, Any]], setups: list[str], thresholds: list[float]
     return "\n".join(lines)
 
 
+def router_ceiling(seeds: int, demos_per_label: tuple[int, ...] = (3, 6, 12, 24)) -> str:
+    """A markdown table: holdout label accuracy of fixed router prompts, per reading and split."""
+    checkpoint = load_program_source("support_pipeline", model="sim-large")
+    model = SimulatedChatModel()
+    instruction = "Reply with the label of the message's topic."
+    lines = [
+        "| reading | prompt | " + " | ".join(f"split {s}" for s in range(seeds)) + " |",
+        "|---|---|" + "---|" * seeds,
+    ]
+    scores: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for split_seed in range(seeds):
+        splits = checkpoint.split(seed=split_seed)
+        by_label: dict[str, list[str]] = defaultdict(list)
+        for sample in splits.train:
+            by_label[sample.node_references["router"]].append(sample.input_text)
+        labels = sorted(by_label)
+        rules = "\n".join(
+            [
+                instruction,
+                *(f"If the message is about {x}, reply with exactly: {x}" for x in labels),
+            ]
+        )
+        prompts: dict[str, tuple[str, list[tuple[str, str]]]] = {"a rule per label": (rules, [])}
+        for k in demos_per_label:
+            rng = random.Random(split_seed)
+            demos = [
+                (text, label)
+                for label in labels
+                for text in rng.sample(by_label[label], min(k, len(by_label[label])))
+            ]
+            prompts[f"{k} demos per label"] = (instruction, demos)
+            prompts[f"rules + {k} demos per label"] = (rules, demos)
+        every = [(text, label) for label in labels for text in by_label[label]]
+        prompts["every train message as a demo"] = (instruction, every)
+        for reading in ("sim-large", "sim-max-cue"):
+            tier = SIMULATED_MODELS[reading]
+            for name, (sop, demos) in prompts.items():
+                right = sum(
+                    model.decide(tier, sop, s.input_text, demos=demos).reply
+                    == s.node_references["router"]
+                    for s in splits.holdout
+                )
+                scores[(reading, name)].append(right / len(splits.holdout))
+    for (reading, name), values in scores.items():
+        lines.append(f"| {reading} | {name} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", choices=["bootstrap", "agents", "all"], default="all")
+    parser.add_argument("--part", choices=["bootstrap", "agents", "ceiling", "all"], default="all")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--budget", type=int, default=3000, help="Model calls per run.")
     parser.add_argument("--thresholds", default="0.75,0.9", help="Test scores to time.")
     parser.add_argument("--out", default="runs/bench_programs")
     args = parser.parse_args()
+    if args.part == "ceiling":
+        print(router_ceiling(args.seeds))
+        return
     thresholds = [float(t) for t in args.thresholds.split(",")]
     setups = list(dict.fromkeys(PARTS["bootstrap"] + PARTS["agents"]))
     if args.part != "all":
