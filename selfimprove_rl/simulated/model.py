@@ -7,10 +7,12 @@ response body (a dict), deterministically:
   parsed as an SOP (:mod:`selfimprove_rl.simulated.sop`); the **input** is the last ``user``
   message; every earlier ``user`` turn answered by an ``assistant`` turn is a few-shot
   **demonstration**, read like an ``example:`` line of the SOP (in-context learning);
-* the **reply** comes from the first ``if``/``else if`` rule that matches, else the nearest
-  example or demonstration at or above the tier's example threshold, else the first
-  ``else``, else the listed reply option closest to the input, else :func:`generic_reply`;
-  the tier (:mod:`selfimprove_rl.simulated.tiers`) decides which lines it reads and how
+* the **reply**, in the simplest reading (``sim-small``), comes from the first
+  ``if``/``else if`` rule that matches, else the nearest example or demonstration at or above
+  the tier's example threshold, else the first ``else``, else the listed reply option
+  closest to the input, else :func:`generic_reply`; ``sim-large`` instead adds up the
+  evidence of every rule, example and demonstration for each reply (see :meth:`_weigh`).
+  The tier (:mod:`selfimprove_rl.simulated.tiers`) decides which lines it reads and how
   strictly. Cosines are rounded to 4 decimals before any comparison, so float noise cannot
   flip a decision;
 * ``sim-noisy`` deviates with the tier's probability, drawn from an RNG seeded by the

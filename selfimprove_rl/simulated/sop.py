@@ -36,7 +36,8 @@ Free-form ``if``/``when`` lines with an action (``If a customer cannot sign in, 
 
 ``- "<reply>"`` under a line that asks for *one of these/the following* replies
     A listed reply option (a bare quoted line counts anywhere). When nothing else answers,
-    a model that reads semantics picks the listed reply closest in meaning to the input.
+    ``sim-small`` and ``sim-max-cue`` pick the listed reply closest in meaning to the input;
+    ``sim-large`` does not (given only a menu, a small real model answers in its own words).
 
 The subject of a condition may be ``input``, ``message``, ``user``, ``request``,
 ``customer``, ``question`` or ``query`` (with ``the`` and ``user's``/``customer's``), and
