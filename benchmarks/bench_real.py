@@ -298,6 +298,12 @@ def run_policy(config: dict[str, Any], out: Path) -> dict[str, Any]:
     }
 
 
+def coach_requests(report: dict[str, Any]) -> int:
+    """Requests sent to a coach model, from a run's ``policy_report`` (nested proposers too)."""
+    nested = (report.get("proposers") or {}).values()
+    return int(report.get("requests") or 0) + sum(int(r.get("requests") or 0) for r in nested)
+
+
 def action_of_state(state: dict[str, Any], base: Action) -> Action:
     """Return the action a registry state stands for (system prompt from its blocks, demos)."""
     return PromptState.model_validate(state).to_action(base)
@@ -440,7 +446,7 @@ class DataSetBench:
             "holdout": summary["holdout"],
             "sim_large": sim_score,
             "target_calls": summary["calls"],
-            "coach_calls": summary.get("coach_calls", 0),
+            "coach_calls": coach_requests(summary.get("policy_report") or {}),
             "wall_s": run["wall_s"],
             "action": action.model_dump(mode="json"),
         }

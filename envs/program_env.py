@@ -44,6 +44,7 @@ is refused), the accounts in ``env.spend`` (:class:`~envs.spend.SpendMeter`), an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -163,6 +164,8 @@ class ProgramEnv(gymnasium.Env[Observation, Any]):
         replay_config: concurrency, retries and timeouts of the replay.
         registry: where program versions live (default: in memory); resumed when not empty.
         render_mode: ``"ansi"`` or ``None``.
+        close_client: close ``client`` when the env closes (default). Pass ``False`` to keep
+            using a client you share with other code.
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}  # noqa: RUF012 - Gymnasium's attribute
@@ -179,6 +182,7 @@ class ProgramEnv(gymnasium.Env[Observation, Any]):
         replay_config: ReplayConfig | None = None,
         registry: Registry | None = None,
         render_mode: str | None = None,
+        close_client: bool = True,
     ) -> None:
         self.config = config or ProgramEnvConfig()
         if render_mode not in (None, "ansi"):
@@ -240,6 +244,7 @@ class ProgramEnv(gymnasium.Env[Observation, Any]):
         self._last_samples: list[Sample] = []
         self._episode_spend = dict(NO_SPEND)
         self._closed = False
+        self._close_client = close_client
 
     def _split_evaluators(self, evaluators: Sequence[Evaluator]) -> None:
         names = [e.name for e in evaluators]
@@ -714,9 +719,19 @@ class ProgramEnv(gymnasium.Env[Observation, Any]):
         return f"[{self._current_id}] scores={scores}\n{self._state(self._current_id).render()}"
 
     def close(self) -> None:
-        """Stop the env's event loop (idempotent); later calls raise ``EnvError``."""
+        """Close the client (unless ``close_client=False``) and stop the event loop.
+
+        Idempotent; later calls raise ``EnvError``.
+        """
         if not self._closed:
             self._closed = True
+            if self._close_client:
+                # On the loop that opened its connections; left to the garbage collector, the
+                # client would schedule its close on whatever loop runs then, and fail loudly.
+                close = getattr(self.replayer.client, "close", None)
+                if close is not None:
+                    with contextlib.suppress(Exception):
+                        self._loop.run(close())
             self._loop.close()
 
     # ----------------------------------------------------------------- helpers

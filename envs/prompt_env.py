@@ -45,6 +45,7 @@ with what the cache's ledger says a killed process paid after the state was save
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -170,6 +171,8 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
         registry: where versions live (default: in memory). A registry that already holds
             versions is resumed; its baseline must be this checkpoint's prompt.
         render_mode: ``"ansi"`` or ``None``.
+        close_client: close ``client`` when the env closes (default). Pass ``False`` to keep
+            using a client you share with other code.
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}  # noqa: RUF012 - Gymnasium's attribute
@@ -186,6 +189,7 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
         replay_config: ReplayConfig | None = None,
         registry: Registry | None = None,
         render_mode: str | None = None,
+        close_client: bool = True,
     ) -> None:
         self.config = config or PromptEnvConfig()
         if not evaluators:
@@ -236,6 +240,7 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
         self._step_index = 0
         self._episode_spend = dict(NO_SPEND)
         self._closed = False
+        self._close_client = close_client
 
     # ----------------------------------------------------------------- accounting
     @property
@@ -651,9 +656,19 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
         return f"[{self._current_id}] model={state.model} scores={scores}\n{state.render()}"
 
     def close(self) -> None:
-        """Stop the env's event loop (idempotent); later calls raise ``EnvError``."""
+        """Close the client (unless ``close_client=False``) and stop the event loop.
+
+        Idempotent; later calls raise ``EnvError``.
+        """
         if not self._closed:
             self._closed = True
+            if self._close_client:
+                # On the loop that opened its connections; left to the garbage collector, the
+                # client would schedule its close on whatever loop runs then, and fail loudly.
+                close = getattr(self.replayer.client, "close", None)
+                if close is not None:
+                    with contextlib.suppress(Exception):
+                        self._loop.run(close())
             self._loop.close()
 
     # ----------------------------------------------------------------- helpers

@@ -52,7 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from policies.base import BasePolicy, Observation, Transition
 from policies.catalog import make_proposer
-from policies.proposers import Candidate, no_change_candidate
+from policies.proposers import Candidate, no_change_candidate, proposer_report
 from policies.versions import VersionView
 
 
@@ -364,6 +364,10 @@ class BanditPolicy(BasePolicy):
         feedback = getattr(self.proposer, "feedback", None)
         if callable(feedback):
             feedback(arm.candidate, reward, accepted, info)
+
+    def report(self) -> dict[str, Any]:
+        """Return the proposer's report (the LLM coach's requests and verdicts), if any."""
+        return proposer_report(self.proposer)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from policies.base import BasePolicy, Observation, Transition
 from policies.catalog import make_proposer
-from policies.proposers import Candidate, no_change_candidate
+from policies.proposers import Candidate, no_change_candidate, proposer_report
 from policies.versions import VersionView
 from selfimprove_rl.prompt import Edit, PromptState, ReplaceBlock, SetModel
 
@@ -432,6 +432,10 @@ class PopulationPolicy(BasePolicy):
         )
 
     # ------------------------------------------------------------------ state
+    def report(self) -> dict[str, Any]:
+        """Return the proposer's report (the LLM coach's requests and verdicts), if any."""
+        return proposer_report(self.proposer)
+
     def state_dict(self) -> dict[str, Any]:
         """Return the pool, lineage view, trial in flight, tried candidates and the log."""
         proposer_state = getattr(self.proposer, "state_dict", None)

@@ -306,6 +306,16 @@ def no_change_candidate(proposer: str, rationale: str) -> Candidate:
     return Candidate(edits=[NoOp()], rationale=rationale, proposer=proposer, kind="no_change")
 
 
+def proposer_report(proposer: Any) -> dict[str, Any]:
+    """Return what ``proposer`` reports about its own work (``{}`` when it keeps no report).
+
+    The LLM coach reports its negotiated output format, requests and reply verdicts; a policy
+    built on a proposer passes this on as its ``report()``, which the run's summary keeps.
+    """
+    report = getattr(proposer, "report", None)
+    return dict(report()) if callable(report) else {}
+
+
 class CombinedProposer:
     """Several proposers as one: their candidates interleaved, best of each first.
 
@@ -351,6 +361,11 @@ class CombinedProposer:
             learn = getattr(proposer, "feedback", None)
             if proposer.name == candidate.proposer and callable(learn):
                 learn(candidate, reward, accepted, info)
+
+    def report(self) -> dict[str, Any]:
+        """Return the reports of the proposers that keep one (e.g. the LLM coach), by name."""
+        reports = {str(p.name): proposer_report(p) for p in self.proposers}
+        return {"proposers": {name: r for name, r in reports.items() if r}}
 
     def state_dict(self) -> dict[str, Any]:
         """Return each proposer's memory, by position."""

@@ -42,7 +42,7 @@ import numpy as np
 from envs.sb3 import Featurizer, make_sb3_env
 from policies.base import BasePolicy, Observation, Transition
 from policies.catalog import make_proposer
-from policies.proposers import Candidate, no_change_candidate
+from policies.proposers import Candidate, no_change_candidate, proposer_report
 from selfimprove_rl.errors import PolicyError
 
 Algo = Literal["auto", "ppo", "maskable_ppo"]
@@ -406,6 +406,10 @@ class SB3Policy(BasePolicy):
             )
             self._weights = base64.b64encode(buffer.getvalue()).decode("ascii")
         return self._weights
+
+    def report(self) -> dict[str, Any]:
+        """Return the proposer's report (the LLM coach's requests and verdicts), if any."""
+        return proposer_report(self.proposer)
 
     def state_dict(self) -> dict[str, Any]:
         """Return the RNG, the network (base64 zip), the feature layout and the proposer."""

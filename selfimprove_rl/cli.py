@@ -306,14 +306,17 @@ def _print_summary(summary: dict[str, object]) -> None:
         f"{summary['calls']} model calls; stopped: {summary['stopped_because']}"
     )
     report = summary.get("policy_report")
-    if isinstance(report, dict) and report.get("replies") is not None:
-        share = report.get("valid_share")
-        print(
-            f"coach: {report['replies']} replies, "
-            f"{'-' if share is None else format(share, '.0%')} valid, "
-            f"{report.get('request_failures', 0)} failed requests, "
-            f"structured output: {report.get('format') or 'not negotiated'}"
-        )
+    reports = [report] if isinstance(report, dict) else []
+    reports += list((reports[0].get("proposers") or {}).values()) if reports else []
+    for coach in reports:
+        if isinstance(coach, dict) and coach.get("replies") is not None:
+            share = coach.get("valid_share")
+            print(
+                f"coach: {coach['replies']} replies, "
+                f"{'-' if share is None else format(share, '.0%')} valid, "
+                f"{coach.get('request_failures', 0)} failed requests, "
+                f"structured output: {coach.get('format') or 'not negotiated'}"
+            )
     failures, retries = summary.get("failures") or 0, summary.get("retries") or 0
     if failures or retries:
         print(

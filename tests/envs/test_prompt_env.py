@@ -232,6 +232,24 @@ def test_lifecycle_errors() -> None:
         env.reset(seed=0)
 
 
+def test_closing_the_env_closes_its_client_on_its_own_loop_unless_shared() -> None:
+    env = _env()
+    env.reset(seed=0)
+    env.step(AddLine(text=COFFEE_RULE, block="sop"))
+    client = env.replayer.client
+    assert not client.is_closed()
+    env.close()
+    assert client.is_closed()  # not left to a garbage collector on some other loop
+
+    checkpoint = load_dataset("coffee_sports", model="sim-keyword", limit=60)
+    shared = Backend().async_client()
+    for _ in range(2):  # the second env replays through the client the first one used
+        keeper = PromptEnv(checkpoint, shared, [ExactMatch(name="exact_match")], close_client=False)
+        keeper.reset(seed=0)
+        keeper.close()
+    assert not shared.is_closed()
+
+
 def test_wrappers_record_statistics_and_limit_time() -> None:
     wrapped = RecordEpisodeStatistics(TimeLimit(_env(minibatch_size=None), max_episode_steps=2))
     wrapped.reset(seed=0)

@@ -273,3 +273,30 @@ def test_keys_echoed_in_server_errors_are_redacted(server: ScriptedServer, coach
     saved = json.dumps(policy.state_dict())
     assert "AuthenticationError" in saved and "[redacted]" in saved
     assert SECRET not in saved and "sk-abc1" not in saved
+
+
+def test_a_bandit_over_both_proposers_reports_its_coach(
+    server: ScriptedServer, coach_key: str
+) -> None:
+    from policies.bandits import UCB1Policy
+
+    for _ in range(3):  # one request per arm the coach is asked for
+        server.add(GOOD)
+    bandit = UCB1Policy(
+        seed=0,
+        proposer="operators+llm_coach",
+        proposer_kwargs={
+            "llm_coach": {
+                "model": "coach-model",
+                "base_url": server.base_url,
+                "api_key_env": coach_key,
+                "embedder": HashEmbedder(),
+            }
+        },
+        arms=3,
+    )
+    bandit.act(observation(), info(coffee_sports_rows()))
+    coach = bandit.report()["proposers"]["llm_coach"]
+    assert coach["requests"] == coach["replies"] == len(server.requests) > 0
+    assert coach["valid_share"] == 1.0
+    assert coach["format"] == "json_schema"
