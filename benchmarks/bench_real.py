@@ -55,6 +55,7 @@ from typing import Any
 
 from scipy import stats
 
+from policies.proposers import coach_reports
 from selfimprove_rl.backend import Backend
 from selfimprove_rl.cache import ResponseCache
 from selfimprove_rl.checkpoint import Action, Checkpoint, Demo, Sample
@@ -298,12 +299,6 @@ def run_policy(config: dict[str, Any], out: Path) -> dict[str, Any]:
     }
 
 
-def coach_requests(report: dict[str, Any]) -> int:
-    """Requests sent to a coach model, from a run's ``policy_report`` (nested proposers too)."""
-    nested = (report.get("proposers") or {}).values()
-    return int(report.get("requests") or 0) + sum(int(r.get("requests") or 0) for r in nested)
-
-
 def action_of_state(state: dict[str, Any], base: Action) -> Action:
     """Return the action a registry state stands for (system prompt from its blocks, demos)."""
     return PromptState.model_validate(state).to_action(base)
@@ -446,7 +441,9 @@ class DataSetBench:
             "holdout": summary["holdout"],
             "sim_large": sim_score,
             "target_calls": summary["calls"],
-            "coach_calls": coach_requests(summary.get("policy_report") or {}),
+            "coach_calls": sum(
+                int(c.get("requests") or 0) for c in coach_reports(summary.get("policy_report"))
+            ),
             "wall_s": run["wall_s"],
             "action": action.model_dump(mode="json"),
         }

@@ -44,7 +44,6 @@ is refused), the accounts in ``env.spend`` (:class:`~envs.spend.SpendMeter`), an
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -726,12 +725,7 @@ class ProgramEnv(gymnasium.Env[Observation, Any]):
         if not self._closed:
             self._closed = True
             if self._close_client:
-                # On the loop that opened its connections; left to the garbage collector, the
-                # client would schedule its close on whatever loop runs then, and fail loudly.
-                close = getattr(self.replayer.client, "close", None)
-                if close is not None:
-                    with contextlib.suppress(Exception):
-                        self._loop.run(close())
+                self._loop.close_client(self.replayer.client)
             self._loop.close()
 
     # ----------------------------------------------------------------- helpers

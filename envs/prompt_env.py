@@ -45,7 +45,6 @@ with what the cache's ledger says a killed process paid after the state was save
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -663,12 +662,7 @@ class PromptEnv(gymnasium.Env[Observation, Any]):
         if not self._closed:
             self._closed = True
             if self._close_client:
-                # On the loop that opened its connections; left to the garbage collector, the
-                # client would schedule its close on whatever loop runs then, and fail loudly.
-                close = getattr(self.replayer.client, "close", None)
-                if close is not None:
-                    with contextlib.suppress(Exception):
-                        self._loop.run(close())
+                self._loop.close_client(self.replayer.client)
             self._loop.close()
 
     # ----------------------------------------------------------------- helpers

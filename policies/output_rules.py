@@ -56,7 +56,7 @@ _STOPWORDS = frozenset(
     "one two than them they he she his her please thanks thank hi hello".split()
 )
 _KEY_SEP = "\x1f"
-_EXAMPLE_INPUT = re.compile(r'^\s*example\s*(?:\d+\s*)?:\s*"(.*?)"\s*(?:->|→|=>)')
+_EXAMPLE_LINE = re.compile(r'^\s*example\s*(?:\d+\s*)?:\s*"(.*?)"\s*(?:->|→|=>)\s*"?(.*?)"?\s*$')
 _FALLBACK = re.compile(r"^\s*(?:[-*•]\s+)?(?:else|otherwise)\s*[:,]", re.IGNORECASE)
 
 
@@ -228,7 +228,9 @@ class OutputRuleProposer:
     def _examples(
         self, failing: list[Mapping[str, Any]], lines: list[str], block: str
     ) -> list[Candidate]:
-        shown_inputs = {m.group(1) for line in lines if (m := _EXAMPLE_INPUT.match(line))}
+        shown = [m for line in lines if (m := _EXAMPLE_LINE.match(line))]
+        shown_inputs = {m.group(1) for m in shown}
+        times_shown = Counter(_quoted(m.group(2)) for m in shown)
         usual = self._usual_references()
         queues: dict[str, list[str]] = defaultdict(list)
         for row in sorted(failing, key=lambda r: (float(r.get("score", 0.0)), str(r["input"]))):
@@ -241,11 +243,6 @@ class OutputRuleProposer:
             reference: sorted(t for t, r in usual.items() if r == reference and t not in queue)
             for reference, queue in queues.items()
         }
-        times_shown = Counter(
-            _quoted(line.rpartition("->")[2]).strip('"')
-            for line in lines
-            if _EXAMPLE_INPUT.match(line)
-        )
         picked: list[Edit] = []
 
         def add(text: str, reference: str) -> None:

@@ -316,6 +316,18 @@ def proposer_report(proposer: Any) -> dict[str, Any]:
     return dict(report()) if callable(report) else {}
 
 
+def coach_reports(report: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """Every LLM-coach report inside a run's ``policy_report``: its own and its proposers'.
+
+    A policy's report is the coach's (``replies``, ``requests``, ``valid_share``, ``format``)
+    or, over a :class:`CombinedProposer`, nests them under ``proposers`` by name.
+    """
+    if not isinstance(report, Mapping):
+        return []
+    found = [report, *dict(report.get("proposers") or {}).values()]
+    return [dict(r) for r in found if isinstance(r, Mapping) and r.get("replies") is not None]
+
+
 class CombinedProposer:
     """Several proposers as one: their candidates interleaved, best of each first.
 

@@ -9,6 +9,7 @@ same loop, and the caller may itself be inside a running loop (a notebook) witho
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -50,6 +51,18 @@ class BackgroundLoop:
             coroutine.close()
             raise RuntimeError("BackgroundLoop is closed; create a new one.")
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def close_client(self, client: Any) -> None:
+        """Close an async client (``openai.AsyncOpenAI``) on this loop, quietly.
+
+        Its connections were opened here; left to the garbage collector, the client would
+        schedule its close on whatever loop runs then and fail loudly ("Event loop is
+        closed"). A client without ``close`` or one that fails to close is left as it is.
+        """
+        close = getattr(client, "close", None)
+        if close is not None and not self._closed:
+            with contextlib.suppress(Exception):
+                self.run(close())
 
     def close(self) -> None:
         """Stop the loop and join its thread (idempotent)."""

@@ -297,6 +297,8 @@ def _score(value: object) -> str:
 
 
 def _print_summary(summary: dict[str, object]) -> None:
+    from policies.proposers import coach_reports
+
     print(
         f"policy {summary['policy']} on {summary['backend']}: "
         f"promoted {summary['promoted_version']} "
@@ -305,18 +307,14 @@ def _print_summary(summary: dict[str, object]) -> None:
         f"{summary['baseline']['holdout']:.3f}) after {summary['steps']} steps, "  # type: ignore[index]
         f"{summary['calls']} model calls; stopped: {summary['stopped_because']}"
     )
-    report = summary.get("policy_report")
-    reports = [report] if isinstance(report, dict) else []
-    reports += list((reports[0].get("proposers") or {}).values()) if reports else []
-    for coach in reports:
-        if isinstance(coach, dict) and coach.get("replies") is not None:
-            share = coach.get("valid_share")
-            print(
-                f"coach: {coach['replies']} replies, "
-                f"{'-' if share is None else format(share, '.0%')} valid, "
-                f"{coach.get('request_failures', 0)} failed requests, "
-                f"structured output: {coach.get('format') or 'not negotiated'}"
-            )
+    for coach in coach_reports(summary.get("policy_report")):  # type: ignore[arg-type]
+        share = coach.get("valid_share")
+        print(
+            f"coach: {coach['replies']} replies, "
+            f"{'-' if share is None else format(share, '.0%')} valid, "
+            f"{coach.get('request_failures', 0)} failed requests, "
+            f"structured output: {coach.get('format') or 'not negotiated'}"
+        )
     failures, retries = summary.get("failures") or 0, summary.get("retries") or 0
     if failures or retries:
         print(
